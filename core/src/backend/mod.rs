@@ -1,0 +1,130 @@
+//! The transport trait every backend implements, and the backends.
+//!
+//! A backend moves events; it does not decide what to do with them. Acknowledgement policy,
+//! retries with backoff, dead-lettering, per-key ordering and concurrency live in
+//! [`dispatch`](crate::dispatch) and are the same for every backend. A backend supplies:
+//!
+//! - `publish`: hand one event to the transport and resolve once the transport has *accepted*
+//!   it (memory: queued to every matching subscription; JetStream: PubAck; Kafka: delivery
+//!   report);
+//! - `subscribe`: a [`Source`] of [`Delivery`]s for a pattern, honouring `group` (competing
+//!   consumers: a NATS queue group, a JetStream durable, a Redis or Kafka consumer group) and
+//!   `start`, or rejecting what it cannot honour with [`ErrorKind::Unsupported`];
+//! - per delivery, an optional [`Acker`]: at-least-once transports acknowledge only after the
+//!   handler succeeded (or the event was dead-lettered), and may report progress while a slow
+//!   handler or a retry backoff runs so the broker does not redeliver meanwhile.
+//!
+//! [`ErrorKind::Unsupported`]: crate::ErrorKind::Unsupported
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use crate::{
+    config::Config,
+    error::{Error, ErrorKind, Result},
+    event::Event,
+    message::Message,
+    subscription::SubscribeOptions,
+    topic::Pattern,
+};
+
+#[cfg(feature = "memory")]
+pub(crate) mod memory;
+
+/// A boxed, sendable future.
+pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The result of starting a publish: done already, or a future to await.
+pub(crate) enum Publishing {
+    Done(Result<()>),
+    Pending(BoxFut<'static, Result<()>>),
+}
+
+/// One event handed to the dispatcher, with the means to settle it at the broker.
+pub(crate) struct Delivery {
+    pub(crate) event: Event,
+    pub(crate) acker: Option<Box<dyn Acker>>,
+}
+
+/// Settles one delivery at the broker (at-least-once backends).
+pub(crate) trait Acker: Send + 'static {
+    /// The event was handled (or dead-lettered): the broker may forget it.
+    fn ack(self: Box<Self>) -> BoxFut<'static, Result<()>>;
+}
+
+/// A stream of deliveries for one subscription (or one lane of it).
+pub(crate) trait Source: Send + 'static {
+    /// The next delivery; `None` when the subscription has ended and everything was drained.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>>;
+    /// A delivery if one is ready now, without waiting.
+    fn try_next(&mut self) -> Option<Delivery>;
+}
+
+/// Stops a backend subscription: no new deliveries; the source drains, then ends.
+pub(crate) trait Unsubscribe: Send + Sync + 'static {
+    fn unsubscribe(&self);
+}
+
+/// A transport.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Starts publishing one prepared message.
+    fn publish(&self, message: Arc<Message>) -> Publishing;
+
+    /// Subscribes to `pattern`.
+    fn subscribe<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        options: &'a SubscribeOptions,
+    ) -> BoxFut<'a, Result<(Box<dyn Source>, Box<dyn Unsubscribe>)>>;
+
+    /// Releases the connection. Subscriptions are already closed when this runs.
+    fn close(&self) -> BoxFut<'_, Result<()>>;
+}
+
+/// Future adapter: the next delivery of a source.
+pub(crate) struct Next<'a>(pub(crate) &'a mut dyn Source);
+
+impl Future for Next<'_> {
+    type Output = Option<Delivery>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_next(cx)
+    }
+}
+
+/// A source over a bounded channel (the memory backend and the per-lane queues use it).
+pub(crate) struct ChannelSource {
+    rx: flume::Receiver<Delivery>,
+    stream: flume::r#async::RecvStream<'static, Delivery>,
+}
+
+impl ChannelSource {
+    pub(crate) fn new(rx: flume::Receiver<Delivery>) -> Self {
+        ChannelSource { stream: rx.clone().into_stream(), rx }
+    }
+}
+
+impl Source for ChannelSource {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        futures::Stream::poll_next(Pin::new(&mut self.stream), cx)
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Opens the backend named by `config.url`.
+pub(crate) async fn open(config: &Config) -> Result<Box<dyn Backend>> {
+    match config.scheme()? {
+        #[cfg(feature = "memory")]
+        "memory" => Ok(Box::new(memory::MemoryBackend::open(config)?)),
+        other => Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("url {:?}: scheme {other:?} is not supported by this build", config.url),
+        )),
+    }
+}

@@ -1,0 +1,312 @@
+//! The bus: connect, publish, subscribe, close.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
+    },
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+
+use crate::{
+    backend::{self, Backend, Publishing},
+    config::Config,
+    dispatch::{self, Counters, Executor, Handler, Stats, SubControl},
+    error::{Error, ErrorKind, Result},
+    message::Message,
+    subscription::{BatchSubscription, SubscribeOptions, Subscription},
+    topic::Pattern,
+};
+
+/// A connection to an event bus. Cheap to clone; every clone is the same bus.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> polybus::Result<()> {
+/// use polybus::{Bus, Event, Message, SubscribeOptions};
+///
+/// let bus = Bus::connect("memory://").await?;
+/// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// let _sub = bus
+///     .subscribe("orders.*", SubscribeOptions::new(), move |e: Event| {
+///         let tx = tx.clone();
+///         async move { tx.send(e.payload().clone()).map_err(|_| "receiver gone") }
+///     })
+///     .await?;
+/// bus.publish(Message::new("orders.created", "hello")).await?;
+/// assert_eq!(rx.recv().await.unwrap(), "hello");
+/// bus.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("url", &self.inner.shared.config.url).finish()
+    }
+}
+
+struct BusInner {
+    shared: Arc<BusShared>,
+    subscriptions: Mutex<Vec<Weak<SubControl>>>,
+}
+
+/// What a bus's subscriptions share with it.
+pub(crate) struct BusShared {
+    pub(crate) config: Config,
+    pub(crate) backend: Box<dyn Backend>,
+    pub(crate) counters: Counters,
+    pub(crate) runtime: tokio::runtime::Handle,
+    closed: AtomicBool,
+}
+
+impl BusShared {
+    pub(crate) fn close_timeout(&self) -> Duration {
+        Config::duration(self.config.close_timeout_ms)
+    }
+
+    /// Publishes without checking whether the bus is closed (dead letters during a drain).
+    pub(crate) async fn publish_internal(&self, mut message: Message) -> Result<()> {
+        let source = (!self.config.name.is_empty()).then_some(self.config.name.as_str());
+        message.prepare(source, self.config.max_payload)?;
+        match self.backend.publish(Arc::new(message)) {
+            Publishing::Done(r) => r?,
+            Publishing::Pending(fut) => {
+                let limit = Config::duration(self.config.publish_timeout_ms);
+                match tokio::time::timeout(limit, fut).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "publish was not accepted within {} ms (a subscriber's queue \
+                                 stayed full)",
+                                limit.as_millis()
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Anything that can be turned into a [`Config`]: a URL or JSON string, or a `Config`.
+pub trait IntoConfig {
+    /// Converts into a config.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] when the text cannot be parsed.
+    fn into_config(self) -> Result<Config>;
+}
+
+impl IntoConfig for Config {
+    fn into_config(self) -> Result<Config> {
+        self.validate()?;
+        Ok(self)
+    }
+}
+impl IntoConfig for &str {
+    fn into_config(self) -> Result<Config> {
+        Config::parse(self)
+    }
+}
+impl IntoConfig for String {
+    fn into_config(self) -> Result<Config> {
+        Config::parse(&self)
+    }
+}
+impl IntoConfig for &String {
+    fn into_config(self) -> Result<Config> {
+        Config::parse(self)
+    }
+}
+
+impl Bus {
+    /// Connects to the bus described by `config` (a URL such as `"memory://"`, a JSON object,
+    /// or a [`Config`]). Must be called within a tokio runtime; the bus's tasks run on it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] for a bad config, [`ErrorKind::Timeout`] when connecting
+    /// takes longer than `connect_timeout_ms`, [`ErrorKind::Connection`] and
+    /// [`ErrorKind::Auth`] from the broker.
+    pub async fn connect(config: impl IntoConfig) -> Result<Bus> {
+        let config = config.into_config()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(ErrorKind::InvalidArgument, "Bus::connect must run inside a tokio runtime")
+        })?;
+        let limit = Config::duration(config.connect_timeout_ms);
+        let backend = tokio::time::timeout(limit, backend::open(&config)).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("connecting to {:?} took longer than {} ms", config.url, limit.as_millis()),
+            )
+        })??;
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                shared: Arc::new(BusShared {
+                    config,
+                    backend,
+                    counters: Counters::default(),
+                    runtime,
+                    closed: AtomicBool::new(false),
+                }),
+                subscriptions: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The configuration the bus was opened with.
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    /// Whether [`close`](Bus::close) has been called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// The bus's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::closed("bus"));
+        }
+        Ok(())
+    }
+
+    /// Publishes one event and returns once the backend has accepted it (memory: queued to
+    /// every matching subscription, waiting while a queue is full).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`], [`ErrorKind::InvalidTopic`], [`ErrorKind::TooLarge`],
+    /// [`ErrorKind::InvalidArgument`] (a bad header or key), [`ErrorKind::Timeout`] when not
+    /// accepted within `publish_timeout_ms`, and backend errors.
+    pub async fn publish(&self, message: Message) -> Result<()> {
+        self.check_open()?;
+        self.inner.shared.publish_internal(message).await
+    }
+
+    /// Publishes many events in order and returns once all are accepted: the pipelined path.
+    /// Stops at the first error; the events before it were published.
+    ///
+    /// # Errors
+    /// As [`publish`](Bus::publish); the message names the index of the failed event.
+    pub async fn publish_batch(&self, messages: impl IntoIterator<Item = Message>) -> Result<()> {
+        self.check_open()?;
+        for (i, m) in messages.into_iter().enumerate() {
+            self.inner.shared.publish_internal(m).await.map_err(|e| {
+                Error::new(e.kind(), format!("event {i} of the batch: {}", e.message()))
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn open_subscription(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+        executor: Executor,
+    ) -> Result<Arc<SubControl>> {
+        self.check_open()?;
+        let parsed = Pattern::parse(pattern)?;
+        options.validate()?;
+        let shared = &self.inner.shared;
+        let (source, unsubscribe) = shared.backend.subscribe(&parsed, &options).await?;
+        let control = dispatch::start(
+            shared.clone(),
+            pattern.to_owned(),
+            options,
+            source,
+            unsubscribe,
+            executor,
+        );
+        let mut subs = self.inner.subscriptions.lock();
+        subs.retain(|w| w.strong_count() > 0);
+        subs.push(Arc::downgrade(&control));
+        drop(subs);
+        // Closed while subscribing: do not leave it running.
+        if self.is_closed() {
+            control.stop();
+            return Err(Error::closed("bus"));
+        }
+        Ok(control)
+    }
+
+    /// Subscribes `handler` to `pattern` (`*` matches one token, `>` the rest).
+    ///
+    /// The handler runs on the bus's tokio runtime. `Ok(())` acknowledges; an error or a panic
+    /// is a nack: the event is retried with backoff up to `max_attempts`, then dead-lettered.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`], [`ErrorKind::InvalidPattern`], [`ErrorKind::InvalidArgument`]
+    /// for bad options, [`ErrorKind::Unsupported`] when the backend cannot honour an option.
+    pub async fn subscribe(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+        handler: impl Handler,
+    ) -> Result<Subscription> {
+        let control =
+            self.open_subscription(pattern, options, Executor::Native(Arc::new(handler))).await?;
+        Ok(Subscription { control })
+    }
+
+    /// Subscribes to `pattern` and returns batches to pull instead of calling a handler; see
+    /// [`BatchSubscription`].
+    ///
+    /// # Errors
+    /// As [`subscribe`](Bus::subscribe).
+    pub async fn subscribe_batches(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+    ) -> Result<BatchSubscription> {
+        let (tx, rx) = flume::bounded(options.concurrency.max(1) as usize);
+        let control = self.open_subscription(pattern, options, Executor::Remote(tx)).await?;
+        Ok(BatchSubscription { control, batches: rx })
+    }
+
+    /// Closes the bus: new publishes and subscribes fail with [`ErrorKind::Closed`], every
+    /// subscription stops receiving, queued and in-flight events are handled (bounded by
+    /// `close_timeout_ms`), then the connection is released. Idempotent.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] when handlers did not finish in time (the rest is abandoned and
+    /// counted as dropped).
+    pub async fn close(&self) -> Result<()> {
+        let shared = &self.inner.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let subs: Vec<Arc<SubControl>> =
+            self.inner.subscriptions.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+        for s in &subs {
+            s.stop();
+        }
+        let limit = shared.close_timeout();
+        let results = futures::future::join_all(subs.iter().map(|s| s.close_within(limit))).await;
+        let backend = shared.backend.close().await;
+        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))?;
+        backend
+    }
+}
+
+impl Drop for BusInner {
+    fn drop(&mut self) {
+        for s in self.subscriptions.get_mut().drain(..).filter_map(|w| w.upgrade()) {
+            s.stop();
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The published message.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use bytes::Bytes;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Headers: string names to string values, kept sorted by name.
+pub type Headers = BTreeMap<String, String>;
+
+/// An event to publish: a topic, an opaque payload and metadata.
+///
+/// `id` defaults to a new UUIDv7 and `time` to now, both filled in at publish time. `key` is
+/// the ordering key: events with the same key are handled in publish order and never
+/// concurrently (on Kafka it is also the partition key).
+///
+/// # Examples
+/// ```
+/// use polybus::Message;
+/// let m = Message::new("orders.created", &b"{\"id\":1}"[..])
+///     .key("order-1")
+///     .header("tenant", "acme");
+/// assert_eq!(m.topic(), "orders.created");
+/// assert_eq!(m.key_str(), Some("order-1"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) key: Option<String>,
+    pub(crate) headers: Headers,
+    pub(crate) id: String,
+    pub(crate) event_type: Option<String>,
+    pub(crate) source: Option<String>,
+    pub(crate) time: Option<SystemTime>,
+}
+
+impl Message {
+    /// A message for `topic` carrying `payload`.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            key: None,
+            headers: Headers::new(),
+            id: String::new(),
+            event_type: None,
+            source: None,
+            time: None,
+        }
+    }
+
+    /// A message whose payload is `value` encoded as JSON.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Payload`] when `value` cannot be encoded.
+    pub fn json<T: serde::Serialize + ?Sized>(topic: impl Into<String>, value: &T) -> Result<Self> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::new(ErrorKind::Payload, format!("cannot encode payload as JSON: {e}")))?;
+        Ok(Message::new(topic, bytes).header("content-type", "application/json"))
+    }
+
+    /// Sets the ordering key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header (replacing one of the same name).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Replaces all headers.
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the event id (default: a new UUIDv7 at publish time).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the event type (CloudEvents `type`; default: the topic).
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Sets the event time (default: now, at publish time).
+    pub fn time(mut self, time: SystemTime) -> Self {
+        self.time = Some(time);
+        self
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The ordering key, if any.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The headers.
+    pub fn header_map(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// Validates the message and fills in the defaults (`id`, `time`, `source`).
+    pub(crate) fn prepare(&mut self, source: Option<&str>, max_payload: usize) -> Result<()> {
+        crate::topic::validate_topic(&self.topic)?;
+        if self.payload.len() > max_payload {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "payload of {} bytes on topic {:?} exceeds max_payload of {} bytes",
+                    self.payload.len(),
+                    self.topic,
+                    max_payload
+                ),
+            ));
+        }
+        if let Some(k) = &self.key {
+            if k.is_empty() {
+                return Err(Error::new(ErrorKind::InvalidArgument, "key is empty (omit it instead)"));
+            }
+        }
+        for (name, value) in &self.headers {
+            validate_header(name, value)?;
+        }
+        if self.id.is_empty() {
+            self.id = uuid::Uuid::now_v7().to_string();
+        }
+        if self.time.is_none() {
+            self.time = Some(SystemTime::now());
+        }
+        if self.source.is_none() {
+            self.source = source.map(str::to_owned);
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a header can travel on every backend.
+pub(crate) fn validate_header(name: &str, value: &str) -> Result<()> {
+    if name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("header name {name:?} is invalid (use visible ASCII without ':')"),
+        ));
+    }
+    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("header {name:?} has a value with CR, LF or NUL"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_fills_defaults_and_validates() {
+        let mut m = Message::new("a.b", "x");
+        m.prepare(Some("svc"), 10).unwrap();
+        assert_eq!(m.id.len(), 36);
+        assert!(m.time.is_some());
+        assert_eq!(m.source.as_deref(), Some("svc"));
+
+        let mut big = Message::new("a.b", vec![0u8; 11]);
+        assert_eq!(big.prepare(None, 10).unwrap_err().kind(), ErrorKind::TooLarge);
+        let mut bad = Message::new("a..b", "x");
+        assert_eq!(bad.prepare(None, 10).unwrap_err().kind(), ErrorKind::InvalidTopic);
+        let mut hdr = Message::new("a.b", "x").header("bad name", "v");
+        assert_eq!(hdr.prepare(None, 10).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        let mut key = Message::new("a.b", "x").key("");
+        assert_eq!(key.prepare(None, 10).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+}

@@ -1,0 +1,398 @@
+//! Subscription options and handles.
+
+use std::{sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dispatch::SubControl,
+    error::{Error, ErrorKind, Result},
+    event::Event,
+};
+
+/// Where a new subscription starts, on backends that keep history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Only events published after the subscription was made (the default).
+    #[default]
+    New,
+    /// Every event the backend still holds.
+    Earliest,
+}
+
+impl Start {
+    /// `"new"` or `"earliest"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Start::New => "new",
+            Start::Earliest => "earliest",
+        }
+    }
+}
+
+/// How a subscription receives and acknowledges events.
+///
+/// The JSON and keyword forms in the other languages use the same names
+/// (`group`, `concurrency`, `max_attempts`, `dead_letter`, `start`, `backoff_initial_ms`,
+/// `backoff_max_ms`, `queue_size`, `batch_size`).
+///
+/// # Examples
+/// ```
+/// use polybus::SubscribeOptions;
+/// let o = SubscribeOptions::new().group("billing").concurrency(8).dead_letter("orders.dead");
+/// assert_eq!(o.concurrency, 8);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscribeOptions {
+    /// Competing consumers: each event goes to one member of the group. `None` broadcasts.
+    pub group: Option<String>,
+    /// Handlers in flight at once. Events with the same key never overlap and keep their order.
+    pub concurrency: u32,
+    /// Deliveries of one event before it is dead-lettered (or dropped). At least 1.
+    pub max_attempts: u32,
+    /// Topic that receives events that failed `max_attempts` times.
+    pub dead_letter: Option<String>,
+    /// Where to start on backends that keep history.
+    pub start: Start,
+    /// First retry delay in milliseconds; it doubles on each further attempt.
+    pub backoff_initial_ms: u64,
+    /// Largest retry delay in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Events buffered for this subscription before publishers wait (backpressure).
+    pub queue_size: u32,
+    /// Most events handed to a handler thread at once (front ends pull in batches).
+    pub batch_size: u32,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            group: None,
+            concurrency: 1,
+            max_attempts: 5,
+            dead_letter: None,
+            start: Start::New,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+            queue_size: 1024,
+            batch_size: 256,
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// The defaults: broadcast, concurrency 1, 5 attempts, no dead letter, start new.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses the JSON form; missing fields take their defaults.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming the bad field.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let o: SubscribeOptions = serde_json::from_str(text).map_err(|e| {
+            Error::new(ErrorKind::InvalidArgument, format!("subscribe options: {e}"))
+        })?;
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Joins the competing-consumer group `name`.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.group = Some(name.into());
+        self
+    }
+
+    /// Sets how many handlers may run at once.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Sets how many deliveries an event gets before it is dead-lettered.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Sends events that exhaust their attempts to `topic`.
+    pub fn dead_letter(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter = Some(topic.into());
+        self
+    }
+
+    /// Sets where the subscription starts.
+    pub fn start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Sets the retry backoff: the first delay and the cap.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial_ms = initial.as_millis() as u64;
+        self.backoff_max_ms = max.as_millis() as u64;
+        self
+    }
+
+    /// Sets how many events are buffered before publishers wait.
+    pub fn queue_size(mut self, n: u32) -> Self {
+        self.queue_size = n;
+        self
+    }
+
+    /// Sets the largest batch handed to a front end at once.
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// Checks every option.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming the option, [`ErrorKind::InvalidTopic`] for a bad
+    /// dead-letter topic.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::new(ErrorKind::InvalidArgument, m));
+        if self.concurrency == 0 || self.concurrency > 4096 {
+            return bad(format!("concurrency must be 1..=4096, got {}", self.concurrency));
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be at least 1".into());
+        }
+        if self.queue_size == 0 {
+            return bad("queue_size must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return bad(format!(
+                "backoff_max_ms ({}) is less than backoff_initial_ms ({})",
+                self.backoff_max_ms, self.backoff_initial_ms
+            ));
+        }
+        if let Some(g) = &self.group {
+            if g.is_empty()
+                || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return bad(format!(
+                    "group {g:?} is invalid (use ASCII letters, digits, '_' and '-')"
+                ));
+            }
+        }
+        if let Some(dl) = &self.dead_letter {
+            crate::topic::validate_topic(dl).map_err(|e| {
+                Error::new(ErrorKind::InvalidTopic, format!("dead_letter: {}", e.message()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The delay before delivery attempt `attempt + 1`, after attempt `attempt` failed.
+    pub fn backoff_for(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(30);
+        let ms = self.backoff_initial_ms.saturating_mul(1u64 << shift).min(self.backoff_max_ms);
+        Duration::from_millis(ms)
+    }
+}
+
+/// What a handler made of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled: acknowledge it.
+    Ack,
+    /// Failed with a reason: retry after backoff, or dead-letter after `max_attempts`.
+    Nack(String),
+    /// Not run (an earlier event of its batch failed): deliver it again, same attempt.
+    Skipped,
+}
+
+impl Outcome {
+    /// The C result code: 0 ack, 1 nack, 2 skipped.
+    pub fn code(&self) -> i32 {
+        match self {
+            Outcome::Ack => 0,
+            Outcome::Nack(_) => 1,
+            Outcome::Skipped => 2,
+        }
+    }
+}
+
+/// A running subscription with a handler. Dropping it unsubscribes without waiting;
+/// [`close`](Subscription::close) unsubscribes and waits for in-flight handlers.
+#[derive(Debug)]
+pub struct Subscription {
+    pub(crate) control: Arc<SubControl>,
+}
+
+impl Subscription {
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        &self.control.pattern
+    }
+
+    /// Stops receiving, lets in-flight and already-queued events finish (bounded by the bus's
+    /// `close_timeout_ms`), then returns. Idempotent.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] when handlers did not finish in time.
+    pub async fn close(&self) -> Result<()> {
+        self.control.close().await
+    }
+
+    /// Whether the subscription has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.control.is_stopping()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.control.stop();
+    }
+}
+
+/// A subscription whose events are pulled in batches by the caller instead of pushed to a
+/// handler. The C, Go, Python and Node front ends use it: their handlers run on threads the
+/// language owns.
+///
+/// Each [`Batch`] comes from one *lane*: its events must be handled in order, stopping at the
+/// first failure. Batches may be handled concurrently; the core never has two batches of one
+/// lane out at once, so events with the same key never overlap.
+#[derive(Debug)]
+pub struct BatchSubscription {
+    pub(crate) control: Arc<SubControl>,
+    pub(crate) batches: flume::Receiver<Batch>,
+}
+
+impl BatchSubscription {
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        &self.control.pattern
+    }
+
+    /// The next batch, or `None` once the subscription is closed and drained.
+    pub async fn next_batch(&self) -> Option<Batch> {
+        self.batches.recv_async().await.ok()
+    }
+
+    /// The next batch if one is ready now.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] once the subscription is closed and drained.
+    pub fn try_next_batch(&self) -> Result<Option<Batch>> {
+        match self.batches.try_recv() {
+            Ok(b) => Ok(Some(b)),
+            Err(flume::TryRecvError::Empty) => Ok(None),
+            Err(flume::TryRecvError::Disconnected) => Err(Error::closed("subscription")),
+        }
+    }
+
+    /// Waits up to `timeout` for a batch, blocking the calling thread (which must not be a
+    /// tokio worker).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] once the subscription is closed and drained.
+    pub fn next_batch_blocking(&self, timeout: Duration) -> Result<Option<Batch>> {
+        match self.batches.recv_timeout(timeout) {
+            Ok(b) => Ok(Some(b)),
+            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
+            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::closed("subscription")),
+        }
+    }
+
+    /// Stops receiving and waits until the outstanding batches are acknowledged (bounded by
+    /// the bus's `close_timeout_ms`). Keep pulling and acknowledging while this runs.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] when batches were not acknowledged in time.
+    pub async fn close(&self) -> Result<()> {
+        self.control.close().await
+    }
+
+    /// Stops receiving without waiting.
+    pub fn stop(&self) {
+        self.control.stop();
+    }
+
+    /// Whether the subscription has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.control.is_stopping()
+    }
+}
+
+impl Drop for BatchSubscription {
+    fn drop(&mut self) {
+        self.control.stop();
+    }
+}
+
+/// Events of one lane to handle in order; report with [`Batch::complete`].
+///
+/// Dropping a batch without completing it counts every event as failed.
+#[derive(Debug)]
+pub struct Batch {
+    pub(crate) events: Vec<Event>,
+    pub(crate) reply: Option<tokio::sync::oneshot::Sender<Vec<Outcome>>>,
+    pub(crate) lane: u32,
+}
+
+impl Batch {
+    /// The events, in the order they must be handled.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// The lane this batch belongs to.
+    pub fn lane(&self) -> u32 {
+        self.lane
+    }
+
+    /// Reports one outcome per event, in order. Missing outcomes count as failures.
+    pub fn complete(mut self, outcomes: Vec<Outcome>) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(outcomes);
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(Vec::new());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_validate_and_backoff() {
+        SubscribeOptions::new().validate().unwrap();
+        for bad in [
+            SubscribeOptions::new().concurrency(0),
+            SubscribeOptions::new().max_attempts(0),
+            SubscribeOptions::new().group("a b"),
+            SubscribeOptions::new().queue_size(0),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().kind(), ErrorKind::InvalidArgument);
+        }
+        let e = SubscribeOptions::new().dead_letter("a..b").validate().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidTopic);
+        let o = SubscribeOptions::new().backoff(Duration::from_millis(10), Duration::from_millis(50));
+        assert_eq!(o.backoff_for(1), Duration::from_millis(10));
+        assert_eq!(o.backoff_for(2), Duration::from_millis(20));
+        assert_eq!(o.backoff_for(3), Duration::from_millis(40));
+        assert_eq!(o.backoff_for(4), Duration::from_millis(50));
+        assert_eq!(o.backoff_for(100), Duration::from_millis(50));
+        let j = SubscribeOptions::from_json(r#"{"group":"g","concurrency":4}"#).unwrap();
+        assert_eq!(j.group.as_deref(), Some("g"));
+        assert_eq!(j.max_attempts, 5);
+        assert!(SubscribeOptions::from_json(r#"{"grup":"g"}"#).is_err());
+    }
+}
