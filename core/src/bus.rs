@@ -66,36 +66,80 @@ pub(crate) struct BusShared {
     closed: AtomicBool,
 }
 
+/// A publish the backend has not accepted yet (a subscriber's queue is full, a broker has not
+/// acknowledged). Returned by [`Bus::publish_nowait`]; wait on it with
+/// [`wait`](PendingPublish::wait) or [`wait_blocking`](PendingPublish::wait_blocking).
+#[must_use = "the publish is only complete once waited on"]
+pub struct PendingPublish {
+    shared: Arc<BusShared>,
+    fut: crate::backend::BoxFut<'static, Result<()>>,
+}
+
+impl std::fmt::Debug for PendingPublish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingPublish")
+    }
+}
+
+impl PendingPublish {
+    /// Waits until the backend accepts the event, up to `publish_timeout_ms`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`], and backend errors.
+    pub async fn wait(self) -> Result<()> {
+        let limit = Config::duration(self.shared.config.publish_timeout_ms);
+        match tokio::time::timeout(limit, self.fut).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "publish was not accepted within {} ms (a subscriber's queue stayed full)",
+                        limit.as_millis()
+                    ),
+                ))
+            }
+        }
+        self.shared.counters.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Blocks the calling thread until the backend accepts the event. Must not be called from
+    /// asynchronous code (a tokio worker); front ends call it from their own threads.
+    ///
+    /// # Errors
+    /// As [`wait`](PendingPublish::wait).
+    pub fn wait_blocking(self) -> Result<()> {
+        let rt = self.shared.runtime.clone();
+        rt.block_on(self.wait())
+    }
+}
+
 impl BusShared {
+    /// Validates and hands a message to the backend; `Some` when it has to be waited on.
+    fn start_publish(self: &Arc<Self>, mut message: Message) -> Result<Option<PendingPublish>> {
+        let source = (!self.config.name.is_empty()).then_some(self.config.name.as_str());
+        message.prepare(source, self.config.max_payload)?;
+        match self.backend.publish(Arc::new(message)) {
+            Publishing::Done(r) => {
+                r?;
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            Publishing::Pending(fut) => Ok(Some(PendingPublish { shared: self.clone(), fut })),
+        }
+    }
+
     pub(crate) fn close_timeout(&self) -> Duration {
         Config::duration(self.config.close_timeout_ms)
     }
 
     /// Publishes without checking whether the bus is closed (dead letters during a drain).
-    pub(crate) async fn publish_internal(&self, mut message: Message) -> Result<()> {
-        let source = (!self.config.name.is_empty()).then_some(self.config.name.as_str());
-        message.prepare(source, self.config.max_payload)?;
-        match self.backend.publish(Arc::new(message)) {
-            Publishing::Done(r) => r?,
-            Publishing::Pending(fut) => {
-                let limit = Config::duration(self.config.publish_timeout_ms);
-                match tokio::time::timeout(limit, fut).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(Error::new(
-                            ErrorKind::Timeout,
-                            format!(
-                                "publish was not accepted within {} ms (a subscriber's queue \
-                                 stayed full)",
-                                limit.as_millis()
-                            ),
-                        ))
-                    }
-                }
-            }
+    pub(crate) async fn publish_internal(self: &Arc<Self>, message: Message) -> Result<()> {
+        match self.start_publish(message)? {
+            None => Ok(()),
+            Some(p) => p.wait().await,
         }
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 }
 
@@ -196,6 +240,29 @@ impl Bus {
     pub async fn publish(&self, message: Message) -> Result<()> {
         self.check_open()?;
         self.inner.shared.publish_internal(message).await
+    }
+
+    /// Starts publishing without waiting: `Ok(None)` when the backend accepted the event at
+    /// once, `Ok(Some(pending))` when it must be waited on. Front ends use it to avoid blocking
+    /// (and, in Python, releasing the interpreter) on the common path.
+    ///
+    /// # Errors
+    /// As [`publish`](Bus::publish), for what can be checked before waiting.
+    pub fn publish_nowait(&self, message: Message) -> Result<Option<PendingPublish>> {
+        self.check_open()?;
+        self.inner.shared.start_publish(message)
+    }
+
+    /// Publishes and blocks the calling thread until the backend accepts the event. Must not
+    /// be called from asynchronous code.
+    ///
+    /// # Errors
+    /// As [`publish`](Bus::publish).
+    pub fn publish_blocking(&self, message: Message) -> Result<()> {
+        match self.publish_nowait(message)? {
+            None => Ok(()),
+            Some(p) => p.wait_blocking(),
+        }
     }
 
     /// Publishes many events in order and returns once all are accepted: the pipelined path.

@@ -16,7 +16,7 @@ use std::{
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -225,16 +225,18 @@ pub(crate) fn start(
     let n = options.concurrency as usize;
     let ctx = Arc::new(LaneCtx { shared, options, executor, abort: abort_rx, _done: done_tx });
     if n == 1 {
-        handle.spawn(lane(0, source, ctx));
+        handle.spawn(lane(0, source, None, ctx));
     } else {
         let cap = ctx.options.batch_size as usize;
+        let loads: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
         let mut lanes = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = flume::bounded(cap);
             lanes.push(tx);
-            handle.spawn(lane(i as u32, Box::new(ChannelSource::new(rx)), ctx.clone()));
+            let load = Some((loads.clone(), i));
+            handle.spawn(lane(i as u32, Box::new(ChannelSource::new(rx)), load, ctx.clone()));
         }
-        handle.spawn(route(source, lanes, ctx));
+        handle.spawn(route(source, lanes, loads, ctx));
     }
     control
 }
@@ -253,7 +255,13 @@ async fn unless_aborted<F: Future>(abort: &watch::Receiver<bool>, fut: F) -> Opt
 }
 
 /// Spreads deliveries over lanes: by key, else to the least busy lane.
-async fn route(mut source: Box<dyn Source>, lanes: Vec<flume::Sender<Delivery>>, ctx: Arc<LaneCtx>) {
+async fn route(
+    mut source: Box<dyn Source>,
+    lanes: Vec<flume::Sender<Delivery>>,
+    loads: Arc<[AtomicUsize]>,
+    ctx: Arc<LaneCtx>,
+) {
+    let mut rr = 0usize;
     loop {
         let Some(Some(d)) = unless_aborted(&ctx.abort, Next(source.as_mut())).await else {
             break;
@@ -264,8 +272,14 @@ async fn route(mut source: Box<dyn Source>, lanes: Vec<flume::Sender<Delivery>>,
                 k.hash(&mut h);
                 (h.finish() % lanes.len() as u64) as usize
             }
-            None => (0..lanes.len()).min_by_key(|i| lanes[*i].len()).unwrap_or(0),
+            None => {
+                // The least loaded lane (queued plus in flight), ties broken round-robin.
+                rr = rr.wrapping_add(1);
+                let n = lanes.len();
+                (0..n).map(|j| (rr + j) % n).min_by_key(|i| loads[*i].load(Ordering::Relaxed)).unwrap_or(0)
+            }
         };
+        loads[i].fetch_add(1, Ordering::Relaxed);
         if unless_aborted(&ctx.abort, lanes[i].send_async(d)).await.is_none() {
             add(&ctx.shared.counters.dropped, 1);
             break;
@@ -273,7 +287,12 @@ async fn route(mut source: Box<dyn Source>, lanes: Vec<flume::Sender<Delivery>>,
     }
 }
 
-async fn lane(lane: u32, mut source: Box<dyn Source>, ctx: Arc<LaneCtx>) {
+async fn lane(
+    lane: u32,
+    mut source: Box<dyn Source>,
+    load: Option<(Arc<[AtomicUsize]>, usize)>,
+    ctx: Arc<LaneCtx>,
+) {
     let max = ctx.options.batch_size as usize;
     let mut pending: VecDeque<Delivery> = VecDeque::new();
     loop {
@@ -312,12 +331,18 @@ async fn lane(lane: u32, mut source: Box<dyn Source>, ctx: Arc<LaneCtx>) {
                 Outcome::Ack => {
                     add(&ctx.shared.counters.acked, 1);
                     settle(d).await;
+                    if let Some((loads, i)) = &load {
+                        loads[*i].fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 Outcome::Skipped => requeue.push(d),
                 Outcome::Nack(reason) => {
                     add(&ctx.shared.counters.failed, 1);
                     if d.event.attempt >= ctx.options.max_attempts {
                         give_up(&ctx, d, &reason).await;
+                        if let Some((loads, i)) = &load {
+                            loads[*i].fetch_sub(1, Ordering::Relaxed);
+                        }
                     } else {
                         tracing::debug!(
                             topic = d.event.topic(), id = d.event.id(), attempt = d.event.attempt,

@@ -44,7 +44,7 @@ pub mod runtime;
 mod subscription;
 mod topic;
 
-pub use bus::{Bus, IntoConfig};
+pub use bus::{Bus, IntoConfig, PendingPublish};
 pub use config::Config;
 pub use dispatch::{Handler, Stats};
 pub use error::{BoxError, Error, ErrorKind, Result};
