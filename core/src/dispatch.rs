@@ -414,8 +414,8 @@ async fn execute(ctx: &LaneCtx, lane: u32, events: Vec<Event>) -> Vec<Outcome> {
     }
 }
 
-/// The text of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The text of a caught panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

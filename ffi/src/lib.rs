@@ -1,1 +1,20 @@
-//! The C ABI of polybus.
+//! The C ABI of polybus: `extern "C"` functions over the core, no logic of their own.
+//!
+//! The header `include/polybus.h` is generated from these sources by cbindgen
+//! (`make header`); the doc comments here are the C manual.
+#![allow(non_camel_case_types)]
+#![deny(unreachable_pub)]
+
+#[macro_use]
+mod guard;
+mod bus;
+mod error;
+mod status;
+mod subscription;
+mod types;
+
+pub use bus::*;
+pub use error::*;
+pub use status::*;
+pub use subscription::*;
+pub use types::*;

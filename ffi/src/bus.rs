@@ -1,0 +1,225 @@
+//! The bus handle: open, publish, stats, close, free.
+
+use std::ffi::c_char;
+
+use polybus_core::{runtime, Bus, Config, Error, ErrorKind};
+
+use crate::{
+    error::polybus_error_t,
+    status::polybus_status_t::{self, POLYBUS_OK},
+    subscription::on_dispatcher_thread,
+    types::{cstr, polybus_message_t},
+};
+
+/// @brief An open bus (opaque). Made by polybus_open(), released by polybus_free().
+pub struct polybus_t {
+    pub(crate) bus: Bus,
+}
+
+/// @brief A bus's counters, cumulative since it was opened.
+#[repr(C)]
+#[derive(Default)]
+pub struct polybus_stats_t {
+    /// Events accepted by publish.
+    pub published: u64,
+    /// Handler invocations (every attempt counts).
+    pub delivered: u64,
+    /// Events acknowledged after their handler succeeded.
+    pub acked: u64,
+    /// Handler failures.
+    pub failed: u64,
+    /// Retries scheduled after a failure.
+    pub retried: u64,
+    /// Events published to a dead-letter topic.
+    pub dead_lettered: u64,
+    /// Events given up on (no dead-letter topic, a failed dead-letter publish, or abandoned
+    /// when close timed out).
+    pub dropped: u64,
+}
+
+pub(crate) fn null(what: &str) -> Error {
+    Error::new(ErrorKind::InvalidArgument, format!("{what} is NULL"))
+}
+
+/// SAFETY: `bus` is NULL or a live handle from polybus_open().
+pub(crate) unsafe fn bus_ref<'a>(bus: *const polybus_t) -> Result<&'a Bus, Error> {
+    bus.as_ref().map(|b| &b.bus).ok_or_else(|| null("bus"))
+}
+
+/// @brief Opens a bus.
+///
+/// @param config *borrowed* A URL ("memory://") or a JSON object with the fields `url`,
+///        `prefix`, `name`, `connect_timeout_ms`, `publish_timeout_ms`, `close_timeout_ms`,
+///        `max_payload`; NUL-terminated UTF-8.
+/// @param out *out* The new handle; set to NULL on failure.
+/// @param err *out, optional* Error detail on failure.
+/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_INVALID_CONFIG,
+///         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CONNECTION, POLYBUS_ERR_AUTH.
+/// @remark Blocks until connected, at most `connect_timeout_ms` (default 5000).
+///
+/// Topics are dot-separated tokens of ASCII letters, digits, '_' and '-', at most 249 bytes
+/// ("orders.created"). Patterns may also use '*' for one token and, last, '>' for the rest.
+/// @sa polybus_close, polybus_free
+#[no_mangle]
+pub unsafe extern "C" fn polybus_open(
+    config: *const c_char,
+    out: *mut *mut polybus_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        *out = std::ptr::null_mut();
+        let config = Config::parse(cstr(config, "config")?)?;
+        let bus = runtime::global().block_on(Bus::connect(config))?;
+        *out = Box::into_raw(Box::new(polybus_t { bus }));
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// @brief Publishes one event and waits until the backend accepts it.
+///
+/// @param bus *borrowed* An open bus.
+/// @param message *borrowed* The event; copied before the call returns.
+/// @param err *out, optional* Error detail on failure.
+/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL, bad UTF-8, bad header or key),
+///         POLYBUS_ERR_INVALID_TOPIC, POLYBUS_ERR_TOO_LARGE, POLYBUS_ERR_CLOSED,
+///         POLYBUS_ERR_TIMEOUT, backend errors.
+/// @remark Blocks while a subscriber's queue is full (backpressure), at most
+///         `publish_timeout_ms`. Do not call it from a polybus callback on a subscription that
+///         may be the one waiting.
+/// @sa polybus_publish_batch
+#[no_mangle]
+pub unsafe extern "C" fn polybus_publish(
+    bus: *const polybus_t,
+    message: *const polybus_message_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        let bus = bus_ref(bus)?;
+        let m = message.as_ref().ok_or_else(|| null("message"))?.to_message()?;
+        bus.publish_blocking(m)?;
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// @brief Publishes many events in order and waits until all are accepted (the pipelined path).
+///
+/// @param bus *borrowed* An open bus.
+/// @param messages *borrowed* An array of `len` events.
+/// @param len Number of events.
+/// @param published *out, optional* How many were published (all of them on success; on
+///        failure the events before the failing one).
+/// @param err *out, optional* Error detail on failure, naming the failing index.
+/// @return As polybus_publish().
+#[no_mangle]
+pub unsafe extern "C" fn polybus_publish_batch(
+    bus: *const polybus_t,
+    messages: *const polybus_message_t,
+    len: usize,
+    published: *mut usize,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        if !published.is_null() {
+            *published = 0;
+        }
+        let bus = bus_ref(bus)?;
+        if len == 0 {
+            return Ok(POLYBUS_OK);
+        }
+        if messages.is_null() {
+            return Err(null("messages"));
+        }
+        for (i, m) in std::slice::from_raw_parts(messages, len).iter().enumerate() {
+            let at = |e: Error| Error::new(e.kind(), format!("message {i}: {}", e.message()));
+            let msg = m.to_message().map_err(at)?;
+            // Wait before the next one so a subscriber never sees two events swapped.
+            if let Some(p) = bus.publish_nowait(msg).map_err(at)? {
+                p.wait_blocking().map_err(at)?;
+            }
+            if !published.is_null() {
+                *published = i + 1;
+            }
+        }
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// @brief Reads the bus's counters.
+///
+/// @param bus *borrowed* A bus (open or closed).
+/// @param out *out* The counters.
+/// @param err *out, optional* Error detail on failure.
+/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+#[no_mangle]
+pub unsafe extern "C" fn polybus_stats(
+    bus: *const polybus_t,
+    out: *mut polybus_stats_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        let bus = bus_ref(bus)?;
+        let out = out.as_mut().ok_or_else(|| null("out"))?;
+        let s = bus.stats();
+        *out = polybus_stats_t {
+            published: s.published,
+            delivered: s.delivered,
+            acked: s.acked,
+            failed: s.failed,
+            retried: s.retried,
+            dead_lettered: s.dead_lettered,
+            dropped: s.dropped,
+        };
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// @brief Closes the bus: publishes and subscribes fail with POLYBUS_ERR_CLOSED from now on,
+/// every subscription stops receiving, queued and in-flight events are handled, then the
+/// connection is released. Idempotent.
+///
+/// @param bus *borrowed* The bus; still to be released with polybus_free().
+/// @param err *out, optional* Error detail on failure.
+/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_TIMEOUT (handlers did
+///         not finish within `close_timeout_ms`; the rest was abandoned and counted as dropped).
+/// @remark Blocks until drained, at most `close_timeout_ms` (default 30000). Callback
+///         subscriptions keep running their callbacks meanwhile. Called from inside a callback
+///         it does not wait (it would wait for itself): the drain finishes in the background.
+#[no_mangle]
+pub unsafe extern "C" fn polybus_close(
+    bus: *const polybus_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        let bus = bus_ref(bus)?.clone();
+        if on_dispatcher_thread() {
+            runtime::global().spawn(async move {
+                let _ = bus.close().await;
+            });
+        } else {
+            runtime::global().block_on(bus.close())?;
+        }
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// @brief Releases a bus handle, closing it first if needed. NULL is a no-op.
+///
+/// @param bus *consumed* The handle; invalid after the call. Subscriptions made from it stay
+///        valid handles (closed) until freed.
+/// @remark May block like polybus_close().
+#[no_mangle]
+pub unsafe extern "C" fn polybus_free(bus: *mut polybus_t) {
+    if bus.is_null() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let b = Box::from_raw(bus);
+        if !b.bus.is_closed() {
+            let _ = polybus_close(&*b, std::ptr::null_mut());
+        }
+        drop(b);
+    }));
+}
