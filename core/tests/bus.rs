@@ -1,0 +1,249 @@
+//! Behaviour of the bus beyond the shared conformance scenarios.
+
+use std::{sync::Arc, time::Duration};
+
+use polybus::{Bus, Config, ErrorKind, Event, Message, Outcome, SubscribeOptions};
+use tokio::sync::{mpsc, Semaphore};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("timed out").expect("channel closed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_the_publisher_wait_and_nothing_is_lost() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _sub = bus
+        .subscribe("a.b", SubscribeOptions::new().queue_size(1).batch_size(1), move |e: Event| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                tx.send(e.payload().clone()).unwrap();
+                g.acquire().await.unwrap().forget();
+                Ok::<_, polybus::Error>(())
+            }
+        })
+        .await
+        .unwrap();
+    bus.publish(Message::new("a.b", "1")).await.unwrap();
+    assert_eq!(recv(&mut rx).await, "1"); // the handler holds event 1
+    assert!(bus.publish_nowait(Message::new("a.b", "2")).unwrap().is_none()); // queued
+    let pending = bus.publish_nowait(Message::new("a.b", "3")).unwrap();
+    let pending = pending.expect("a full queue must make the publisher wait");
+    gate.add_permits(3);
+    pending.wait().await.unwrap();
+    assert_eq!(recv(&mut rx).await, "2");
+    assert_eq!(recv(&mut rx).await, "3");
+    bus.close().await.unwrap();
+    assert_eq!(bus.stats().published, 3);
+    assert_eq!(bus.stats().acked, 3);
+}
+
+#[tokio::test]
+async fn publish_times_out_when_a_queue_stays_full() {
+    let cfg = Config::new("memory://").publish_timeout(Duration::from_millis(50));
+    let bus = Bus::connect(cfg).await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let _sub = bus
+        .subscribe("a.b", SubscribeOptions::new().queue_size(1).batch_size(1), move |_e: Event| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Ok::<_, polybus::Error>(())
+            }
+        })
+        .await
+        .unwrap();
+    let mut err = None;
+    for i in 0..4 {
+        if let Err(e) = bus.publish(Message::new("a.b", format!("{i}"))).await {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("the publisher must time out");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.to_string().contains("50 ms"), "{err}");
+    gate.add_permits(10);
+}
+
+#[tokio::test]
+async fn close_gives_up_on_a_stuck_handler_within_the_timeout() {
+    let cfg = Config::new("memory://").close_timeout(Duration::from_millis(100));
+    let bus = Bus::connect(cfg).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = bus
+        .subscribe("a.b", SubscribeOptions::new(), move |_e: Event| {
+            let tx = tx.clone();
+            async move {
+                tx.send(()).unwrap();
+                std::future::pending::<()>().await;
+                Ok::<_, polybus::Error>(())
+            }
+        })
+        .await
+        .unwrap();
+    bus.publish(Message::new("a.b", "x")).await.unwrap();
+    recv(&mut rx).await;
+    let err = bus.close().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(bus.stats().dropped, 1);
+    assert_eq!(bus.publish(Message::new("a.b", "y")).await.unwrap_err().kind(), ErrorKind::Closed);
+}
+
+#[tokio::test]
+async fn named_memory_buses_are_shared_and_prefixes_isolate() {
+    let a = Bus::connect("memory://shared-test").await.unwrap();
+    let b = Bus::connect("memory://shared-test").await.unwrap();
+    let other = Bus::connect(Config::new("memory://shared-test").prefix("other")).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tx2 = tx.clone();
+    let _s1 = b
+        .subscribe("x.y", SubscribeOptions::new(), move |e: Event| {
+            let tx = tx.clone();
+            async move { tx.send(("b", e.payload().clone())).map_err(|_| "gone") }
+        })
+        .await
+        .unwrap();
+    let _s2 = other
+        .subscribe("x.y", SubscribeOptions::new(), move |e: Event| {
+            let tx = tx2.clone();
+            async move { tx.send(("other", e.payload().clone())).map_err(|_| "gone") }
+        })
+        .await
+        .unwrap();
+    a.publish(Message::new("x.y", "from a")).await.unwrap();
+    other.publish(Message::new("x.y", "from other")).await.unwrap();
+    let mut got = vec![recv(&mut rx).await, recv(&mut rx).await];
+    got.sort();
+    assert_eq!(got, vec![("b", "from a".into()), ("other", "from other".into())]);
+    for bus in [a, b, other] {
+        bus.close().await.unwrap();
+    }
+    assert!(rx.try_recv().is_err(), "no cross-talk between prefixes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_hands_each_key_to_one_member() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut subs = Vec::new();
+    for member in 0..3 {
+        let tx = tx.clone();
+        subs.push(
+            bus.subscribe("k.v", SubscribeOptions::new().group("g"), move |e: Event| {
+                let tx = tx.clone();
+                async move { tx.send((member, e.key().unwrap().to_owned())).map_err(|_| "gone") }
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    for i in 0..60 {
+        bus.publish(Message::new("k.v", "x").key(format!("key{}", i % 6))).await.unwrap();
+    }
+    let mut owner = std::collections::HashMap::new();
+    for _ in 0..60 {
+        let (member, key) = recv(&mut rx).await;
+        assert_eq!(*owner.entry(key.clone()).or_insert(member), member, "{key} moved members");
+    }
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn batch_outcomes_retry_the_failed_event_before_the_skipped_ones() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let opts = SubscribeOptions::new().backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let sub = bus.subscribe_batches("a.*", opts).await.unwrap();
+    // Hold the lane on event 0 while 1..=3 queue up, so they come as one batch.
+    bus.publish(Message::new("a.b", "0")).await.unwrap();
+    let held = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    bus.publish_batch((1..4).map(|i| Message::new("a.b", format!("{i}")))).await.unwrap();
+    held.complete(vec![Outcome::Ack]);
+    let batch = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    assert_eq!(batch.events().len(), 3);
+    let first = batch.events()[0].payload().clone();
+    batch.complete(vec![Outcome::Ack, Outcome::Nack("boom".into()), Outcome::Skipped]);
+    let again = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    let got: Vec<(String, u32)> = again
+        .events()
+        .iter()
+        .map(|e| (String::from_utf8_lossy(e.payload()).into_owned(), e.attempt()))
+        .collect();
+    assert_eq!(first, "1");
+    assert_eq!(got, vec![("2".to_owned(), 2), ("3".to_owned(), 1)]);
+    let n = again.events().len();
+    again.complete(vec![Outcome::Ack; n]);
+    let stats = bus.stats();
+    assert_eq!((stats.failed, stats.retried), (1, 1));
+    drop(sub);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_batch_counts_as_failed_and_is_redelivered() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let opts = SubscribeOptions::new().backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let sub = bus.subscribe_batches("a.b", opts).await.unwrap();
+    bus.publish(Message::new("a.b", "x")).await.unwrap();
+    let batch = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    assert_eq!(batch.events()[0].attempt(), 1);
+    drop(batch);
+    let batch = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    assert_eq!(batch.events()[0].attempt(), 2);
+    batch.complete(vec![Outcome::Ack]);
+    drop(sub);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_unsubscribes() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let sub = bus.subscribe_batches("a.b", SubscribeOptions::new()).await.unwrap();
+    drop(sub);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _other = bus
+        .subscribe("a.b", SubscribeOptions::new(), move |e: Event| {
+            let tx = tx.clone();
+            async move { tx.send(e.payload().clone()).map_err(|_| "gone") }
+        })
+        .await
+        .unwrap();
+    // With the dropped subscription still registered this would wait on its full queue.
+    for i in 0..2000 {
+        bus.publish(Message::new("a.b", format!("{i}"))).await.unwrap();
+    }
+    for _ in 0..2000 {
+        recv(&mut rx).await;
+    }
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscription_close_drains_and_is_idempotent() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = bus
+        .subscribe("a.b", SubscribeOptions::new(), move |e: Event| {
+            let tx = tx.clone();
+            async move { tx.send(e.payload().clone()).map_err(|_| "gone") }
+        })
+        .await
+        .unwrap();
+    for i in 0..50 {
+        bus.publish(Message::new("a.b", format!("{i}"))).await.unwrap();
+    }
+    sub.close().await.unwrap();
+    sub.close().await.unwrap();
+    assert!(sub.is_closed());
+    for i in 0..50 {
+        assert_eq!(rx.try_recv().unwrap(), format!("{i}"));
+    }
+    bus.publish(Message::new("a.b", "after")).await.unwrap();
+    assert_eq!(bus.stats().acked, 50);
+    bus.close().await.unwrap();
+}

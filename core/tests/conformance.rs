@@ -1,0 +1,524 @@
+//! The conformance scenarios of `tests/conformance/` run through the Rust API.
+//!
+//! Test names are `<backend>/<scenario id>`; see `tests/conformance/SCHEMA.md`.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use parking_lot::Mutex;
+use polybus::{Bus, Config, Event, Message, Start, SubscribeOptions, Subscription};
+use serde_json::{json, Value};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance")
+}
+
+fn scale() -> f64 {
+    std::env::var("POLYBUS_TEST_TIMEOUT_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+}
+
+#[derive(Debug, Clone)]
+struct Invocation {
+    topic: String,
+    payload: String,
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+    id: String,
+    event_type: String,
+    attempt: u32,
+    json: Option<Value>,
+    ok: Option<bool>,
+}
+
+#[derive(Default)]
+struct Recording {
+    invocations: Mutex<Vec<Invocation>>,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    keys_in_flight: Mutex<HashSet<String>>,
+    overlap: AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Recording {
+    fn count(&self, succeeded: bool) -> usize {
+        let inv = self.invocations.lock();
+        if succeeded {
+            inv.iter().filter(|i| i.ok == Some(true)).count()
+        } else {
+            inv.len()
+        }
+    }
+}
+
+struct Behaviour {
+    fail_times: u32,
+    fail_always: bool,
+    panic: bool,
+    delay: Duration,
+}
+
+async fn handle(rec: Arc<Recording>, b: Arc<Behaviour>, e: Event) -> Result<(), String> {
+    let idx = {
+        let mut inv = rec.invocations.lock();
+        inv.push(Invocation {
+            topic: e.topic().to_owned(),
+            payload: String::from_utf8_lossy(e.payload()).into_owned(),
+            key: e.key().map(str::to_owned),
+            headers: e.headers().clone(),
+            id: e.id().to_owned(),
+            event_type: e.event_type().to_owned(),
+            attempt: e.attempt(),
+            json: e.json::<Value>().ok(),
+            ok: None,
+        });
+        inv.len() - 1
+    };
+    let now = rec.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    rec.peak.fetch_max(now, Ordering::SeqCst);
+    if let Some(k) = e.key() {
+        if !rec.keys_in_flight.lock().insert(k.to_owned()) {
+            rec.overlap.store(true, Ordering::SeqCst);
+        }
+    }
+    if !b.delay.is_zero() {
+        tokio::time::sleep(b.delay).await;
+    }
+    let fail = b.fail_always || e.attempt() <= b.fail_times;
+    if let Some(k) = e.key() {
+        rec.keys_in_flight.lock().remove(k);
+    }
+    rec.in_flight.fetch_sub(1, Ordering::SeqCst);
+    rec.invocations.lock()[idx].ok = Some(!fail);
+    rec.changed.notify_waiters();
+    if fail && b.panic {
+        panic!("scenario handler panics on attempt {}", e.attempt());
+    }
+    if fail {
+        return Err(format!("scenario handler fails attempt {}", e.attempt()));
+    }
+    Ok(())
+}
+
+struct Run {
+    bus: Bus,
+    recs: HashMap<String, Arc<Recording>>,
+    subs: HashMap<String, Subscription>,
+}
+
+fn expect_code(step: &Value, result: Result<(), polybus::Error>) -> Result<(), String> {
+    match (step.get("expect_error").and_then(Value::as_str), result) {
+        (None, Ok(())) => Ok(()),
+        (None, Err(e)) => Err(format!("step {step} failed: {e}")),
+        (Some(code), Ok(())) => Err(format!("step {step} succeeded; expected {code}")),
+        (Some(code), Err(e)) if e.kind().name() == code => {
+            if e.message().is_empty() {
+                return Err(format!("error {code} has no message"));
+            }
+            Ok(())
+        }
+        (Some(code), Err(e)) => Err(format!("step {step}: expected {code}, got {} ({e})", e.kind().name())),
+    }
+}
+
+fn options(v: Option<&Value>) -> SubscribeOptions {
+    let mut o = SubscribeOptions::new();
+    let Some(v) = v else { return o };
+    let u = |k: &str| v.get(k).and_then(Value::as_u64);
+    if let Some(g) = v.get("group").and_then(Value::as_str) {
+        o = o.group(g);
+    }
+    if let Some(n) = u("concurrency") {
+        o = o.concurrency(n as u32);
+    }
+    if let Some(n) = u("max_attempts") {
+        o = o.max_attempts(n as u32);
+    }
+    if let Some(d) = v.get("dead_letter").and_then(Value::as_str) {
+        o = o.dead_letter(d);
+    }
+    if let Some(s) = v.get("start").and_then(Value::as_str) {
+        o = o.start(if s == "earliest" { Start::Earliest } else { Start::New });
+    }
+    if let Some(n) = u("backoff_initial_ms") {
+        o.backoff_initial_ms = n;
+    }
+    if let Some(n) = u("backoff_max_ms") {
+        o.backoff_max_ms = n;
+    }
+    if let Some(n) = u("queue_size") {
+        o = o.queue_size(n as u32);
+    }
+    if let Some(n) = u("batch_size") {
+        o = o.batch_size(n as u32);
+    }
+    o
+}
+
+fn messages(step: &Value) -> Vec<Message> {
+    let count = step.get("count").and_then(Value::as_u64).unwrap_or(1) as usize;
+    let topic = step["topic"].as_str().unwrap_or_default();
+    let keys: Vec<&str> = step
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    (0..count)
+        .map(|i| {
+            let mut m = if let Some(j) = step.get("json") {
+                Message::json(topic, j).expect("scenario JSON encodes")
+            } else if let Some(n) = step.get("payload_size").and_then(Value::as_u64) {
+                Message::new(topic, vec![b'x'; n as usize])
+            } else {
+                let p = step["payload"].as_str().unwrap_or_default().replace("{i}", &i.to_string());
+                Message::new(topic, p)
+            };
+            if !keys.is_empty() {
+                m = m.key(keys[i % keys.len()]);
+            } else if let Some(k) = step.get("key").and_then(Value::as_str) {
+                m = m.key(k);
+            }
+            if let Some(h) = step.get("headers").and_then(Value::as_object) {
+                for (k, v) in h {
+                    m = m.header(k, v.as_str().unwrap_or_default());
+                }
+            }
+            if let Some(id) = step.get("id").and_then(Value::as_str) {
+                m = m.id(id);
+            }
+            if let Some(t) = step.get("type").and_then(Value::as_str) {
+                m = m.event_type(t);
+            }
+            m
+        })
+        .collect()
+}
+
+fn names(step: &Value) -> Vec<String> {
+    if let Some(a) = step.get("names").and_then(Value::as_array) {
+        a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+    } else {
+        vec![step["name"].as_str().unwrap_or_default().to_owned()]
+    }
+}
+
+impl Run {
+    fn rec(&self, name: &str) -> Result<&Arc<Recording>, String> {
+        self.recs.get(name).ok_or_else(|| format!("no handler named {name:?}"))
+    }
+
+    async fn step(&mut self, step: &Value) -> Result<(), String> {
+        let op = step["op"].as_str().unwrap_or_default();
+        match op {
+            "subscribe" => {
+                let name = step["name"].as_str().unwrap_or_default().to_owned();
+                let h = step.get("handler").cloned().unwrap_or(json!({}));
+                let behaviour = Arc::new(Behaviour {
+                    fail_times: h.get("fail_times").and_then(Value::as_u64).unwrap_or(0) as u32,
+                    fail_always: h.get("fail_always").and_then(Value::as_bool).unwrap_or(false),
+                    panic: h.get("fail_with").and_then(Value::as_str) == Some("panic"),
+                    delay: Duration::from_millis(h.get("delay_ms").and_then(Value::as_u64).unwrap_or(0)),
+                });
+                let rec = Arc::new(Recording::default());
+                let r = rec.clone();
+                let pattern = step["pattern"].as_str().unwrap_or_default();
+                let result = self
+                    .bus
+                    .subscribe(pattern, options(step.get("options")), move |e: Event| {
+                        handle(r.clone(), behaviour.clone(), e)
+                    })
+                    .await;
+                match result {
+                    Ok(sub) => {
+                        self.subs.insert(name.clone(), sub);
+                        self.recs.insert(name, rec);
+                        expect_code(step, Ok(()))
+                    }
+                    Err(e) => expect_code(step, Err(e)),
+                }
+            }
+            "publish" => {
+                let mut result = Ok(());
+                for m in messages(step) {
+                    result = self.bus.publish(m).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                expect_code(step, result)
+            }
+            "wait" => {
+                let names = names(step);
+                let (target, succeeded) = match step.get("succeeded").and_then(Value::as_u64) {
+                    Some(n) => (n as usize, true),
+                    None => (step["count"].as_u64().unwrap_or(0) as usize, false),
+                };
+                let ms = step.get("timeout_ms").and_then(Value::as_u64).unwrap_or(10_000);
+                let deadline = tokio::time::Instant::now() + Duration::from_millis((ms as f64 * scale()) as u64);
+                let recs: Vec<Arc<Recording>> =
+                    names.iter().map(|n| self.rec(n).cloned()).collect::<Result<_, _>>()?;
+                loop {
+                    let waits: Vec<_> = recs.iter().map(|r| r.changed.notified()).collect();
+                    let mut waits: Vec<_> = waits.into_iter().map(Box::pin).collect();
+                    for w in &mut waits {
+                        w.as_mut().enable();
+                    }
+                    let have: usize = recs.iter().map(|r| r.count(succeeded)).sum();
+                    if have >= target {
+                        return Ok(());
+                    }
+                    let any = futures::future::select_all(waits);
+                    if tokio::time::timeout_at(deadline, any).await.is_err() {
+                        return Err(format!(
+                            "timed out waiting for {names:?} to reach {target} {}; have {have}",
+                            if succeeded { "successes" } else { "invocations" }
+                        ));
+                    }
+                }
+            }
+            "unsubscribe" => {
+                let name = step["name"].as_str().unwrap_or_default();
+                let sub = self.subs.get(name).ok_or_else(|| format!("no subscription {name:?}"))?;
+                expect_code(step, sub.close().await)
+            }
+            "close" => expect_code(step, self.bus.close().await),
+            "expect" => self.expect(step),
+            "expect_total" => {
+                let mut ok = 0;
+                let mut seen = HashSet::new();
+                for n in names(step) {
+                    for i in self.rec(&n)?.invocations.lock().iter().filter(|i| i.ok == Some(true)) {
+                        ok += 1;
+                        if step.get("distinct_payloads") == Some(&Value::Bool(true))
+                            && !seen.insert(i.payload.clone())
+                        {
+                            return Err(format!("payload {:?} succeeded twice", i.payload));
+                        }
+                    }
+                }
+                if let Some(n) = step.get("succeeded").and_then(Value::as_u64) {
+                    if ok != n as usize {
+                        return Err(format!("expected {n} successes in total, got {ok}"));
+                    }
+                }
+                Ok(())
+            }
+            "expect_stats" => {
+                let stats = serde_json::to_value(self.bus.stats()).map_err(|e| e.to_string())?;
+                for (k, v) in step.as_object().into_iter().flatten() {
+                    if k == "op" {
+                        continue;
+                    }
+                    if stats.get(k) != Some(v) {
+                        return Err(format!("stats.{k}: expected {v}, got {:?} ({stats})", stats.get(k)));
+                    }
+                }
+                Ok(())
+            }
+            other => Err(format!("unknown op {other:?}")),
+        }
+    }
+
+    fn expect(&self, step: &Value) -> Result<(), String> {
+        let name = step["name"].as_str().unwrap_or_default();
+        let rec = self.rec(name)?;
+        let inv = rec.invocations.lock().clone();
+        let fail = |what: String| Err(format!("{name}: {what}"));
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect()
+        };
+        if let Some(n) = step.get("count").and_then(Value::as_u64) {
+            if inv.len() != n as usize {
+                return fail(format!("expected {n} invocations, got {}", inv.len()));
+            }
+        }
+        if let Some(n) = step.get("succeeded").and_then(Value::as_u64) {
+            let ok = inv.iter().filter(|i| i.ok == Some(true)).count();
+            if ok != n as usize {
+                return fail(format!("expected {n} successes, got {ok}"));
+            }
+        }
+        if let Some(p) = step.get("payloads") {
+            let got: Vec<String> = inv.iter().map(|i| i.payload.clone()).collect();
+            if got != strs(p) {
+                return fail(format!("payloads {got:?}, expected {:?}", strs(p)));
+            }
+        }
+        if let Some(p) = step.get("payloads_unordered") {
+            let mut got: Vec<String> = inv.iter().map(|i| i.payload.clone()).collect();
+            let mut want = strs(p);
+            got.sort();
+            want.sort();
+            if got != want {
+                return fail(format!("payloads {got:?}, expected {want:?} in any order"));
+            }
+        }
+        if let Some(p) = step.get("topics") {
+            let got: Vec<String> = inv.iter().map(|i| i.topic.clone()).collect();
+            if got != strs(p) {
+                return fail(format!("topics {got:?}, expected {:?}", strs(p)));
+            }
+        }
+        if let Some(a) = step.get("attempts") {
+            let got: Vec<u64> = inv.iter().map(|i| i.attempt as u64).collect();
+            let want: Vec<u64> = a.as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+            if got != want {
+                return fail(format!("attempts {got:?}, expected {want:?}"));
+            }
+        }
+        if let Some(k) = step.get("key") {
+            let want = k.as_str();
+            if let Some(i) = inv.iter().find(|i| i.key.as_deref() != want) {
+                return fail(format!("key {:?}, expected {want:?}", i.key));
+            }
+        }
+        for (field, get) in [
+            ("id", (|i: &Invocation| i.id.clone()) as fn(&Invocation) -> String),
+            ("type", |i: &Invocation| i.event_type.clone()),
+        ] {
+            if let Some(want) = step.get(field).and_then(Value::as_str) {
+                if let Some(i) = inv.iter().find(|i| get(i) != want) {
+                    return fail(format!("{field} {:?}, expected {want:?}", get(i)));
+                }
+            }
+        }
+        if let Some(h) = step.get("headers").and_then(Value::as_object) {
+            for i in &inv {
+                for (k, v) in h {
+                    let got = i.headers.get(k);
+                    let ok = match (v.as_str(), got) {
+                        (Some("*"), Some(g)) => !g.is_empty(),
+                        (Some(w), Some(g)) => w == g,
+                        _ => false,
+                    };
+                    if !ok {
+                        return fail(format!("header {k}: {got:?}, expected {v}"));
+                    }
+                }
+            }
+        }
+        if let Some(j) = step.get("json") {
+            if let Some(i) = inv.iter().find(|i| i.json.as_ref() != Some(j)) {
+                return fail(format!("json {:?}, expected {j}", i.json));
+            }
+        }
+        if step.get("key_order") == Some(&Value::Bool(true)) {
+            let mut last: HashMap<Option<String>, i64> = HashMap::new();
+            for i in inv.iter().filter(|i| i.ok == Some(true)) {
+                let n: i64 = i.payload.parse().map_err(|_| format!("payload {:?} is not a number", i.payload))?;
+                if let Some(prev) = last.insert(i.key.clone(), n) {
+                    if n <= prev {
+                        return fail(format!("key {:?}: {n} handled after {prev}", i.key));
+                    }
+                }
+            }
+        }
+        if step.get("no_overlap_per_key") == Some(&Value::Bool(true)) && rec.overlap.load(Ordering::SeqCst) {
+            return fail("two invocations with the same key overlapped".into());
+        }
+        let peak = rec.peak.load(Ordering::SeqCst) as u64;
+        if let Some(n) = step.get("max_in_flight").and_then(Value::as_u64) {
+            if peak > n {
+                return fail(format!("peak in flight {peak} > {n}"));
+            }
+        }
+        if let Some(n) = step.get("min_peak_in_flight").and_then(Value::as_u64) {
+            if peak < n {
+                return fail(format!("peak in flight {peak} < {n}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_scenario(url: String, scenario: Value) -> Result<(), String> {
+    let mut cfg = json!({"url": url, "prefix": format!("t.{}", uuid_hex())});
+    if let Some(extra) = scenario.get("config").and_then(Value::as_object) {
+        for (k, v) in extra {
+            cfg[k] = v.clone();
+        }
+    }
+    let config = Config::parse(&cfg.to_string()).map_err(|e| e.to_string())?;
+    let bus = Bus::connect(config).await.map_err(|e| format!("connect {url}: {e}"))?;
+    let mut run = Run { bus: bus.clone(), recs: HashMap::new(), subs: HashMap::new() };
+    for (n, step) in scenario["steps"].as_array().into_iter().flatten().enumerate() {
+        run.step(step).await.map_err(|e| format!("step {} ({}): {e}", n + 1, step["op"]))?;
+    }
+    let _ = bus.close().await;
+    Ok(())
+}
+
+fn uuid_hex() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{:x}{:x}", t, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let features: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("features.json")).unwrap()).unwrap();
+    let only: Option<Vec<String>> = std::env::var("POLYBUS_TEST_BACKENDS")
+        .ok()
+        .map(|s| s.split(',').map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()).collect());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("scenarios"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let slow = std::env::var("POLYBUS_TEST_SLOW").is_ok_and(|v| v == "1");
+    let mut trials = Vec::new();
+    for (backend, feats) in features.as_object().unwrap() {
+        if only.as_ref().is_some_and(|o| !o.contains(backend)) {
+            continue;
+        }
+        let env = format!("POLYBUS_TEST_{}_URL", backend.to_uppercase());
+        let url = std::env::var(&env).unwrap_or_else(|_| feats["url"].as_str().unwrap().to_owned());
+        for f in &files {
+            let scenario: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let id = scenario["id"].as_str().unwrap().to_owned();
+            let name = format!("{backend}/{id}");
+            let missing = scenario["requires"].as_array().into_iter().flatten().find_map(|r| {
+                let r = r.as_str()?;
+                let (want, feat) = r.strip_prefix('!').map_or((true, r), |f| (false, f));
+                let has = feats.get(feat).and_then(Value::as_bool).unwrap_or(false);
+                (has != want).then(|| {
+                    if want {
+                        format!("backend lacks \"{feat}\"")
+                    } else {
+                        format!("backend has \"{feat}\"")
+                    }
+                })
+            });
+            let is_slow = scenario.get("slow") == Some(&Value::Bool(true)) && !slow;
+            let url = url.clone();
+            let skip = missing.clone();
+            let trial = Trial::test(name, move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Failed::from(e.to_string()))?;
+                rt.block_on(run_scenario(url, scenario)).map_err(Failed::from)
+            });
+            trials.push(match skip {
+                // Shown as `[skipped: backend lacks "groups"] memory/003-group ... ignored`.
+                Some(reason) => trial.with_kind(format!("skipped: {reason}")).with_ignored_flag(true),
+                None if is_slow => trial.with_kind("slow: set POLYBUS_TEST_SLOW=1").with_ignored_flag(true),
+                None => trial,
+            });
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
