@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need, idempotently and cached under build/:
+# Debian packages (valgrind), cbindgen (into build/tools). The language toolchains (Rust, Go,
+# Python, Node, gcc) are expected on the machine; each binding's test.sh installs its own
+# packages (maturin and pytest into a venv, @napi-rs/cli from package-lock.json, Go modules).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+tools="$root/build/tools"
+mkdir -p "$tools/bin"
+
+need_apt=()
+command -v valgrind >/dev/null || need_apt+=(valgrind)
+command -v gcc >/dev/null || need_apt+=(gcc)
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+for tool in cargo go python3 node npm; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool is required but not installed" >&2; exit 1; }
+done
+
+cbindgen_version=0.29.4
+if ! "$tools/bin/cbindgen" --version 2>/dev/null | grep -q "$cbindgen_version"; then
+  echo "setup: installing cbindgen $cbindgen_version into build/tools"
+  cargo install --quiet --locked --root "$tools" --version "$cbindgen_version" cbindgen
+fi
