@@ -65,6 +65,9 @@ where
     }
 }
 
+/// How often an idle lane yields before it parks waiting for events.
+const SPIN_YIELDS: usize = 16;
+
 /// Counters of a bus, cumulative since it was opened.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -304,6 +307,17 @@ async fn lane(
             }
         }
         if batch.is_empty() {
+            // Under a steady stream the next event is usually a moment away: yielding a few
+            // times is far cheaper than parking the thread and being woken per event.
+            for _ in 0..SPIN_YIELDS {
+                if let Some(d) = source.try_next() {
+                    batch.push(d);
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        if batch.is_empty() {
             match unless_aborted(&ctx.abort, Next(source.as_mut())).await {
                 Some(Some(d)) => batch.push(d),
                 _ => break,
@@ -439,7 +453,7 @@ async fn give_up(ctx: &LaneCtx, d: Delivery, reason: &str) {
         Some(topic) => {
             let mut m: Message = (*e.message).clone();
             m.topic = topic.clone();
-            m.id = String::new();
+            m.id = crate::id::EventId::Unset;
             m.time = None;
             m.headers.insert(HEADER_DEAD_LETTER_REASON.into(), sanitize(reason));
             m.headers.insert(HEADER_DEAD_LETTER_ATTEMPTS.into(), e.attempt.to_string());

@@ -45,7 +45,7 @@ impl Event {
 
     /// The event id (a UUIDv7 unless the publisher set one).
     pub fn id(&self) -> &str {
-        &self.message.id
+        self.message.id.as_str()
     }
 
     /// The event type (defaults to the topic).

@@ -38,6 +38,7 @@ mod config;
 pub mod dispatch;
 mod error;
 mod event;
+mod id;
 mod message;
 #[cfg(feature = "global-runtime")]
 pub mod runtime;

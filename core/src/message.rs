@@ -30,7 +30,7 @@ pub struct Message {
     pub(crate) payload: Bytes,
     pub(crate) key: Option<String>,
     pub(crate) headers: Headers,
-    pub(crate) id: String,
+    pub(crate) id: crate::id::EventId,
     pub(crate) event_type: Option<String>,
     pub(crate) source: Option<String>,
     pub(crate) time: Option<SystemTime>,
@@ -44,7 +44,7 @@ impl Message {
             payload: payload.into(),
             key: None,
             headers: Headers::new(),
-            id: String::new(),
+            id: crate::id::EventId::Unset,
             event_type: None,
             source: None,
             time: None,
@@ -81,7 +81,12 @@ impl Message {
 
     /// Sets the event id (default: a new UUIDv7 at publish time).
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = id.into();
+        let id: String = id.into();
+        self.id = if id.is_empty() {
+            crate::id::EventId::Unset
+        } else {
+            crate::id::EventId::Custom(id.into_boxed_str())
+        };
         self
     }
 
@@ -112,6 +117,11 @@ impl Message {
         self.key.as_deref()
     }
 
+    /// The event id, empty until published unless set with [`id`](Message::id).
+    pub fn id_str(&self) -> &str {
+        self.id.as_str()
+    }
+
     /// The headers.
     pub fn header_map(&self) -> &Headers {
         &self.headers
@@ -139,11 +149,9 @@ impl Message {
         for (name, value) in &self.headers {
             validate_header(name, value)?;
         }
-        if self.id.is_empty() {
-            self.id = uuid::Uuid::now_v7().to_string();
-        }
-        if self.time.is_none() {
-            self.time = Some(SystemTime::now());
+        let time = *self.time.get_or_insert_with(SystemTime::now);
+        if self.id == crate::id::EventId::Unset {
+            self.id = crate::id::new_v7(time);
         }
         if self.source.is_none() {
             self.source = source.map(str::to_owned);
@@ -179,7 +187,7 @@ mod tests {
     fn prepare_fills_defaults_and_validates() {
         let mut m = Message::new("a.b", "x");
         m.prepare(Some("svc"), 10).unwrap();
-        assert_eq!(m.id.len(), 36);
+        assert_eq!(m.id.as_str().len(), 36);
         assert!(m.time.is_some());
         assert_eq!(m.source.as_deref(), Some("svc"));
 
