@@ -68,16 +68,29 @@ where
 /// How often an idle lane yields before it parks waiting for events.
 const SPIN_YIELDS: usize = 16;
 
-/// Counters of a bus, cumulative since it was opened.
+/// Counters of a bus, cumulative since it was opened. Publishers and subscribers update
+/// different counters from different threads: each sits on its own cache line.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) published: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) acked: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) dropped: AtomicU64,
+    pub(crate) published: Padded,
+    pub(crate) delivered: Padded,
+    pub(crate) acked: Padded,
+    pub(crate) failed: Padded,
+    pub(crate) retried: Padded,
+    pub(crate) dead_lettered: Padded,
+    pub(crate) dropped: Padded,
+}
+
+/// An atomic counter alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 /// A snapshot of a bus's counters.
@@ -329,13 +342,13 @@ async fn lane(
                 None => break,
             }
         }
-        let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
-        let Some(outcomes) = unless_aborted(&ctx.abort, execute(&ctx, lane, events)).await else {
+        let Some(outcomes) = unless_aborted(&ctx.abort, execute(&ctx, lane, &batch)).await else {
             add(&ctx.shared.counters.dropped, batch.len() as u64);
             break;
         };
         let mut requeue: Vec<Delivery> = Vec::new();
         let mut backoff: Option<Duration> = None;
+        let mut acked = 0u64;
         for (i, mut d) in batch.into_iter().enumerate() {
             let outcome = outcomes
                 .get(i)
@@ -343,7 +356,7 @@ async fn lane(
                 .unwrap_or_else(|| Outcome::Nack("the handler reported no result".into()));
             match outcome {
                 Outcome::Ack => {
-                    add(&ctx.shared.counters.acked, 1);
+                    acked += 1;
                     settle(d).await;
                     if let Some((loads, i)) = &load {
                         loads[*i].fetch_sub(1, Ordering::Relaxed);
@@ -371,6 +384,7 @@ async fn lane(
                 }
             }
         }
+        add(&ctx.shared.counters.acked, acked);
         for d in requeue.into_iter().rev() {
             pending.push_front(d);
         }
@@ -387,18 +401,17 @@ async fn lane(
     }
 }
 
-async fn execute(ctx: &LaneCtx, lane: u32, events: Vec<Event>) -> Vec<Outcome> {
+async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Vec<Outcome> {
     match &ctx.executor {
         Executor::Native(handler) => {
-            let mut out = Vec::with_capacity(events.len());
+            let mut out = Vec::with_capacity(batch.len());
             let mut failed = false;
-            for e in events {
+            for d in batch {
                 if failed {
                     out.push(Outcome::Skipped);
                     continue;
                 }
-                add(&ctx.shared.counters.delivered, 1);
-                let result = AssertUnwindSafe(handler.call(e)).catch_unwind().await;
+                let result = AssertUnwindSafe(handler.call(d.event.clone())).catch_unwind().await;
                 let outcome = match result {
                     Ok(Ok(())) => Outcome::Ack,
                     Ok(Err(err)) => Outcome::Nack(err.to_string()),
@@ -407,10 +420,13 @@ async fn execute(ctx: &LaneCtx, lane: u32, events: Vec<Event>) -> Vec<Outcome> {
                 failed = outcome != Outcome::Ack;
                 out.push(outcome);
             }
+            let ran = out.iter().filter(|o| **o != Outcome::Skipped).count();
+            add(&ctx.shared.counters.delivered, ran as u64);
             out
         }
         Executor::Remote(tx) => {
-            let n = events.len();
+            let n = batch.len();
+            let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
             let (reply, rx) = tokio::sync::oneshot::channel();
             let batch = Batch { events, reply: Some(reply), lane };
             if tx.send_async(batch).await.is_err() {

@@ -464,6 +464,14 @@ fn uuid_hex() -> String {
 }
 
 fn main() {
+    // Scenario handlers panic on purpose (a panic is a nack); keep their noise out of the log.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        if !msg.starts_with("scenario handler panics") {
+            default_hook(info);
+        }
+    }));
     let args = Arguments::from_args();
     let features: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("features.json")).unwrap()).unwrap();

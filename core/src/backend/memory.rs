@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{Hash, Hasher},
+    hash::{BuildHasherDefault, Hash, Hasher},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Weak,
@@ -76,7 +76,7 @@ struct Broker {
 #[derive(Default)]
 struct Table {
     routes: Vec<Route>,
-    cache: RwLock<HashMap<String, Arc<[Target]>>>,
+    cache: RwLock<HashMap<String, Arc<[Target]>, BuildHasherDefault<FxHasher>>>,
 }
 
 struct Route {
@@ -118,6 +118,24 @@ impl Table {
 
     fn changed(&mut self) {
         self.cache.get_mut().clear();
+    }
+}
+
+/// A fast non-cryptographic hasher for the topic cache (keys are local topic names).
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 

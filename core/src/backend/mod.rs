@@ -51,7 +51,7 @@ pub(crate) struct Delivery {
 }
 
 /// Settles one delivery at the broker (at-least-once backends).
-pub(crate) trait Acker: Send + 'static {
+pub(crate) trait Acker: Send + Sync + 'static {
     /// The event was handled (or dead-lettered): the broker may forget it.
     fn ack(self: Box<Self>) -> BoxFut<'static, Result<()>>;
 }
@@ -96,24 +96,33 @@ impl Future for Next<'_> {
 }
 
 /// A source over a bounded channel (the memory backend and the per-lane queues use it).
+///
+/// It takes whatever is queued in one go (one lock per batch, not per event).
 pub(crate) struct ChannelSource {
     rx: flume::Receiver<Delivery>,
     stream: flume::r#async::RecvStream<'static, Delivery>,
+    ready: std::collections::VecDeque<Delivery>,
 }
 
 impl ChannelSource {
     pub(crate) fn new(rx: flume::Receiver<Delivery>) -> Self {
-        ChannelSource { stream: rx.clone().into_stream(), rx }
+        ChannelSource { stream: rx.clone().into_stream(), rx, ready: Default::default() }
     }
 }
 
 impl Source for ChannelSource {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        if let Some(d) = self.ready.pop_front() {
+            return Poll::Ready(Some(d));
+        }
         futures::Stream::poll_next(Pin::new(&mut self.stream), cx)
     }
 
     fn try_next(&mut self) -> Option<Delivery> {
-        self.rx.try_recv().ok()
+        if self.ready.is_empty() {
+            self.ready.extend(self.rx.drain());
+        }
+        self.ready.pop_front()
     }
 }
 
