@@ -289,6 +289,15 @@ impl Bus {
         self.check_open()?;
         let parsed = Pattern::parse(pattern)?;
         options.validate()?;
+        if let Some(dl) = options.dead_letter.as_deref().filter(|dl| parsed.matches(dl)) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "dead_letter topic {dl:?} matches the subscription's own pattern {pattern:?}: \
+                     failed events would come back to the handler that failed them"
+                ),
+            ));
+        }
         let shared = &self.inner.shared;
         let (source, unsubscribe) = shared.backend.subscribe(&parsed, &options).await?;
         let control = dispatch::start(

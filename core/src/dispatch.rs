@@ -342,7 +342,9 @@ async fn lane(
                 None => break,
             }
         }
-        let Some(outcomes) = unless_aborted(&ctx.abort, execute(&ctx, lane, &batch)).await else {
+        let Some(Some(outcomes)) = unless_aborted(&ctx.abort, execute(&ctx, lane, &batch)).await
+        else {
+            // Aborted, or the front end let go of the subscription: nothing will handle these.
             add(&ctx.shared.counters.dropped, batch.len() as u64);
             break;
         };
@@ -401,7 +403,8 @@ async fn lane(
     }
 }
 
-async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Vec<Outcome> {
+/// Runs a batch; `None` when the front end pulling batches is gone.
+async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Option<Vec<Outcome>> {
     match &ctx.executor {
         Executor::Native(handler) => {
             let mut out = Vec::with_capacity(batch.len());
@@ -422,24 +425,21 @@ async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Vec<Outcome> {
             }
             let ran = out.iter().filter(|o| **o != Outcome::Skipped).count();
             add(&ctx.shared.counters.delivered, ran as u64);
-            out
+            Some(out)
         }
         Executor::Remote(tx) => {
             let n = batch.len();
             let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
             let (reply, rx) = tokio::sync::oneshot::channel();
             let batch = Batch { events, reply: Some(reply), lane };
-            if tx.send_async(batch).await.is_err() {
-                // The front end let go of the subscription: nothing will handle these.
-                return vec![Outcome::Nack("the subscription's consumer is gone".into()); n];
-            }
+            tx.send_async(batch).await.ok()?;
             let outcomes = rx.await.unwrap_or_default();
             let ran = outcomes.iter().filter(|o| **o != Outcome::Skipped).count();
             add(&ctx.shared.counters.delivered, ran.min(n) as u64);
             if outcomes.is_empty() && n > 0 {
-                return vec![Outcome::Nack("the batch was dropped without results".into()); n];
+                return Some(vec![Outcome::Nack("the batch was dropped without results".into()); n]);
             }
-            outcomes
+            Some(outcomes)
         }
     }
 }
