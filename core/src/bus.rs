@@ -2,13 +2,14 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Weak,
     },
     time::Duration,
 };
 
 use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     backend::{self, Backend, Publishing},
@@ -64,44 +65,32 @@ pub(crate) struct BusShared {
     pub(crate) counters: Counters,
     pub(crate) runtime: tokio::runtime::Handle,
     closed: AtomicBool,
+    /// Publishes waiting for the backend, finished in order by [`slow_lane`].
+    slow: mpsc::UnboundedSender<Waiting>,
+    slow_pending: AtomicUsize,
 }
 
 /// A publish the backend has not accepted yet (a subscriber's queue is full, a broker has not
 /// acknowledged). Returned by [`Bus::publish_nowait`]; wait on it with
 /// [`wait`](PendingPublish::wait) or [`wait_blocking`](PendingPublish::wait_blocking).
-#[must_use = "the publish is only complete once waited on"]
+///
+/// It makes progress whether or not it is waited on, in publish order: publishes started after
+/// it on the same bus wait their turn behind it, so events keep their order even when many are
+/// in flight.
+#[must_use = "the outcome of the publish is only known once waited on"]
+#[derive(Debug)]
 pub struct PendingPublish {
-    shared: Arc<BusShared>,
-    fut: crate::backend::BoxFut<'static, Result<()>>,
-}
-
-impl std::fmt::Debug for PendingPublish {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PendingPublish")
-    }
+    reply: oneshot::Receiver<Result<()>>,
 }
 
 impl PendingPublish {
-    /// Waits until the backend accepts the event, up to `publish_timeout_ms`.
+    /// Waits until the backend accepts the event (at most `publish_timeout_ms` after the
+    /// publish started).
     ///
     /// # Errors
-    /// [`ErrorKind::Timeout`], and backend errors.
+    /// [`ErrorKind::Timeout`], [`ErrorKind::Closed`], and backend errors.
     pub async fn wait(self) -> Result<()> {
-        let limit = Config::duration(self.shared.config.publish_timeout_ms);
-        match tokio::time::timeout(limit, self.fut).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "publish was not accepted within {} ms (a subscriber's queue stayed full)",
-                        limit.as_millis()
-                    ),
-                ))
-            }
-        }
-        self.shared.counters.published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.reply.await.unwrap_or_else(|_| Err(Error::closed("bus")))
     }
 
     /// Blocks the calling thread until the backend accepts the event. Must not be called from
@@ -110,8 +99,53 @@ impl PendingPublish {
     /// # Errors
     /// As [`wait`](PendingPublish::wait).
     pub fn wait_blocking(self) -> Result<()> {
-        let rt = self.shared.runtime.clone();
-        rt.block_on(self.wait())
+        self.reply.blocking_recv().unwrap_or_else(|_| Err(Error::closed("bus")))
+    }
+}
+
+/// A publish waiting its turn in the bus's slow lane.
+struct Waiting {
+    work: Work,
+    deadline: tokio::time::Instant,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+enum Work {
+    /// The backend started it and must finish it.
+    Started(crate::backend::BoxFut<'static, Result<()>>),
+    /// Not handed to the backend yet: an earlier publish was still waiting.
+    Queued(Arc<Message>),
+}
+
+/// Finishes waiting publishes one at a time, in the order they started.
+async fn slow_lane(shared: Weak<BusShared>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
+    while let Some(w) = rx.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            let _ = w.reply.send(Err(Error::closed("bus")));
+            continue;
+        };
+        let fut = match w.work {
+            Work::Started(fut) => fut,
+            Work::Queued(m) => match shared.backend.publish(m) {
+                Publishing::Done(r) => Box::pin(std::future::ready(r)),
+                Publishing::Pending(fut) => fut,
+            },
+        };
+        let result = match tokio::time::timeout_at(w.deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "publish was not accepted within {} ms (a subscriber's queue stayed full)",
+                    shared.config.publish_timeout_ms
+                ),
+            )),
+        };
+        if result.is_ok() {
+            shared.counters.published.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.slow_pending.fetch_sub(1, Ordering::AcqRel);
+        let _ = w.reply.send(result);
     }
 }
 
@@ -120,14 +154,30 @@ impl BusShared {
     fn start_publish(self: &Arc<Self>, mut message: Message) -> Result<Option<PendingPublish>> {
         let source = (!self.config.name.is_empty()).then_some(self.config.name.as_str());
         message.prepare(source, self.config.max_payload)?;
-        match self.backend.publish(Arc::new(message)) {
+        let message = Arc::new(message);
+        if self.slow_pending.load(Ordering::Acquire) > 0 {
+            return Ok(Some(self.wait_turn(Work::Queued(message))));
+        }
+        match self.backend.publish(message) {
             Publishing::Done(r) => {
                 r?;
                 self.counters.published.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
-            Publishing::Pending(fut) => Ok(Some(PendingPublish { shared: self.clone(), fut })),
+            Publishing::Pending(fut) => Ok(Some(self.wait_turn(Work::Started(fut)))),
         }
+    }
+
+    fn wait_turn(&self, work: Work) -> PendingPublish {
+        self.slow_pending.fetch_add(1, Ordering::AcqRel);
+        let (reply, rx) = oneshot::channel();
+        let deadline =
+            tokio::time::Instant::now() + Config::duration(self.config.publish_timeout_ms);
+        if let Err(mpsc::error::SendError(w)) = self.slow.send(Waiting { work, deadline, reply }) {
+            self.slow_pending.fetch_sub(1, Ordering::AcqRel);
+            let _ = w.reply.send(Err(Error::closed("bus")));
+        }
+        PendingPublish { reply: rx }
     }
 
     pub(crate) fn close_timeout(&self) -> Duration {
@@ -194,18 +244,18 @@ impl Bus {
                 format!("connecting to {:?} took longer than {} ms", config.url, limit.as_millis()),
             )
         })??;
-        Ok(Bus {
-            inner: Arc::new(BusInner {
-                shared: Arc::new(BusShared {
-                    config,
-                    backend,
-                    counters: Counters::default(),
-                    runtime,
-                    closed: AtomicBool::new(false),
-                }),
-                subscriptions: Mutex::new(Vec::new()),
-            }),
-        })
+        let (slow, slow_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(BusShared {
+            config,
+            backend,
+            counters: Counters::default(),
+            runtime: runtime.clone(),
+            closed: AtomicBool::new(false),
+            slow,
+            slow_pending: AtomicUsize::new(0),
+        });
+        runtime.spawn(slow_lane(Arc::downgrade(&shared), slow_rx));
+        Ok(Bus { inner: Arc::new(BusInner { shared, subscriptions: Mutex::new(Vec::new()) }) })
     }
 
     /// The configuration the bus was opened with.

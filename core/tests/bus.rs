@@ -247,3 +247,47 @@ async fn subscription_close_drains_and_is_idempotent() {
     assert_eq!(bus.stats().acked, 50);
     bus.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_that_wait_keep_their_order() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _sub = bus
+        .subscribe("a.b", SubscribeOptions::new().queue_size(1).batch_size(1), move |e: Event| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                g.acquire().await.unwrap().forget();
+                tx.send(String::from_utf8_lossy(e.payload()).into_owned()).unwrap();
+                Ok::<_, polybus::Error>(())
+            }
+        })
+        .await
+        .unwrap();
+    // Fill the queue, then start many publishes without waiting on them.
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        if let Some(p) = bus.publish_nowait(Message::new("a.b", format!("{i}"))).unwrap() {
+            pending.push(p);
+        }
+    }
+    assert!(pending.len() >= 15, "the queue of one must make most publishes wait");
+    let waits = tokio::spawn(async move {
+        // Wait on the last first: order must not depend on who waits first.
+        for p in pending.into_iter().rev() {
+            p.wait().await.unwrap();
+        }
+    });
+    gate.add_permits(20);
+    let got: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            v.push(recv(&mut rx).await);
+        }
+        v
+    };
+    waits.await.unwrap();
+    assert_eq!(got, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+    bus.close().await.unwrap();
+}
