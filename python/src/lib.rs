@@ -1,1 +1,86 @@
-//! Python bindings of polybus (in progress).
+//! Python bindings of polybus: the native module `polybus._polybus`.
+//!
+//! The boundary follows the project's design: publishing is a plain call that only releases
+//! the interpreter when the backend makes it wait; subscriptions are pulled in batches by
+//! Python-owned dispatcher threads, which release the interpreter while they wait and hold it
+//! while they run handlers. Nothing here ever attaches to the interpreter from a tokio worker.
+//! Retries, ordering and dead-lettering are the core's; this crate only converts types, runs
+//! handlers and maps errors.
+
+use std::{future::Future, time::Duration};
+
+use pyo3::{prelude::*, sync::PyOnceLock, types::PyModule};
+
+mod bus;
+mod config;
+mod error;
+mod event;
+mod message;
+mod subscription;
+
+/// The longest a blocking call waits before it looks for signals, so Ctrl-C interrupts it.
+pub(crate) const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runs `fut` to completion on the process-wide runtime, detached from the interpreter.
+///
+/// The wait is cut into slices of [`SIGNAL_CHECK_INTERVAL`]; between slices the thread attaches
+/// and checks for signals, so a `KeyboardInterrupt` ends the wait (the future is dropped).
+pub(crate) fn block_on<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let runtime = polybus::runtime::global();
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let slice = py.detach(|| {
+            runtime.block_on(async {
+                tokio::time::timeout(SIGNAL_CHECK_INTERVAL, fut.as_mut())
+                    .await
+                    .ok()
+            })
+        });
+        if let Some(out) = slice {
+            return Ok(out);
+        }
+        py.check_signals()?;
+    }
+}
+
+/// How Python spells a boolean, for `__repr__`.
+pub(crate) fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// The Python helper module `polybus._dispatch` (coroutine handlers, logging, the current
+/// subscription).
+pub(crate) fn dispatch_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    MODULE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("polybus._dispatch")?.unbind())
+        })
+        .map(|m| m.bind(py))
+}
+
+/// The native module.
+#[pymodule]
+mod _polybus {
+    #[pymodule_export]
+    use crate::bus::{connect, Bus, PendingPublish};
+    #[pymodule_export]
+    use crate::event::Event;
+    #[pymodule_export]
+    use crate::subscription::{Batch, Subscription};
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::error::register(m)?;
+        m.add("__version__", polybus::VERSION)
+    }
+}

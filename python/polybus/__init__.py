@@ -1,0 +1,75 @@
+"""polybus: one event bus for Rust, C, Go, Python and Node.
+
+Publish events to dot-separated topics and subscribe handlers to patterns (``*`` matches one
+token, ``>`` the rest). A handler that returns acknowledges its event; one that raises nacks
+it, and the core retries it with exponential backoff up to ``max_attempts``, then publishes it
+to the ``dead_letter`` topic (or drops it, counted in ``stats()``).
+
+Plain handlers run on dispatcher threads owned by Python, at most ``concurrency`` at once;
+``async def`` handlers run on the event loop that was running when they subscribed. Events
+with the same ``key`` are handled in publish order and never concurrently. After ``close()``,
+which lets queued and in-flight events finish, every call but ``stats()`` and ``close()``
+raises :class:`ClosedError`.
+
+>>> import polybus
+>>> seen = []
+>>> with polybus.connect("memory://") as bus:
+...     sub = bus.subscribe("orders.*", lambda e: seen.append(e.json()))
+...     bus.publish("orders.created", {"id": 1})
+>>> seen
+[{'id': 1}]
+
+The asyncio flavour, with the same method names, is :mod:`polybus.aio`.
+"""
+
+from . import aio
+from ._polybus import (
+    AbiMismatchError,
+    AuthError,
+    BackendError,
+    Bus,
+    ClosedError,
+    Event,
+    HandlerError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidConfigError,
+    InvalidPatternError,
+    InvalidTopicError,
+    PanicError,
+    PayloadError,
+    PolybusConnectionError,
+    PolybusError,
+    PolybusTimeoutError,
+    Subscription,
+    TooLargeError,
+    UnsupportedError,
+    __version__,
+    connect,
+)
+
+__all__ = [
+    "AbiMismatchError",
+    "AuthError",
+    "BackendError",
+    "Bus",
+    "ClosedError",
+    "Event",
+    "HandlerError",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidConfigError",
+    "InvalidPatternError",
+    "InvalidTopicError",
+    "PanicError",
+    "PayloadError",
+    "PolybusConnectionError",
+    "PolybusError",
+    "PolybusTimeoutError",
+    "Subscription",
+    "TooLargeError",
+    "UnsupportedError",
+    "__version__",
+    "aio",
+    "connect",
+]

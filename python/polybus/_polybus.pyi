@@ -1,0 +1,458 @@
+"""The native module of polybus (type stubs; the public names are re-exported by ``polybus``)."""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar, Literal, TypeVar, final
+
+from typing_extensions import TypeAlias
+
+__all__ = [
+    "AbiMismatchError",
+    "AuthError",
+    "BackendError",
+    "Bus",
+    "ClosedError",
+    "Event",
+    "HandlerError",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidConfigError",
+    "InvalidPatternError",
+    "InvalidTopicError",
+    "PanicError",
+    "PayloadError",
+    "PolybusConnectionError",
+    "PolybusError",
+    "PolybusTimeoutError",
+    "Subscription",
+    "TooLargeError",
+    "UnsupportedError",
+    "_Batch",
+    "_PendingPublish",
+    "__version__",
+    "connect",
+]
+
+__version__: str
+
+_Handler: TypeAlias = Callable[[Event], Awaitable[object] | object]
+_H = TypeVar("_H", bound=_Handler)
+
+def connect(config: str | Mapping[str, Any]) -> Bus:
+    """Connects to a bus.
+
+    Blocks until connected, with the interpreter released; Ctrl-C interrupts it.
+
+    Args:
+        config: A URL (``"memory://"``, ``"memory://NAME"`` shared in the process by name), a
+            JSON object as text, or a dict with the fields ``url``, ``prefix``, ``name``,
+            ``connect_timeout_ms``, ``publish_timeout_ms``, ``close_timeout_ms`` and
+            ``max_payload``.
+
+    Returns:
+        The connected bus.
+
+    Raises:
+        InvalidConfigError: The config cannot be parsed or names an unknown field.
+        PolybusTimeoutError: Connecting took longer than ``connect_timeout_ms``.
+        PolybusConnectionError: The broker cannot be reached.
+        TypeError: ``config`` is neither a string nor a mapping.
+
+    Examples:
+        >>> bus = connect({"url": "memory://", "name": "billing"})
+        >>> bus.close()
+    """
+
+@final
+class Bus:
+    """A connection to an event bus. Made by :func:`connect`.
+
+    Handlers run on dispatcher threads owned by Python (plain functions, ``concurrency`` at
+    once) or on the event loop that was running when they subscribed (``async def``
+    functions). A handler that returns acknowledges its event; one that raises nacks it: the
+    exception is logged to the ``polybus`` logger and the core redelivers the event with
+    backoff up to ``max_attempts``, then dead-letters or drops it.
+
+    After :meth:`close` every method but :meth:`stats` and :meth:`close` raises
+    :class:`ClosedError`. A bus is a context manager that closes on exit.
+    """
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+
+    def publish(
+        self,
+        topic: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        id: str | None = None,
+        type: str | None = None,
+    ) -> None:
+        """Publishes one event and returns once the backend has accepted it.
+
+        Returns at once when the backend accepts the event without waiting (memory: it is
+        queued to every matching subscription); otherwise waits with the interpreter released
+        (a subscription's queue is full), up to ``publish_timeout_ms``.
+
+        Args:
+            topic: Dot-separated tokens, such as ``"orders.created"``.
+            payload: ``bytes``, ``bytearray`` or ``memoryview`` as they are; ``str`` as UTF-8;
+                any other value as JSON (with the header ``content-type: application/json``).
+            key: The ordering key: events with one key are handled in publish order, one at a
+                time.
+            headers: Header names to values.
+            id: The event id (default: a new UUIDv7).
+            type: The event type (default: the topic).
+
+        Raises:
+            ClosedError: The bus is closed.
+            InvalidTopicError: The topic is not valid.
+            TooLargeError: The payload exceeds ``max_payload``.
+            InvalidArgumentError: A header or the key is not valid.
+            PayloadError: The payload cannot be encoded as JSON.
+            PolybusTimeoutError: Not accepted within ``publish_timeout_ms``.
+
+        Examples:
+            >>> with connect("memory://") as bus:
+            ...     bus.publish("orders.created", {"id": 1}, key="order-1")
+        """
+
+    def _publish_nowait(
+        self,
+        topic: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        id: str | None = None,
+        type: str | None = None,
+    ) -> _PendingPublish | None:
+        """Starts a publish without waiting (internal: the asyncio front end's fast path).
+
+        Returns:
+            None when the backend accepted the event, else the publish to wait on.
+        """
+
+    def publish_many(self, events: Iterable[tuple[str, object] | Mapping[str, Any]]) -> int:
+        """Publishes many events in order, pipelined: the fast path for bulk publishing.
+
+        Events are converted in chunks, then handed to the core with the interpreter released.
+        Stops at the first error; the events before it were published.
+
+        Args:
+            events: ``(topic, payload)`` pairs, or dicts with ``topic``, ``payload`` and
+                optionally ``key``, ``headers``, ``id`` and ``type``.
+
+        Returns:
+            How many events were published.
+
+        Raises:
+            PolybusError: As :meth:`publish`; the message names the failed event's index.
+            TypeError: An item is neither a pair nor a dict.
+
+        Examples:
+            >>> with connect("memory://") as bus:
+            ...     bus.publish_many(("orders.created", str(i)) for i in range(3))
+            3
+        """
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: _Handler,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        max_attempts: int = 5,
+        dead_letter: str | None = None,
+        start: Literal["new", "earliest"] = "new",
+        backoff_initial_ms: int = 100,
+        backoff_max_ms: int = 10000,
+        queue_size: int = 1024,
+        batch_size: int = 256,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Subscription:
+        """Subscribes ``handler`` to ``pattern``.
+
+        Args:
+            pattern: Topics to receive: ``*`` matches one token, ``>`` the rest.
+            handler: Called with each :class:`Event`. A plain function runs on a dispatcher
+                thread; an ``async def`` function runs on ``loop``.
+            group: Competing consumers: each event goes to one member of the group. None
+                broadcasts.
+            concurrency: Handlers in flight at once. Events with one key never overlap.
+            max_attempts: Deliveries of one event before it is dead-lettered or dropped.
+            dead_letter: Topic that receives events that failed ``max_attempts`` times.
+            start: ``"new"``, or ``"earliest"`` on backends that keep history.
+            backoff_initial_ms: First retry delay; it doubles on each further attempt.
+            backoff_max_ms: Largest retry delay.
+            queue_size: Events buffered before publishers wait.
+            batch_size: Most events handed to a dispatcher thread at once.
+            loop: The event loop coroutine handlers run on (default: the running loop).
+
+        Returns:
+            The running subscription.
+
+        Raises:
+            ClosedError: The bus is closed.
+            InvalidPatternError: The pattern is not valid.
+            InvalidArgumentError: An option is out of range, or a coroutine handler has no
+                event loop.
+            InvalidTopicError: ``dead_letter`` is not a valid topic.
+            UnsupportedError: The backend cannot honour an option (``start="earliest"`` on
+                ``memory://``).
+            TypeError: ``handler`` is not callable.
+
+        Examples:
+            >>> with connect("memory://") as bus:
+            ...     sub = bus.subscribe("orders.*", print, group="billing", concurrency=4)
+        """
+
+    def on(
+        self,
+        pattern: str,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        max_attempts: int = 5,
+        dead_letter: str | None = None,
+        start: Literal["new", "earliest"] = "new",
+        backoff_initial_ms: int = 100,
+        backoff_max_ms: int = 10000,
+        queue_size: int = 1024,
+        batch_size: int = 256,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Callable[[_H], _H]:
+        """A decorator that subscribes the decorated handler and returns it unchanged.
+
+        The options are those of :meth:`subscribe`; the subscription ends with the bus.
+
+        Raises:
+            ClosedError: The bus is closed.
+
+        Examples:
+            >>> with connect("memory://") as bus:
+            ...     @bus.on("orders.*", group="billing")
+            ...     def bill(event: Event) -> None:
+            ...         pass
+        """
+
+    def stats(self) -> dict[str, int]:
+        """The bus's counters since it was opened.
+
+        Returns:
+            ``published``, ``delivered`` (every attempt), ``acked``, ``failed``, ``retried``,
+            ``dead_lettered`` and ``dropped``.
+        """
+
+    def close(self) -> None:
+        """Closes the bus. Idempotent.
+
+        New publishes and subscribes fail with :class:`ClosedError`; every subscription stops
+        receiving and its queued and in-flight events are handled (bounded by
+        ``close_timeout_ms``), with the interpreter released; then the connection is released
+        and the dispatcher threads end. Called from one of this bus's handlers (or from the
+        event loop its coroutine handlers need), it does not wait for the drain.
+
+        Raises:
+            PolybusTimeoutError: Handlers did not finish within ``close_timeout_ms``; the rest
+                was abandoned and counted as dropped.
+        """
+
+    def __enter__(self) -> Bus: ...
+    def __exit__(
+        self,
+        *_exc: object,
+    ) -> bool: ...
+
+@final
+class _PendingPublish:
+    """A publish the backend has not accepted yet (internal)."""
+
+    def wait(self) -> None:
+        """Blocks, with the interpreter released, until the backend accepts the event."""
+
+@final
+class _Batch:
+    """One lane's events, handled by the asyncio dispatcher as one coroutine (internal)."""
+
+    def events(self) -> list[Event]:
+        """The events, in the order they must be handled."""
+
+    def complete(self, failed: int | None, reason: str) -> None:
+        """Acks every event, or those before ``failed``; nacks ``failed``; skips the rest."""
+
+@final
+class Subscription:
+    """A running subscription, returned by :meth:`Bus.subscribe`.
+
+    It runs until it is closed or its bus is, whether or not the object is kept. A context
+    manager that closes on exit.
+    """
+
+    @property
+    def pattern(self) -> str:
+        """The pattern subscribed to."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription has been closed (by itself or by its bus)."""
+
+    def close(self) -> None:
+        """Stops receiving, lets queued and in-flight events finish, then returns. Idempotent.
+
+        Called from one of its own handlers (or from the event loop its coroutine handlers
+        need), it stops the subscription without waiting for the drain.
+
+        Raises:
+            PolybusTimeoutError: Handlers did not finish within the bus's ``close_timeout_ms``.
+        """
+
+    def unsubscribe(self) -> None:
+        """The same as :meth:`close`."""
+
+    def __enter__(self) -> Subscription: ...
+    def __exit__(
+        self,
+        *_exc: object,
+    ) -> bool: ...
+
+@final
+class Event:
+    """An event delivered to a handler: the published message plus the delivery attempt."""
+
+    @property
+    def topic(self) -> str:
+        """The topic it was published on (without the bus prefix)."""
+
+    @property
+    def payload(self) -> bytes:
+        """The payload, untouched."""
+
+    @property
+    def key(self) -> str | None:
+        """The ordering key, or None."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers, as a new dict."""
+
+    @property
+    def id(self) -> str:
+        """The event id (a UUIDv7 unless the publisher set one)."""
+
+    @property
+    def type(self) -> str:
+        """The event type (defaults to the topic)."""
+
+    @property
+    def source(self) -> str | None:
+        """The publishing service's name (its bus ``name``), or None."""
+
+    @property
+    def time(self) -> float:
+        """When it was published, in seconds since the Unix epoch (as ``time.time()``)."""
+
+    @property
+    def attempt(self) -> int:
+        """The delivery attempt: 1 on first delivery, 2 on the first retry, and so on."""
+
+    def json(self) -> Any:
+        """Decodes the payload as JSON.
+
+        Raises:
+            PayloadError: The payload is not valid JSON.
+        """
+
+class PolybusError(Exception):
+    """The base of every polybus error.
+
+    Attributes:
+        code: The C name of the status shared by every language, such as
+            ``"POLYBUS_ERR_CLOSED"`` (None on this base class).
+    """
+
+    code: ClassVar[str | None]
+
+class InvalidArgumentError(PolybusError, ValueError):
+    """An argument was out of range (POLYBUS_ERR_INVALID_ARGUMENT)."""
+
+    code: ClassVar[str]
+
+class InvalidConfigError(PolybusError, ValueError):
+    """The config could not be parsed or names an unknown setting (POLYBUS_ERR_INVALID_CONFIG)."""
+
+    code: ClassVar[str]
+
+class InvalidTopicError(PolybusError, ValueError):
+    """A topic is not valid (POLYBUS_ERR_INVALID_TOPIC)."""
+
+    code: ClassVar[str]
+
+class InvalidPatternError(PolybusError, ValueError):
+    """A subscription pattern is not valid (POLYBUS_ERR_INVALID_PATTERN)."""
+
+    code: ClassVar[str]
+
+class ClosedError(PolybusError):
+    """The bus or subscription is closed (POLYBUS_ERR_CLOSED)."""
+
+    code: ClassVar[str]
+
+class UnsupportedError(PolybusError):
+    """The backend cannot honour an option or pattern (POLYBUS_ERR_UNSUPPORTED)."""
+
+    code: ClassVar[str]
+
+class PolybusTimeoutError(PolybusError, TimeoutError):
+    """An operation did not finish in time (POLYBUS_ERR_TIMEOUT)."""
+
+    code: ClassVar[str]
+
+class PolybusConnectionError(PolybusError, ConnectionError):
+    """The broker could not be reached or the connection was lost (POLYBUS_ERR_CONNECTION)."""
+
+    code: ClassVar[str]
+
+class TooLargeError(PolybusError):
+    """A payload exceeds ``max_payload`` (POLYBUS_ERR_TOO_LARGE)."""
+
+    code: ClassVar[str]
+
+class AuthError(PolybusError, PermissionError):
+    """The broker rejected the credentials (POLYBUS_ERR_AUTH)."""
+
+    code: ClassVar[str]
+
+class BackendError(PolybusError):
+    """The broker returned an error (POLYBUS_ERR_BACKEND)."""
+
+    code: ClassVar[str]
+
+class PayloadError(PolybusError, ValueError):
+    """A payload could not be encoded or decoded as JSON (POLYBUS_ERR_PAYLOAD)."""
+
+    code: ClassVar[str]
+
+class HandlerError(PolybusError):
+    """A handler failed (POLYBUS_ERR_HANDLER)."""
+
+    code: ClassVar[str]
+
+class PanicError(PolybusError):
+    """A panic was caught at the API boundary (POLYBUS_ERR_PANIC)."""
+
+    code: ClassVar[str]
+
+class AbiMismatchError(PolybusError):
+    """The library and its front end disagree on the ABI version (POLYBUS_ERR_ABI_MISMATCH)."""
+
+    code: ClassVar[str]
+
+class InternalError(PolybusError):
+    """An internal invariant was broken (POLYBUS_ERR_INTERNAL)."""
+
+    code: ClassVar[str]

@@ -1,0 +1,418 @@
+//! The bus: connect, publish, subscribe, close.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Mutex,
+};
+
+use polybus::{ErrorKind, Headers, Message, SubscribeOptions};
+use pyo3::{
+    prelude::*,
+    sync::PyOnceLock,
+    types::{PyCFunction, PyDict, PyTuple},
+};
+
+use crate::{
+    block_on, config, dispatch_module,
+    error::{new_error, to_py},
+    message::{self, Meta},
+    py_bool,
+    subscription::{self, Caller, Subscription},
+};
+
+/// How many events `publish_many` converts before it hands them to the core at once.
+const PUBLISH_CHUNK: usize = 1024;
+
+/// Source of bus ids, which tell a handler's own bus from the others.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Connects to the bus described by `config`: a URL (`"memory://"`), a JSON object as text,
+/// or a dict with the fields `url`, `prefix`, `name`, `connect_timeout_ms`,
+/// `publish_timeout_ms`, `close_timeout_ms` and `max_payload`.
+#[pyfunction]
+pub(crate) fn connect(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Bus> {
+    let config = config::from_py(config)?;
+    let inner = block_on(py, polybus::Bus::connect(config))?.map_err(to_py)?;
+    Ok(Bus {
+        inner,
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        closed: AtomicBool::new(false),
+        subscriptions: Mutex::new(Vec::new()),
+    })
+}
+
+/// A connection to an event bus.
+///
+/// Handlers run on dispatcher threads owned by Python (plain functions) or on the event loop
+/// that was running when they subscribed (coroutine functions). A handler that returns acks
+/// the event; one that raises nacks it, and the core retries it with backoff. After `close()`
+/// every call but `stats()` and `close()` raises `ClosedError`.
+#[pyclass(frozen, module = "polybus")]
+pub(crate) struct Bus {
+    inner: polybus::Bus,
+    id: u64,
+    closed: AtomicBool,
+    subscriptions: Mutex<Vec<Py<Subscription>>>,
+}
+
+impl Bus {
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(new_error(py, ErrorKind::Closed, "bus is closed"));
+        }
+        Ok(())
+    }
+
+    /// Subscribes `handler` and starts its dispatcher threads.
+    fn open_subscription<'py>(
+        slf: &Bound<'py, Self>,
+        pattern: &str,
+        handler: &Bound<'py, PyAny>,
+        options: SubscribeOptions,
+        event_loop: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Subscription>> {
+        static RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open(py)?;
+        if !handler.is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "handler must be callable, not {}",
+                handler.get_type().name()?
+            )));
+        }
+        let is_async = dispatch_module(py)?
+            .getattr("is_async")?
+            .call1((handler,))?
+            .is_truthy()?;
+        let event_loop = match (is_async, event_loop) {
+            (false, _) => None,
+            (true, Some(l)) => Some(l),
+            (true, None) => Some(
+                RUNNING_LOOP
+                    .import(py, "asyncio", "get_running_loop")?
+                    .call0()
+                    .map_err(|_| {
+                        new_error(
+                            py,
+                            ErrorKind::InvalidArgument,
+                            "a coroutine handler needs an event loop: subscribe from a coroutine, \
+                         pass loop=..., or use polybus.aio",
+                        )
+                    })?,
+            ),
+        };
+        let concurrency = options.concurrency;
+        let bus = this.inner.clone();
+        let inner = block_on(
+            py,
+            async move { bus.subscribe_batches(pattern, options).await },
+        )?
+        .map_err(to_py)?;
+        let sub = Subscription::start(py, inner, this.id, handler, event_loop, concurrency)?;
+        let mut subs = this.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| !s.get().is_closed());
+        subs.push(sub.clone().unbind());
+        Ok(sub)
+    }
+
+    /// Publishes the messages of one chunk in order, waiting (interruptibly) whenever the
+    /// backend makes a publish wait. `first` is the index of the chunk's first event.
+    fn publish_chunk(
+        &self,
+        py: Python<'_>,
+        chunk: &mut Vec<Message>,
+        first: usize,
+    ) -> PyResult<()> {
+        let at = |i: usize, e: polybus::Error| {
+            new_error(
+                py,
+                e.kind(),
+                format!("event {} of publish_many: {}", first + i, e.message()),
+            )
+        };
+        let mut messages = chunk.drain(..).enumerate();
+        loop {
+            let step = py.detach(|| {
+                for (i, m) in &mut messages {
+                    match self.inner.publish_nowait(m) {
+                        Ok(None) => {}
+                        Ok(Some(pending)) => return Ok(Some((i, pending))),
+                        Err(e) => return Err((i, e)),
+                    }
+                }
+                Ok(None)
+            });
+            match step {
+                Ok(None) => return Ok(()),
+                Ok(Some((i, pending))) => block_on(py, pending.wait())?.map_err(|e| at(i, e))?,
+                Err((i, e)) => return Err(at(i, e)),
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Bus {
+    /// Publishes one event and returns once the backend has accepted it.
+    #[pyo3(signature = (topic, payload, *, key=None, headers=None, id=None, r#type=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        topic: String,
+        payload: &Bound<'_, PyAny>,
+        key: Option<String>,
+        headers: Option<Headers>,
+        id: Option<String>,
+        r#type: Option<String>,
+    ) -> PyResult<()> {
+        self.check_open(py)?;
+        let meta = Meta {
+            key,
+            headers,
+            id,
+            event_type: r#type,
+        };
+        match self
+            .inner
+            .publish_nowait(message::build(topic, payload, meta)?)
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(pending)) => block_on(py, pending.wait())?.map_err(to_py),
+            Err(e) => Err(to_py(e)),
+        }
+    }
+
+    /// Starts a publish without waiting: None when the backend accepted it, else a pending
+    /// publish to wait on (the asyncio front end waits on it off the event loop).
+    #[pyo3(signature = (topic, payload, *, key=None, headers=None, id=None, r#type=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn _publish_nowait(
+        &self,
+        py: Python<'_>,
+        topic: String,
+        payload: &Bound<'_, PyAny>,
+        key: Option<String>,
+        headers: Option<Headers>,
+        id: Option<String>,
+        r#type: Option<String>,
+    ) -> PyResult<Option<PendingPublish>> {
+        self.check_open(py)?;
+        let meta = Meta {
+            key,
+            headers,
+            id,
+            event_type: r#type,
+        };
+        let pending = self
+            .inner
+            .publish_nowait(message::build(topic, payload, meta)?)
+            .map_err(to_py)?;
+        Ok(pending.map(|p| PendingPublish {
+            inner: Mutex::new(Some(p)),
+        }))
+    }
+
+    /// Publishes many events in order, pipelined; returns how many were published.
+    fn publish_many(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.check_open(py)?;
+        let mut chunk = Vec::with_capacity(PUBLISH_CHUNK);
+        let mut published = 0;
+        for item in events.try_iter()? {
+            chunk.push(message::from_item(&item?)?);
+            if chunk.len() == PUBLISH_CHUNK {
+                self.publish_chunk(py, &mut chunk, published)?;
+                published += PUBLISH_CHUNK;
+            }
+        }
+        let rest = chunk.len();
+        self.publish_chunk(py, &mut chunk, published)?;
+        Ok(published + rest)
+    }
+
+    /// Subscribes `handler` to `pattern` (`*` matches one token, `>` the rest).
+    #[pyo3(signature = (
+        pattern, handler, *, group=None, concurrency=1, max_attempts=5, dead_letter=None,
+        start="new", backoff_initial_ms=100, backoff_max_ms=10_000, queue_size=1024,
+        batch_size=256, r#loop=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe<'py>(
+        slf: &Bound<'py, Self>,
+        pattern: &str,
+        handler: &Bound<'py, PyAny>,
+        group: Option<String>,
+        concurrency: u32,
+        max_attempts: u32,
+        dead_letter: Option<String>,
+        start: &str,
+        backoff_initial_ms: u64,
+        backoff_max_ms: u64,
+        queue_size: u32,
+        batch_size: u32,
+        r#loop: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Subscription>> {
+        let options = subscription::options(
+            slf.py(),
+            group,
+            concurrency,
+            max_attempts,
+            dead_letter,
+            start,
+            backoff_initial_ms,
+            backoff_max_ms,
+            queue_size,
+            batch_size,
+        )?;
+        Bus::open_subscription(slf, pattern, handler, options, r#loop)
+    }
+
+    /// A decorator that subscribes the decorated handler and returns it unchanged.
+    #[pyo3(signature = (
+        pattern, *, group=None, concurrency=1, max_attempts=5, dead_letter=None,
+        start="new", backoff_initial_ms=100, backoff_max_ms=10_000, queue_size=1024,
+        batch_size=256, r#loop=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn on<'py>(
+        slf: &Bound<'py, Self>,
+        pattern: String,
+        group: Option<String>,
+        concurrency: u32,
+        max_attempts: u32,
+        dead_letter: Option<String>,
+        start: &str,
+        backoff_initial_ms: u64,
+        backoff_max_ms: u64,
+        queue_size: u32,
+        batch_size: u32,
+        r#loop: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyCFunction>> {
+        let py = slf.py();
+        slf.get().check_open(py)?;
+        let options = subscription::options(
+            py,
+            group,
+            concurrency,
+            max_attempts,
+            dead_letter,
+            start,
+            backoff_initial_ms,
+            backoff_max_ms,
+            queue_size,
+            batch_size,
+        )?;
+        let bus = slf.clone().unbind();
+        let event_loop = r#loop.map(Bound::unbind);
+        PyCFunction::new_closure(
+            py,
+            Some(c"on"),
+            Some(c"Subscribes the decorated handler and returns it."),
+            move |args: &Bound<'_, PyTuple>,
+                  _kwargs: Option<&Bound<'_, PyDict>>|
+                  -> PyResult<Py<PyAny>> {
+                let py = args.py();
+                let (handler,): (Bound<'_, PyAny>,) = args.extract()?;
+                let event_loop = event_loop.as_ref().map(|l| l.bind(py).clone());
+                Bus::open_subscription(
+                    bus.bind(py),
+                    &pattern,
+                    &handler,
+                    options.clone(),
+                    event_loop,
+                )?;
+                Ok(handler.unbind())
+            },
+        )
+    }
+
+    /// The bus's counters since it was opened.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("published", s.published)?;
+        dict.set_item("delivered", s.delivered)?;
+        dict.set_item("acked", s.acked)?;
+        dict.set_item("failed", s.failed)?;
+        dict.set_item("retried", s.retried)?;
+        dict.set_item("dead_lettered", s.dead_lettered)?;
+        dict.set_item("dropped", s.dropped)?;
+        Ok(dict)
+    }
+
+    /// Whether `close()` has been called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the bus: stops new publishes and subscribes, lets every subscription's queued and
+    /// in-flight events finish (bounded by `close_timeout_ms`), then releases the connection.
+    /// Idempotent. Called from a handler of this bus, it closes without waiting for the drain.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.closed.store(true, Ordering::Release);
+        let subs: Vec<Py<Subscription>> = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.clone_ref(py))
+            .collect();
+        let caller = Caller::here(py)?;
+        let bus = self.inner.clone();
+        if caller.in_handler_of(self.id) || subs.iter().any(|s| caller.inside(s.bind(py))) {
+            // Waiting here would wait on the handler that is calling: let the drain finish in
+            // the background (its outcome is in the stats and the log).
+            polybus::runtime::global().spawn(async move {
+                let _ = bus.close().await;
+            });
+            return Ok(());
+        }
+        block_on(py, async move { bus.close().await })?.map_err(to_py)?;
+        for s in &subs {
+            s.get().join(py)?;
+        }
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Bus(url={:?}, closed={})",
+            self.inner.config().url,
+            py_bool(self.closed())
+        )
+    }
+}
+
+/// A publish the backend has not accepted yet (used by `polybus.aio`).
+#[pyclass(frozen, module = "polybus", name = "_PendingPublish")]
+pub(crate) struct PendingPublish {
+    inner: Mutex<Option<polybus::PendingPublish>>,
+}
+
+#[pymethods]
+impl PendingPublish {
+    /// Blocks until the backend accepts the event (releasing the interpreter). Once only.
+    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+        let pending = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match pending {
+            Some(p) => block_on(py, p.wait())?.map_err(to_py),
+            None => Ok(()),
+        }
+    }
+}

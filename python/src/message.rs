@@ -1,0 +1,131 @@
+//! Building core messages from what Python callers pass to `publish` and `publish_many`.
+
+use bytes::Bytes;
+use polybus::{ErrorKind, Headers, Message};
+use pyo3::{
+    intern,
+    prelude::*,
+    sync::PyOnceLock,
+    types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple},
+};
+
+use crate::error::new_error;
+
+/// The header a JSON-encoded payload carries, as the core's `Message::json` sets it.
+const CONTENT_TYPE: &str = "content-type";
+
+/// The optional parts of a message, as `publish` takes them by keyword.
+#[derive(Default)]
+pub(crate) struct Meta {
+    pub(crate) key: Option<String>,
+    pub(crate) headers: Option<Headers>,
+    pub(crate) id: Option<String>,
+    pub(crate) event_type: Option<String>,
+}
+
+/// Builds a message: bytes, bytearray and memoryview payloads are sent as they are, `str` as
+/// UTF-8, and any other value as its JSON encoding (with `content-type: application/json`).
+pub(crate) fn build(topic: String, payload: &Bound<'_, PyAny>, meta: Meta) -> PyResult<Message> {
+    let (bytes, json) = payload_bytes(payload)?;
+    let mut message = Message::new(topic, bytes);
+    if let Some(key) = meta.key {
+        message = message.key(key);
+    }
+    if let Some(headers) = meta.headers {
+        message = message.headers(headers);
+    }
+    if json && !message.header_map().contains_key(CONTENT_TYPE) {
+        message = message.header(CONTENT_TYPE, "application/json");
+    }
+    if let Some(id) = meta.id {
+        message = message.id(id);
+    }
+    if let Some(t) = meta.event_type {
+        message = message.event_type(t);
+    }
+    Ok(message)
+}
+
+/// Builds a message from one item of `publish_many`: a `(topic, payload)` pair or a dict with
+/// `topic`, `payload` and optionally `key`, `headers`, `id` and `type`.
+pub(crate) fn from_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<Message> {
+    let py = item.py();
+    if let Ok(pair) = item.cast::<PyTuple>() {
+        let (topic, payload): (String, Bound<'_, PyAny>) = pair.extract()?;
+        return build(topic, &payload, Meta::default());
+    }
+    if let Ok(dict) = item.cast::<PyDict>() {
+        let get = |name: &Bound<'py, PyString>| dict.get_item(name);
+        let topic: String = match get(intern!(py, "topic"))? {
+            Some(t) => t.extract()?,
+            None => return Err(pyo3::exceptions::PyKeyError::new_err("topic")),
+        };
+        let payload = get(intern!(py, "payload"))?.unwrap_or_else(|| py.None().into_bound(py));
+        let opt = |name: &Bound<'py, PyString>| -> PyResult<Option<String>> {
+            match get(name)? {
+                Some(v) if !v.is_none() => Ok(Some(v.extract()?)),
+                _ => Ok(None),
+            }
+        };
+        let headers = match get(intern!(py, "headers"))? {
+            Some(h) if !h.is_none() => Some(h.extract()?),
+            _ => None,
+        };
+        let meta = Meta {
+            key: opt(intern!(py, "key"))?,
+            headers,
+            id: opt(intern!(py, "id"))?,
+            event_type: opt(intern!(py, "type"))?,
+        };
+        return build(topic, &payload, meta);
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        "publish_many takes (topic, payload) tuples or dicts, not {}",
+        item.get_type().name()?
+    )))
+}
+
+/// The bytes of a payload, and whether they are the JSON encoding of a value.
+fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<(Bytes, bool)> {
+    if let Ok(b) = payload.cast::<PyBytes>() {
+        return Ok((Bytes::copy_from_slice(b.as_bytes()), false));
+    }
+    if let Ok(s) = payload.cast::<PyString>() {
+        return Ok((Bytes::copy_from_slice(s.to_cow()?.as_bytes()), false));
+    }
+    if let Ok(b) = payload.cast::<PyByteArray>() {
+        return Ok((Bytes::from(b.to_vec()), false));
+    }
+    let py = payload.py();
+    if payload.cast::<PyMemoryView>().is_ok() {
+        let b = payload.call_method0(intern!(py, "tobytes"))?;
+        return Ok((
+            Bytes::copy_from_slice(b.cast::<PyBytes>()?.as_bytes()),
+            false,
+        ));
+    }
+    static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let dumps = DUMPS.import(py, "json", "dumps")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("separators", (",", ":"))?;
+    kwargs.set_item("ensure_ascii", false)?;
+    kwargs.set_item("allow_nan", false)?;
+    let text = dumps.call((payload,), Some(&kwargs)).map_err(|cause| {
+        let err = new_error(
+            py,
+            ErrorKind::Payload,
+            format!(
+                "payload of type {} is not bytes, str or a JSON-encodable value: {cause}",
+                payload
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ),
+        );
+        err.set_cause(py, Some(cause));
+        err
+    })?;
+    let text = text.cast_into::<PyString>()?;
+    Ok((Bytes::copy_from_slice(text.to_cow()?.as_bytes()), true))
+}
