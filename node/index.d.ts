@@ -1,0 +1,221 @@
+/**
+ * polybus for Node.js: one event bus, written once in Rust, shared with Rust, C, Go and Python.
+ *
+ * Handlers run on the JavaScript thread (the main thread of the process that subscribed). A
+ * handler acknowledges an event by returning (or by resolving the promise it returns); a
+ * synchronous throw or a rejected promise is a nack, and the core retries the event with
+ * backoff up to `maxAttempts`, then publishes it to `deadLetter` or drops it. After
+ * `bus.close()` every call fails with `code === 'POLYBUS_ERR_CLOSED'`.
+ *
+ * Every error polybus throws or rejects with has a `code`: the C name of its status, for example
+ * `'POLYBUS_ERR_INVALID_TOPIC'`.
+ *
+ * @packageDocumentation
+ */
+
+/** The status names an error's `code` can take. */
+export type ErrorCode =
+  | 'POLYBUS_ERR_INVALID_ARGUMENT'
+  | 'POLYBUS_ERR_INVALID_CONFIG'
+  | 'POLYBUS_ERR_INVALID_TOPIC'
+  | 'POLYBUS_ERR_INVALID_PATTERN'
+  | 'POLYBUS_ERR_CLOSED'
+  | 'POLYBUS_ERR_UNSUPPORTED'
+  | 'POLYBUS_ERR_TIMEOUT'
+  | 'POLYBUS_ERR_CONNECTION'
+  | 'POLYBUS_ERR_TOO_LARGE'
+  | 'POLYBUS_ERR_AUTH'
+  | 'POLYBUS_ERR_BACKEND'
+  | 'POLYBUS_ERR_PAYLOAD'
+  | 'POLYBUS_ERR_HANDLER'
+  | 'POLYBUS_ERR_PANIC'
+  | 'POLYBUS_ERR_ABI_MISMATCH'
+  | 'POLYBUS_ERR_INTERNAL'
+
+/** An error thrown or rejected by polybus. */
+export interface PolybusError extends Error {
+  code: ErrorCode
+}
+
+/**
+ * The bus configuration, the same structure in every language. Names may be camelCase or
+ * snake_case (`maxPayload` or `max_payload`); an unknown name is an error.
+ */
+export interface Config {
+  /** Where to connect: `memory://` (private to the bus) or `memory://NAME` (shared in the process). */
+  url: string
+  /** Namespace for topics on the broker; empty for none. */
+  prefix?: string
+  /** The service name, sent as each event's `source`. */
+  name?: string
+  /** How long connecting may take, in milliseconds (default 5000). */
+  connectTimeoutMs?: number
+  /** How long `publish` may wait for a full subscriber queue, in milliseconds (default 30000). */
+  publishTimeoutMs?: number
+  /** How long `close` waits for queued and in-flight events, in milliseconds (default 30000). */
+  closeTimeoutMs?: number
+  /** The largest payload accepted, in bytes (default 1 MiB). */
+  maxPayload?: number
+}
+
+/** A payload: bytes, text, or any other value, which is published as JSON text. */
+export type Payload = Uint8Array | ArrayBufferView | ArrayBuffer | string | unknown
+
+/** Metadata of a published event. */
+export interface PublishOptions {
+  /** The ordering key: events with the same key are handled in publish order, never concurrently. */
+  key?: string
+  /** Headers: visible ASCII names (no `:`), values without CR, LF or NUL. */
+  headers?: Record<string, string>
+  /** The event id (default: a new UUIDv7). */
+  id?: string
+  /** The event type (default: the topic). */
+  type?: string
+}
+
+/** One event of {@link Bus.publishMany}. */
+export interface OutgoingMessage extends PublishOptions {
+  topic: string
+  payload: Payload
+}
+
+/** How a subscription receives and acknowledges events. */
+export interface SubscribeOptions {
+  /** Competing consumers: each event goes to one member of the group. Omit to broadcast. */
+  group?: string
+  /** Handlers in flight at once (default 1); one key still runs in order, one at a time. */
+  concurrency?: number
+  /** Deliveries of one event before it is dead-lettered or dropped (default 5). */
+  maxAttempts?: number
+  /** Topic that receives events that failed `maxAttempts` times. */
+  deadLetter?: string
+  /** Where to start on backends that keep history (default `'new'`). */
+  start?: 'new' | 'earliest'
+  /** First retry delay in milliseconds, doubled on each further attempt (default 100). */
+  backoffInitialMs?: number
+  /** Largest retry delay in milliseconds (default 10000). */
+  backoffMaxMs?: number
+  /** Events buffered for this subscription before publishers wait (default 1024). */
+  queueSize?: number
+  /** Most events handed to JavaScript at once (default 256). */
+  batchSize?: number
+}
+
+/** A delivered event. It stays readable after its handler returned. */
+export declare class Event {
+  private constructor()
+  /** The topic it was published on (without the bus prefix). */
+  readonly topic: string
+  /** The payload, untouched. */
+  readonly payload: Buffer
+  /** The ordering key, or `null`. */
+  readonly key: string | null
+  /** The headers. */
+  readonly headers: Record<string, string>
+  /** The event id. */
+  readonly id: string
+  /** The event type (the topic unless the publisher set one). */
+  readonly type: string
+  /** The publishing service's name (its bus `name`), or `null`. */
+  readonly source: string | null
+  /** When it was published. */
+  readonly time: Date
+  /** The delivery attempt: 1 on first delivery, 2 on the first retry, and so on. */
+  readonly attempt: number
+  /**
+   * Decodes the payload as JSON.
+   * @throws {PolybusError} `POLYBUS_ERR_PAYLOAD` when the payload is not valid JSON.
+   */
+  json<T = unknown>(): T
+  /** The fields as a plain object, the payload as text. */
+  toJSON(): Record<string, unknown>
+}
+
+/**
+ * Handles one event. Returning (or resolving) acknowledges it; throwing (or rejecting) is a
+ * nack. Runs on the JavaScript thread; events of one lane are handled one after another.
+ */
+export type Handler = (event: Event) => unknown
+
+/** The counters of a bus, cumulative since it was opened. */
+export interface Stats {
+  /** Events accepted by `publish`. */
+  published: number
+  /** Handler invocations (every attempt counts). */
+  delivered: number
+  /** Events acknowledged after their handler succeeded. */
+  acked: number
+  /** Handler failures (throws, rejections). */
+  failed: number
+  /** Retries scheduled after a failure. */
+  retried: number
+  /** Events published to a dead-letter topic after `maxAttempts`. */
+  deadLettered: number
+  /** Events given up on. */
+  dropped: number
+}
+
+/** A running subscription. It does not keep the process running by itself. */
+export declare class Subscription {
+  private constructor()
+  /** The pattern subscribed to. */
+  readonly pattern: string
+  /** Whether the subscription has been closed. */
+  readonly closed: boolean
+  /** Stops receiving without waiting; events already queued are still handled. */
+  unsubscribe(): void
+  /**
+   * Stops receiving and resolves once queued and in-flight events are handled. Idempotent.
+   * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when they were not handled within the bus's
+   * `closeTimeoutMs` (the rest is dropped).
+   */
+  close(): Promise<void>
+}
+
+/** A connection to an event bus, made by {@link connect}. */
+export declare class Bus {
+  private constructor()
+  /** Whether `close` has been called. */
+  readonly closed: boolean
+  /**
+   * Publishes one event; resolves once the backend accepted it (memory: queued to every
+   * matching subscription, waiting while a queue is full). Publishes made without awaiting
+   * are accepted in call order.
+   * @throws {PolybusError} `POLYBUS_ERR_CLOSED` after `close`, `POLYBUS_ERR_INVALID_TOPIC`,
+   * `POLYBUS_ERR_TOO_LARGE` (over `maxPayload`), `POLYBUS_ERR_PAYLOAD` (a value JSON cannot
+   * encode: a function, a BigInt), `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header, key or
+   * argument type), `POLYBUS_ERR_TIMEOUT` (not accepted within `publishTimeoutMs`).
+   */
+  publish(topic: string, payload: Payload, options?: PublishOptions): Promise<void>
+  /**
+   * Publishes many events in order and resolves once all are accepted: the pipelined path.
+   * Stops at the first error; the events before it were published.
+   * @throws {PolybusError} As {@link Bus.publish}; the message names the failed event's index.
+   */
+  publishMany(messages: Iterable<OutgoingMessage>): Promise<void>
+  /**
+   * Subscribes `handler` to `pattern` (`*` matches one token, `>` the rest).
+   * @throws {PolybusError} `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_PATTERN`,
+   * `POLYBUS_ERR_INVALID_ARGUMENT` (a bad or unknown option, a handler that is not a function),
+   * `POLYBUS_ERR_INVALID_TOPIC` (a bad `deadLetter`), `POLYBUS_ERR_UNSUPPORTED` (an option the
+   * backend cannot honour, such as `start: 'earliest'` on memory).
+   */
+  subscribe(pattern: string, handler: Handler, options?: SubscribeOptions): Promise<Subscription>
+  /**
+   * Closes the bus: new publishes and subscribes fail with `POLYBUS_ERR_CLOSED`, every
+   * subscription stops receiving, queued and in-flight events are still handled, then the
+   * connection is released. Idempotent.
+   * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when handlers did not finish within
+   * `closeTimeoutMs` (the rest is dropped).
+   */
+  close(): Promise<void>
+  /** The bus's counters. */
+  stats(): Stats
+}
+
+/**
+ * Connects to a bus: a URL such as `'memory://'`, or a {@link Config}.
+ * @throws {PolybusError} `POLYBUS_ERR_INVALID_CONFIG` (a bad URL, an unknown setting),
+ * `POLYBUS_ERR_TIMEOUT` and `POLYBUS_ERR_CONNECTION` (the backend cannot be reached).
+ */
+export declare function connect(config: string | Config): Promise<Bus>

@@ -1,0 +1,221 @@
+'use strict'
+// The public surface of polybus for Node.js. The native module (native.js) does the work;
+// this file converts arguments, runs handlers over the batches the core hands out and maps
+// each handler's result to an acknowledgement. Retries, backoff, ordering and dead-lettering
+// all happen in the core.
+
+const { inspect } = require('node:util')
+const native = require('./native.js')
+
+const RESOLVED = Promise.resolve()
+
+/** An `Error` whose `code` is the C name of a polybus status. */
+function polybusError(code, message, cause) {
+  const err = new Error(message, cause === undefined ? undefined : { cause })
+  err.code = code
+  return err
+}
+
+/**
+ * Native argument conversions fail with Node-API codes (`StringExpected`); report them as the
+ * invalid arguments they are.
+ */
+function argumentError(err) {
+  if (typeof err?.code === 'string' && err.code.startsWith('POLYBUS_')) return err
+  return polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `invalid argument: ${err?.message}`, err)
+}
+
+/** The core's JSON form of an options object whose keys may be camelCase or snake_case. */
+function coreJson(value, what, code) {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw polybusError(code, `${what} must be an object, got ${inspect(value)}`)
+  }
+  const out = {}
+  for (const [name, v] of Object.entries(value)) {
+    if (v !== undefined) out[name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = v
+  }
+  return JSON.stringify(out)
+}
+
+/** Bytes and text pass as they are; any other value is encoded as JSON text. */
+function encodePayload(payload) {
+  if (typeof payload === 'string' || payload instanceof Uint8Array) return payload
+  if (ArrayBuffer.isView(payload)) {
+    return new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength)
+  }
+  if (payload instanceof ArrayBuffer) return new Uint8Array(payload)
+  let text
+  try {
+    text = JSON.stringify(payload)
+  } catch (err) {
+    throw polybusError('POLYBUS_ERR_PAYLOAD', `cannot encode the payload as JSON: ${err.message}`, err)
+  }
+  if (text === undefined) {
+    throw polybusError(
+      'POLYBUS_ERR_PAYLOAD',
+      `a ${typeof payload} cannot be a payload (use a Buffer, a string or a JSON-able value)`,
+    )
+  }
+  return text
+}
+
+/** The nack reason for what a handler threw or rejected with. */
+function reasonOf(err) {
+  try {
+    return err instanceof Error ? `${err.name}: ${err.message}` : String(err)
+  } catch {
+    return 'the handler failed'
+  }
+}
+
+/** A delivered event. Fields are read from the native batch on first use. */
+class Event {
+  #batch
+  #index
+  #payload
+  #headers
+
+  constructor(batch, index) {
+    this.#batch = batch
+    this.#index = index
+  }
+
+  get topic() { return this.#batch.topic(this.#index) }
+  get payload() { return (this.#payload ??= this.#batch.payload(this.#index)) }
+  get key() { return this.#batch.key(this.#index) }
+  get headers() { return (this.#headers ??= this.#batch.headers(this.#index)) }
+  get id() { return this.#batch.id(this.#index) }
+  get type() { return this.#batch.type(this.#index) }
+  get source() { return this.#batch.source(this.#index) }
+  get time() { return new Date(this.#batch.time(this.#index)) }
+  get attempt() { return this.#batch.attempt(this.#index) }
+
+  json() {
+    try {
+      return JSON.parse(this.payload)
+    } catch (err) {
+      throw polybusError(
+        'POLYBUS_ERR_PAYLOAD',
+        `payload of event ${this.id} on ${JSON.stringify(this.topic)} is not valid JSON: ${err.message}`,
+        err,
+      )
+    }
+  }
+
+  toJSON() {
+    const { topic, key, headers, id, type, source, time, attempt } = this
+    return { topic, payload: this.payload.toString(), key, headers, id, type, source, time, attempt }
+  }
+
+  [inspect.custom](depth, options) {
+    return `Event ${inspect({ ...this.toJSON(), payload: this.payload }, options)}`
+  }
+}
+
+/**
+ * Runs `handler` over one batch (one lane) in order, awaiting each returned promise, and stops
+ * at the first failure: that event is nacked with the reason, the rest are skipped.
+ */
+async function handleBatch(batch, handler) {
+  const n = batch.length
+  let i = 0
+  try {
+    for (; i < n; i++) {
+      const result = handler(new Event(batch, i))
+      if (typeof result?.then === 'function') await result
+    }
+  } catch (err) {
+    batch.complete(i, reasonOf(err))
+    return
+  }
+  batch.complete(n)
+}
+
+/** A connection to an event bus; see index.d.ts. */
+class Bus {
+  #native
+  /** The last publish the backend has not accepted yet; later ones wait behind it. */
+  #tail = null
+
+  constructor(nativeBus) {
+    this.#native = nativeBus
+  }
+
+  publish(topic, payload, options) {
+    try {
+      const data = encodePayload(payload)
+      const json = data !== payload && typeof data === 'string'
+      const send = () =>
+        this.#native.publish(topic, data, json, options?.key, options?.headers, options?.id, options?.type)
+      if (this.#tail !== null) return this.#follow(this.#tail.then(send, send))
+      const pending = send()
+      return pending === null ? RESOLVED : this.#follow(pending)
+    } catch (err) {
+      return Promise.reject(argumentError(err))
+    }
+  }
+
+  /** Keeps publishes in call order while one waits for the backend. */
+  #follow(pending) {
+    this.#tail = pending
+    const clear = () => {
+      if (this.#tail === pending) this.#tail = null
+    }
+    pending.then(clear, clear)
+    return pending
+  }
+
+  async publishMany(messages) {
+    let i = 0
+    for (const m of messages) {
+      try {
+        if (m === null || typeof m !== 'object') {
+          throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `expected {topic, payload}, got ${inspect(m)}`)
+        }
+        const accepted = this.publish(m.topic, m.payload, m)
+        if (accepted !== RESOLVED) await accepted
+      } catch (err) {
+        err.message = `event ${i} of the batch: ${err.message}`
+        throw err
+      }
+      i++
+    }
+  }
+
+  async subscribe(pattern, handler, options = {}) {
+    if (typeof handler !== 'function') {
+      throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `handler must be a function, got ${inspect(handler)}`)
+    }
+    const json = coreJson(options, 'subscribe options', 'POLYBUS_ERR_INVALID_ARGUMENT')
+    const onBatch = (batch) => {
+      handleBatch(batch, handler)
+    }
+    let subscribed
+    try {
+      subscribed = this.#native.subscribe(pattern, json, onBatch)
+    } catch (err) {
+      throw argumentError(err)
+    }
+    return subscribed
+  }
+
+  close() {
+    return this.#native.close()
+  }
+
+  stats() {
+    return this.#native.stats()
+  }
+
+  get closed() {
+    return this.#native.closed
+  }
+}
+
+async function connect(config) {
+  const text =
+    typeof config === 'string' ? config : coreJson(config, 'config', 'POLYBUS_ERR_INVALID_CONFIG')
+  return new Bus(await native.connect(text))
+}
+
+module.exports = { connect, Bus, Event, Subscription: native.Subscription }

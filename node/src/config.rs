@@ -1,0 +1,19 @@
+//! Connecting: the configuration arrives in the core's JSON form (or as a bare URL).
+
+use napi::{bindgen_prelude::Object, Env};
+use napi_derive::napi;
+
+use crate::{bus::Bus, error};
+
+/// Connects to the bus that `config` describes: a URL such as `"memory://"`, or the core's
+/// configuration as JSON text (`{"url": ..., "prefix": ..., "max_payload": ...}`).
+///
+/// Resolves with the bus; rejects with `POLYBUS_ERR_INVALID_CONFIG` for a bad configuration,
+/// `POLYBUS_ERR_TIMEOUT` or `POLYBUS_ERR_CONNECTION` when the backend cannot be reached.
+#[napi(catch_unwind, ts_return_type = "Promise<Bus>")]
+pub fn connect(env: &Env, config: String) -> error::Result<Object<'_>> {
+    crate::promise(env, async move {
+        let bus = polybus::Bus::connect(config).await?;
+        Ok(Bus::new(bus))
+    })
+}

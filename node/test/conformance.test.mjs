@@ -1,0 +1,298 @@
+// The conformance scenarios of tests/conformance, run against every backend of features.json
+// through the public API, as tests named `<backend>/<scenario id>` (see SCHEMA.md there).
+
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { readdirSync, readFileSync } from 'node:fs'
+import { test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+import { connect } from '../index.js'
+
+const root = new URL('../../tests/conformance/', import.meta.url)
+const features = JSON.parse(readFileSync(new URL('features.json', root), 'utf8'))
+const scenarios = readdirSync(new URL('scenarios/', root))
+  .filter((f) => f.endsWith('.json'))
+  .sort()
+  .map((f) => JSON.parse(readFileSync(new URL(`scenarios/${f}`, root), 'utf8')))
+
+const backends = process.env.POLYBUS_TEST_BACKENDS
+  ? process.env.POLYBUS_TEST_BACKENDS.split(',').map((b) => b.trim()).filter(Boolean)
+  : Object.keys(features)
+const timeoutScale = Number(process.env.POLYBUS_TEST_TIMEOUT_SCALE ?? 1)
+const runSlow = process.env.POLYBUS_TEST_SLOW === '1'
+
+const camel = (name) => name.replace(/_([a-z])/g, (_, c) => c.toUpperCase())
+const camelKeys = (obj) => Object.fromEntries(Object.entries(obj ?? {}).map(([k, v]) => [camel(k), v]))
+
+/** Why `scenario` does not run on `backend`, or undefined when it does. */
+function skipReason(backend, scenario) {
+  for (const need of scenario.requires ?? []) {
+    if (need.startsWith('!')) {
+      if (features[backend][need.slice(1)] === true) return `backend has "${need.slice(1)}"`
+    } else if (features[backend][need] !== true) {
+      return `backend lacks "${need}"`
+    }
+  }
+  if (scenario.slow && !runSlow) return 'slow scenario (set POLYBUS_TEST_SLOW=1)'
+  return undefined
+}
+
+/** Wakes waiters whenever a handler starts or finishes an invocation. */
+class Signal {
+  #promise
+  #resolve
+  constructor() {
+    this.#reset()
+  }
+  #reset() {
+    this.#promise = new Promise((resolve) => {
+      this.#resolve = resolve
+    })
+  }
+  notify() {
+    const resolve = this.#resolve
+    this.#reset()
+    resolve()
+  }
+  next() {
+    return this.#promise
+  }
+}
+
+/** The invocations of one recording handler, in the order they started. */
+class Recording {
+  invocations = []
+  inFlight = 0
+  peak = 0
+  keyOverlap = false
+  #activeKeys = new Map()
+  #signal
+
+  constructor(signal) {
+    this.#signal = signal
+  }
+
+  start(event) {
+    const inv = {
+      event,
+      topic: event.topic,
+      payload: event.payload.toString('utf8'),
+      key: event.key,
+      headers: event.headers,
+      id: event.id,
+      type: event.type,
+      attempt: event.attempt,
+      succeeded: false,
+    }
+    this.invocations.push(inv)
+    this.peak = Math.max(this.peak, ++this.inFlight)
+    if (inv.key !== null) {
+      const active = this.#activeKeys.get(inv.key) ?? 0
+      if (active > 0) this.keyOverlap = true
+      this.#activeKeys.set(inv.key, active + 1)
+    }
+    this.#signal.notify()
+    return inv
+  }
+
+  end(inv, succeeded) {
+    inv.succeeded = succeeded
+    this.inFlight--
+    if (inv.key !== null) this.#activeKeys.set(inv.key, this.#activeKeys.get(inv.key) - 1)
+    this.#signal.notify()
+  }
+
+  get succeeded() {
+    return this.invocations.filter((i) => i.succeeded).length
+  }
+
+  /** A handler that records and behaves as the scenario's `handler` object says. */
+  handler(spec = {}) {
+    const delay = spec.delay_ms ?? 0
+    return (event) => {
+      const inv = this.start(event)
+      const fails = spec.fail_always === true || event.attempt <= (spec.fail_times ?? 0)
+      const finish = () => {
+        this.end(inv, !fails)
+        if (!fails) return undefined
+        if (spec.fail_with === 'panic') throw new Error(`handler threw on attempt ${event.attempt}`)
+        return Promise.reject(new Error(`handler failed on attempt ${event.attempt}`))
+      }
+      return delay > 0 ? sleep(delay).then(finish) : finish()
+    }
+  }
+}
+
+/** Runs `action` and checks it fails (or not) as `expectError` says. */
+async function expectOutcome(expectError, what, action) {
+  if (expectError === undefined) return action()
+  await assert.rejects(action, (err) => {
+    assert.equal(err.code, expectError, `${what}: expected ${expectError}, got ${err.code} (${err.message})`)
+    return true
+  }, `${what} should fail with ${expectError}`)
+}
+
+const TIMEOUT = Symbol('timeout')
+
+/** Waits until `done()` holds, failing after the step's deadline with what it saw. */
+async function waitUntil(signal, done, what, seen, timeoutMs = 10_000) {
+  let timer
+  const expired = new Promise((resolve) => {
+    timer = setTimeout(resolve, timeoutMs * timeoutScale, TIMEOUT)
+  })
+  try {
+    while (!done()) {
+      if ((await Promise.race([signal.next(), expired])) === TIMEOUT) {
+        assert.fail(`timed out after ${timeoutMs * timeoutScale} ms waiting for ${what}; saw ${seen()}`)
+      }
+    }
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+function checkRecording(name, rec, step) {
+  const { op, name: _, ...checks } = step
+  const invs = rec.invocations
+  const ok = invs.filter((i) => i.succeeded)
+  for (const [check, want] of Object.entries(checks)) {
+    const label = `${name}.${check}`
+    switch (check) {
+      case 'count': assert.equal(invs.length, want, label); break
+      case 'succeeded': assert.equal(ok.length, want, label); break
+      case 'payloads': assert.deepEqual(invs.map((i) => i.payload), want, label); break
+      case 'payloads_unordered':
+        assert.deepEqual(invs.map((i) => i.payload).sort(), [...want].sort(), label)
+        break
+      case 'attempts': assert.deepEqual(invs.map((i) => i.attempt), want, label); break
+      case 'topics': assert.deepEqual(invs.map((i) => i.topic), want, label); break
+      case 'key':
+      case 'id':
+      case 'type':
+        for (const i of invs) assert.equal(i[check], want, label)
+        break
+      case 'headers':
+        for (const i of invs) {
+          for (const [h, v] of Object.entries(want)) {
+            if (v === '*') assert.ok(i.headers[h], `${label}: header ${h} is empty or missing`)
+            else assert.equal(i.headers[h], v, `${label}: header ${h}`)
+          }
+        }
+        break
+      case 'json':
+        for (const i of invs) assert.deepEqual(i.event.json(), want, label)
+        break
+      case 'key_order':
+        if (want) {
+          const last = new Map()
+          for (const i of ok) {
+            const n = Number.parseInt(i.payload, 10)
+            if (last.has(i.key)) assert.ok(n > last.get(i.key), `${label}: key ${i.key}: ${n} after ${last.get(i.key)}`)
+            last.set(i.key, n)
+          }
+        }
+        break
+      case 'no_overlap_per_key': if (want) assert.equal(rec.keyOverlap, false, label); break
+      case 'max_in_flight': assert.ok(rec.peak <= want, `${label}: peak ${rec.peak} > ${want}`); break
+      case 'min_peak_in_flight': assert.ok(rec.peak >= want, `${label}: peak ${rec.peak} < ${want}`); break
+      default: assert.fail(`unknown expect check "${check}"`)
+    }
+  }
+}
+
+async function runScenario(backend, scenario) {
+  const url = process.env[`POLYBUS_TEST_${backend.toUpperCase()}_URL`] ?? features[backend].url
+  const bus = await connect({ url, prefix: `t.${randomUUID()}`, ...scenario.config })
+  const signal = new Signal()
+  const recordings = new Map()
+  const subscriptions = new Map()
+  const recording = (name) => {
+    assert.ok(recordings.has(name), `no handler named "${name}"`)
+    return recordings.get(name)
+  }
+  try {
+    for (const step of scenario.steps) {
+      const { op } = step
+      switch (op) {
+        case 'subscribe': {
+          const rec = new Recording(signal)
+          await expectOutcome(step.expect_error, `subscribe ${step.name}`, async () => {
+            const sub = await bus.subscribe(step.pattern, rec.handler(step.handler), camelKeys(step.options))
+            recordings.set(step.name, rec)
+            subscriptions.set(step.name, sub)
+          })
+          break
+        }
+        case 'publish': {
+          await expectOutcome(step.expect_error, `publish to ${JSON.stringify(step.topic)}`, async () => {
+            for (let i = 0; i < (step.count ?? 1); i++) {
+              let payload
+              if (step.json !== undefined) payload = step.json
+              else if (step.payload_size !== undefined) payload = Buffer.alloc(step.payload_size, 'x')
+              else payload = step.payload.replaceAll('{i}', String(i))
+              const key = step.keys ? step.keys[i % step.keys.length] : step.key
+              await bus.publish(step.topic, payload, { key, headers: step.headers, id: step.id, type: step.type })
+            }
+          })
+          break
+        }
+        case 'wait': {
+          const recs = (step.names ?? [step.name]).map(recording)
+          const total = (f) => recs.reduce((n, r) => n + f(r), 0)
+          const [what, count] = step.succeeded !== undefined
+            ? ['successful invocations', (r) => r.succeeded]
+            : ['invocations', (r) => r.invocations.length]
+          const want = step.succeeded ?? step.count
+          await waitUntil(
+            signal,
+            () => total(count) >= want,
+            `${want} ${what} of ${step.names ?? step.name}`,
+            () => `${total(count)}`,
+            step.timeout_ms,
+          )
+          break
+        }
+        case 'unsubscribe':
+          await expectOutcome(step.expect_error, `unsubscribe ${step.name}`, () => subscriptions.get(step.name).close())
+          break
+        case 'close':
+          await expectOutcome(step.expect_error, 'close', () => bus.close())
+          break
+        case 'expect':
+          checkRecording(step.name, recording(step.name), step)
+          break
+        case 'expect_total': {
+          const invs = step.names.flatMap((n) => recording(n).invocations).filter((i) => i.succeeded)
+          if (step.succeeded !== undefined) assert.equal(invs.length, step.succeeded, 'expect_total.succeeded')
+          if (step.distinct_payloads) {
+            assert.equal(new Set(invs.map((i) => i.payload)).size, invs.length, 'a payload succeeded twice')
+          }
+          break
+        }
+        case 'expect_stats': {
+          const { op: _, ...want } = step
+          const stats = bus.stats()
+          for (const [counter, value] of Object.entries(want)) {
+            assert.equal(stats[camel(counter)], value, `stats.${counter}`)
+          }
+          break
+        }
+        default:
+          assert.fail(`unknown op "${op}"`)
+      }
+    }
+  } finally {
+    await bus.close().catch(() => {})
+  }
+}
+
+for (const backend of backends) {
+  for (const scenario of scenarios) {
+    const known = Object.hasOwn(features, backend)
+    test(`${backend}/${scenario.id}`, { skip: known && skipReason(backend, scenario) }, () => {
+      assert.ok(known, `POLYBUS_TEST_BACKENDS names "${backend}", which features.json does not list`)
+      return runScenario(backend, scenario)
+    })
+  }
+}
