@@ -1,0 +1,713 @@
+package polybus_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	polybus "github.com/polybus/polybus/bindings/go"
+)
+
+// conformanceDir holds the scenarios every front end runs; see its SCHEMA.md.
+const conformanceDir = "../../tests/conformance"
+
+type scenario struct {
+	ID          string          `json:"id"`
+	Description string          `json:"description"`
+	Requires    []string        `json:"requires"`
+	Config      map[string]any  `json:"config"`
+	Slow        bool            `json:"slow"`
+	Steps       []step          `json:"steps"`
+	raw         json.RawMessage // for error messages
+}
+
+type step struct {
+	Op          string            `json:"op"`
+	Name        string            `json:"name"`
+	Names       []string          `json:"names"`
+	Pattern     *string           `json:"pattern"`
+	Options     map[string]any    `json:"options"`
+	Handler     handlerSpec       `json:"handler"`
+	ExpectError string            `json:"expect_error"`
+	Topic       *string           `json:"topic"`
+	Payload     *string           `json:"payload"`
+	JSON        json.RawMessage   `json:"json"`
+	PayloadSize *int              `json:"payload_size"`
+	Count       *int              `json:"count"`
+	Succeeded   *int              `json:"succeeded"`
+	Keys        []string          `json:"keys"`
+	Key         json.RawMessage   `json:"key"` // a string, or null in expect
+	Headers     map[string]string `json:"headers"`
+	ID          *string           `json:"id"`
+	Type        *string           `json:"type"`
+	TimeoutMS   *int              `json:"timeout_ms"`
+
+	// expect and expect_total checks
+	Payloads          []string `json:"payloads"`
+	PayloadsUnordered []string `json:"payloads_unordered"`
+	Attempts          []int    `json:"attempts"`
+	Topics            []string `json:"topics"`
+	KeyOrder          bool     `json:"key_order"`
+	NoOverlapPerKey   bool     `json:"no_overlap_per_key"`
+	MaxInFlight       *int     `json:"max_in_flight"`
+	MinPeakInFlight   *int     `json:"min_peak_in_flight"`
+	DistinctPayloads  bool     `json:"distinct_payloads"`
+
+	// expect_stats counters
+	Published    *uint64 `json:"published"`
+	Delivered    *uint64 `json:"delivered"`
+	Acked        *uint64 `json:"acked"`
+	Failed       *uint64 `json:"failed"`
+	Retried      *uint64 `json:"retried"`
+	DeadLettered *uint64 `json:"dead_lettered"`
+	Dropped      *uint64 `json:"dropped"`
+}
+
+type handlerSpec struct {
+	FailTimes  int    `json:"fail_times"`
+	FailAlways bool   `json:"fail_always"`
+	FailWith   string `json:"fail_with"`
+	DelayMS    int    `json:"delay_ms"`
+}
+
+// TestConformance runs every scenario against every backend: subtests <backend>/<scenario id>.
+func TestConformance(t *testing.T) {
+	features := loadFeatures(t)
+	scenarios := loadScenarios(t)
+	backends := make([]string, 0, len(features))
+	for name := range features {
+		backends = append(backends, name)
+	}
+	slices.Sort(backends)
+	if only := os.Getenv("POLYBUS_TEST_BACKENDS"); only != "" {
+		wanted := strings.Split(only, ",")
+		for _, w := range wanted {
+			if _, ok := features[strings.TrimSpace(w)]; !ok {
+				t.Fatalf("POLYBUS_TEST_BACKENDS names %q, which features.json does not list", w)
+			}
+		}
+		backends = slices.DeleteFunc(backends, func(b string) bool {
+			return !slices.ContainsFunc(wanted, func(w string) bool { return strings.TrimSpace(w) == b })
+		})
+	}
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			caps := features[backend]
+			url, _ := caps["url"].(string)
+			if env := os.Getenv("POLYBUS_TEST_" + strings.ToUpper(backend) + "_URL"); env != "" {
+				url = env
+			}
+			for _, sc := range scenarios {
+				t.Run(sc.ID, func(t *testing.T) {
+					for _, req := range sc.Requires {
+						if name, absent := strings.CutPrefix(req, "!"); absent {
+							if caps[name] == true {
+								t.Skipf("backend has %q", name)
+							}
+						} else if caps[req] != true {
+							t.Skipf("backend lacks %q", req)
+						}
+					}
+					if sc.Slow && os.Getenv("POLYBUS_TEST_SLOW") != "1" {
+						t.Skip("slow scenario (set POLYBUS_TEST_SLOW=1)")
+					}
+					run(t, url, sc)
+				})
+			}
+		})
+	}
+}
+
+func loadFeatures(t *testing.T) map[string]map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(conformanceDir, "features.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f map[string]map[string]any
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatalf("features.json: %v", err)
+	}
+	return f
+}
+
+func loadScenarios(t *testing.T) []scenario {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(conformanceDir, "scenarios", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scenarios in %s (%v)", conformanceDir, err)
+	}
+	slices.Sort(files)
+	out := make([]scenario, 0, len(files))
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(data)))
+		dec.DisallowUnknownFields()
+		var sc scenario
+		if err := dec.Decode(&sc); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		sc.raw = data
+		out = append(out, sc)
+	}
+	return out
+}
+
+// timeoutScale is POLYBUS_TEST_TIMEOUT_SCALE (default 1).
+func timeoutScale(t *testing.T) float64 {
+	s := os.Getenv("POLYBUS_TEST_TIMEOUT_SCALE")
+	if s == "" {
+		return 1
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 {
+		t.Fatalf("POLYBUS_TEST_TIMEOUT_SCALE=%q is not a positive number", s)
+	}
+	return f
+}
+
+func uniqueID(t *testing.T) string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// busConfig merges the scenario's config into {"url": url, "prefix": "t.<unique>"}.
+func busConfig(t *testing.T, url string, extra map[string]any) polybus.Config {
+	cfg := polybus.Config{URL: url, Prefix: "t." + uniqueID(t)}
+	ms := func(v any) time.Duration { return time.Duration(v.(float64)) * time.Millisecond }
+	for k, v := range extra {
+		switch k {
+		case "url":
+			cfg.URL = v.(string)
+		case "prefix":
+			cfg.Prefix = v.(string)
+		case "name":
+			cfg.Name = v.(string)
+		case "connect_timeout_ms":
+			cfg.ConnectTimeout = ms(v)
+		case "publish_timeout_ms":
+			cfg.PublishTimeout = ms(v)
+		case "close_timeout_ms":
+			cfg.CloseTimeout = ms(v)
+		case "max_payload":
+			cfg.MaxPayload = int(v.(float64))
+		default:
+			t.Fatalf("scenario config has an unknown field %q", k)
+		}
+	}
+	return cfg
+}
+
+// subscribeOptions turns the core's option names into the Go options.
+func subscribeOptions(t *testing.T, m map[string]any) []polybus.SubscribeOption {
+	var opts []polybus.SubscribeOption
+	num := func(v any) int { return int(v.(float64)) }
+	ms := func(v any) time.Duration { return time.Duration(v.(float64)) * time.Millisecond }
+	for k, v := range m {
+		switch k {
+		case "group":
+			opts = append(opts, polybus.WithGroup(v.(string)))
+		case "concurrency":
+			opts = append(opts, polybus.WithConcurrency(num(v)))
+		case "max_attempts":
+			opts = append(opts, polybus.WithMaxAttempts(num(v)))
+		case "dead_letter":
+			opts = append(opts, polybus.WithDeadLetter(v.(string)))
+		case "start":
+			switch v {
+			case "new":
+				opts = append(opts, polybus.WithStart(polybus.StartNew))
+			case "earliest":
+				opts = append(opts, polybus.WithStart(polybus.StartEarliest))
+			default:
+				t.Fatalf("unknown start %v", v)
+			}
+		case "backoff_initial_ms":
+			opts = append(opts, polybus.WithBackoffInitial(ms(v)))
+		case "backoff_max_ms":
+			opts = append(opts, polybus.WithBackoffMax(ms(v)))
+		case "queue_size":
+			opts = append(opts, polybus.WithQueueSize(num(v)))
+		case "batch_size":
+			opts = append(opts, polybus.WithBatchSize(num(v)))
+		default:
+			t.Fatalf("unknown subscribe option %q", k)
+		}
+	}
+	return opts
+}
+
+// invocation is one recorded handler call.
+type invocation struct {
+	topic, payload string
+	key            *string
+	headers        map[string]string
+	id, typ        string
+	attempt        int
+	json           any
+	jsonErr        error
+	done, ok       bool
+}
+
+// recorder records a handler's invocations in the order they start.
+type recorder struct {
+	mu         sync.Mutex
+	calls      []*invocation
+	finished   int
+	succeeded  int
+	inFlight   int
+	peak       int
+	keyRunning map[string]int
+	overlapped bool
+	changed    chan struct{} // closed and replaced on every finished invocation
+}
+
+func newRecorder() *recorder {
+	return &recorder{keyRunning: map[string]int{}, changed: make(chan struct{})}
+}
+
+func (r *recorder) handler(spec handlerSpec) polybus.Handler {
+	return func(ctx context.Context, e *polybus.Event) error {
+		inv := &invocation{
+			topic: e.Topic, payload: string(e.Payload), headers: e.Headers,
+			id: e.ID, typ: e.Type, attempt: e.Attempt,
+		}
+		if e.Key != "" {
+			k := e.Key
+			inv.key = &k
+		}
+		inv.jsonErr = e.Scan(&inv.json)
+		r.mu.Lock()
+		r.calls = append(r.calls, inv)
+		r.inFlight++
+		r.peak = max(r.peak, r.inFlight)
+		if inv.key != nil {
+			r.keyRunning[*inv.key]++
+			if r.keyRunning[*inv.key] > 1 {
+				r.overlapped = true
+			}
+		}
+		r.mu.Unlock()
+
+		fail := spec.FailAlways || e.Attempt <= spec.FailTimes
+		defer func() {
+			r.mu.Lock()
+			r.inFlight--
+			if inv.key != nil {
+				r.keyRunning[*inv.key]--
+			}
+			inv.done, inv.ok = true, !fail
+			r.finished++
+			if !fail {
+				r.succeeded++
+			}
+			close(r.changed)
+			r.changed = make(chan struct{})
+			r.mu.Unlock()
+		}()
+		if spec.DelayMS > 0 {
+			time.Sleep(time.Duration(spec.DelayMS) * time.Millisecond) // the workload
+		}
+		if fail {
+			if spec.FailWith == "panic" {
+				panic(fmt.Sprintf("failing attempt %d on purpose", e.Attempt))
+			}
+			return fmt.Errorf("failing attempt %d on purpose", e.Attempt)
+		}
+		return nil
+	}
+}
+
+// counts returns the finished and succeeded invocations and a channel closed on the next change.
+func (r *recorder) counts() (finished, succeeded int, changed <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.finished, r.succeeded, r.changed
+}
+
+type runner struct {
+	t     *testing.T
+	ctx   context.Context
+	bus   *polybus.Bus
+	scale float64
+	recs  map[string]*recorder
+	subs  map[string]*polybus.Subscription
+}
+
+func run(t *testing.T, url string, sc scenario) {
+	ctx := context.Background()
+	bus, err := polybus.OpenConfig(ctx, busConfig(t, url, sc.Config))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { bus.Close() })
+	r := &runner{
+		t: t, ctx: ctx, bus: bus, scale: timeoutScale(t),
+		recs: map[string]*recorder{}, subs: map[string]*polybus.Subscription{},
+	}
+	for i, s := range sc.Steps {
+		r.step(i, s)
+	}
+}
+
+// checkError fails unless err matches the step's expect_error (or is nil when there is none).
+func (r *runner) checkError(at string, s step, err error) {
+	r.t.Helper()
+	if s.ExpectError == "" {
+		if err != nil {
+			r.t.Fatalf("%s: unexpected error: %v", at, err)
+		}
+		return
+	}
+	var pe *polybus.Error
+	if !errors.As(err, &pe) {
+		r.t.Fatalf("%s: want %s, got %v", at, s.ExpectError, err)
+	}
+	if pe.Code.String() != s.ExpectError || !errors.Is(err, &polybus.Error{Code: pe.Code}) {
+		r.t.Fatalf("%s: want %s, got %s (%v)", at, s.ExpectError, pe.Code, err)
+	}
+}
+
+func (r *runner) step(i int, s step) {
+	t := r.t
+	t.Helper()
+	at := fmt.Sprintf("step %d (%s %s)", i, s.Op, s.Name)
+	switch s.Op {
+	case "subscribe":
+		rec := newRecorder()
+		sub, err := r.bus.Subscribe(r.ctx, *s.Pattern, rec.handler(s.Handler), subscribeOptions(t, s.Options)...)
+		r.checkError(at, s, err)
+		if err == nil {
+			r.recs[s.Name], r.subs[s.Name] = rec, sub
+		}
+	case "publish":
+		r.publish(at, s)
+	case "wait":
+		r.wait(at, s)
+	case "unsubscribe":
+		sub, ok := r.subs[s.Name]
+		if !ok {
+			t.Fatalf("%s: no subscription %q", at, s.Name)
+		}
+		r.checkError(at, s, sub.Unsubscribe())
+	case "close":
+		r.checkError(at, s, r.bus.Close())
+	case "expect":
+		r.expect(at, s)
+	case "expect_total":
+		r.expectTotal(at, s)
+	case "expect_stats":
+		r.expectStats(at, s)
+	default:
+		t.Fatalf("%s: unknown op %q", at, s.Op)
+	}
+}
+
+func (r *runner) publish(at string, s step) {
+	count := 1
+	if s.Count != nil {
+		count = *s.Count
+	}
+	var key string
+	if len(s.Key) > 0 {
+		if err := json.Unmarshal(s.Key, &key); err != nil {
+			r.t.Fatalf("%s: key: %v", at, err)
+		}
+	}
+	for i := range count {
+		m := polybus.Message{Topic: *s.Topic, Key: key, Headers: s.Headers}
+		switch {
+		case s.JSON != nil:
+			var v any
+			if err := json.Unmarshal(s.JSON, &v); err != nil {
+				r.t.Fatalf("%s: json: %v", at, err)
+			}
+			m.Payload = v
+		case s.PayloadSize != nil:
+			m.Payload = strings.Repeat("x", *s.PayloadSize)
+		case s.Payload != nil:
+			m.Payload = strings.ReplaceAll(*s.Payload, "{i}", strconv.Itoa(i))
+		}
+		if len(s.Keys) > 0 {
+			m.Key = s.Keys[i%len(s.Keys)]
+		}
+		if s.ID != nil {
+			m.ID = *s.ID
+		}
+		if s.Type != nil {
+			m.Type = *s.Type
+		}
+		var err error
+		if m.Key == "" && m.Headers == nil && m.ID == "" && m.Type == "" {
+			err = r.bus.Publish(r.ctx, m.Topic, m.Payload)
+		} else {
+			err = r.bus.PublishMessage(r.ctx, m)
+		}
+		r.checkError(fmt.Sprintf("%s, event %d", at, i), s, err)
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (r *runner) recorders(at string, s step) []*recorder {
+	names := s.Names
+	if s.Name != "" {
+		names = append(names, s.Name)
+	}
+	out := make([]*recorder, 0, len(names))
+	for _, n := range names {
+		rec, ok := r.recs[n]
+		if !ok {
+			r.t.Fatalf("%s: no handler %q", at, n)
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+func (r *runner) wait(at string, s step) {
+	timeout := 10 * time.Second
+	if s.TimeoutMS != nil {
+		timeout = time.Duration(*s.TimeoutMS) * time.Millisecond
+	}
+	deadline := time.NewTimer(time.Duration(float64(timeout) * r.scale))
+	defer deadline.Stop()
+	recs := r.recorders(at, s)
+	for {
+		finished, succeeded := 0, 0
+		changes := make([]<-chan struct{}, len(recs))
+		for i, rec := range recs {
+			f, ok, ch := rec.counts()
+			finished, succeeded, changes[i] = finished+f, succeeded+ok, ch
+		}
+		switch {
+		case s.Count != nil && finished >= *s.Count, s.Succeeded != nil && succeeded >= *s.Succeeded:
+			return
+		case s.Count == nil && s.Succeeded == nil:
+			r.t.Fatalf("%s: wait needs count or succeeded", at)
+		}
+		// Wake on the first change of any recorder (at most a few, so a goroutine each is fine).
+		woke := make(chan struct{}, len(changes))
+		stop := make(chan struct{})
+		for _, ch := range changes {
+			go func() {
+				select {
+				case <-ch:
+					woke <- struct{}{}
+				case <-stop:
+				}
+			}()
+		}
+		select {
+		case <-woke:
+			close(stop)
+		case <-deadline.C:
+			close(stop)
+			r.t.Fatalf("%s: timed out after %v waiting for count=%v succeeded=%v; saw %d invocations, %d succeeded",
+				at, timeout, deref(s.Count), deref(s.Succeeded), finished, succeeded)
+		}
+	}
+}
+
+func deref(p *int) any {
+	if p == nil {
+		return "-"
+	}
+	return *p
+}
+
+func (r *runner) expect(at string, s step) {
+	t := r.t
+	t.Helper()
+	rec := r.recorders(at, s)[0]
+	rec.mu.Lock()
+	calls := slices.Clone(rec.calls)
+	peak, overlapped, succeeded := rec.peak, rec.overlapped, rec.succeeded
+	rec.mu.Unlock()
+
+	field := func(f func(*invocation) any) []any {
+		out := make([]any, len(calls))
+		for i, c := range calls {
+			out[i] = f(c)
+		}
+		return out
+	}
+	same := func(what string, want, got any) {
+		t.Helper()
+		if !reflect.DeepEqual(want, got) {
+			t.Errorf("%s: %s: want %v, got %v", at, what, want, got)
+		}
+	}
+	if s.Count != nil {
+		same("count", *s.Count, len(calls))
+	}
+	if s.Succeeded != nil {
+		same("succeeded", *s.Succeeded, succeeded)
+	}
+	if s.Payloads != nil {
+		same("payloads", toAny(s.Payloads), field(func(c *invocation) any { return c.payload }))
+	}
+	if s.PayloadsUnordered != nil {
+		got := make([]string, len(calls))
+		for i, c := range calls {
+			got[i] = c.payload
+		}
+		want := slices.Clone(s.PayloadsUnordered)
+		slices.Sort(want)
+		slices.Sort(got)
+		same("payloads_unordered", want, got)
+	}
+	if s.Attempts != nil {
+		same("attempts", toAny(s.Attempts), field(func(c *invocation) any { return c.attempt }))
+	}
+	if s.Topics != nil {
+		same("topics", toAny(s.Topics), field(func(c *invocation) any { return c.topic }))
+	}
+	if len(s.Key) > 0 {
+		var want *string
+		if err := json.Unmarshal(s.Key, &want); err != nil {
+			t.Fatalf("%s: key: %v", at, err)
+		}
+		for i, c := range calls {
+			if (want == nil) != (c.key == nil) || (want != nil && *want != *c.key) {
+				t.Errorf("%s: invocation %d: key: want %v, got %v", at, i, show(want), show(c.key))
+			}
+		}
+	}
+	for i, c := range calls {
+		if s.ID != nil && c.id != *s.ID {
+			t.Errorf("%s: invocation %d: id: want %q, got %q", at, i, *s.ID, c.id)
+		}
+		if s.Type != nil && c.typ != *s.Type {
+			t.Errorf("%s: invocation %d: type: want %q, got %q", at, i, *s.Type, c.typ)
+		}
+		for name, want := range s.Headers {
+			got, ok := c.headers[name]
+			if !ok || (want == "*" && got == "") || (want != "*" && got != want) {
+				t.Errorf("%s: invocation %d: header %q: want %q, got %q (present %v)", at, i, name, want, got, ok)
+			}
+		}
+		if s.JSON != nil {
+			var want any
+			if err := json.Unmarshal(s.JSON, &want); err != nil {
+				t.Fatalf("%s: json: %v", at, err)
+			}
+			if c.jsonErr != nil || !reflect.DeepEqual(want, c.json) {
+				t.Errorf("%s: invocation %d: json: want %v, got %v (Scan error %v)", at, i, want, c.json, c.jsonErr)
+			}
+		}
+	}
+	if s.KeyOrder {
+		last := map[string]int{}
+		for i, c := range calls {
+			if !c.ok {
+				continue
+			}
+			n, err := strconv.Atoi(c.payload)
+			if err != nil {
+				t.Fatalf("%s: key_order: payload %q is not an integer", at, c.payload)
+			}
+			k := ""
+			if c.key != nil {
+				k = *c.key
+			}
+			if prev, seen := last[k]; seen && n <= prev {
+				t.Errorf("%s: key_order: invocation %d of key %q has payload %d after %d", at, i, k, n, prev)
+			}
+			last[k] = n
+		}
+	}
+	if s.NoOverlapPerKey && overlapped {
+		t.Errorf("%s: two invocations with the same key were in flight at once", at)
+	}
+	if s.MaxInFlight != nil && peak > *s.MaxInFlight {
+		t.Errorf("%s: max_in_flight: want at most %d, saw %d", at, *s.MaxInFlight, peak)
+	}
+	if s.MinPeakInFlight != nil && peak < *s.MinPeakInFlight {
+		t.Errorf("%s: min_peak_in_flight: want at least %d, saw %d", at, *s.MinPeakInFlight, peak)
+	}
+}
+
+func (r *runner) expectTotal(at string, s step) {
+	t := r.t
+	t.Helper()
+	total := 0
+	seen := map[string]bool{}
+	for _, rec := range r.recorders(at, s) {
+		rec.mu.Lock()
+		for _, c := range rec.calls {
+			if !c.ok {
+				continue
+			}
+			total++
+			if s.DistinctPayloads && seen[c.payload] {
+				t.Errorf("%s: payload %q succeeded more than once", at, c.payload)
+			}
+			seen[c.payload] = true
+		}
+		rec.mu.Unlock()
+	}
+	if s.Succeeded != nil && total != *s.Succeeded {
+		t.Errorf("%s: succeeded: want %d, got %d", at, *s.Succeeded, total)
+	}
+}
+
+func (r *runner) expectStats(at string, s step) {
+	t := r.t
+	t.Helper()
+	st, err := r.bus.Stats()
+	if err != nil {
+		t.Fatalf("%s: %v", at, err)
+	}
+	for _, c := range []struct {
+		name string
+		want *uint64
+		got  uint64
+	}{
+		{"published", s.Published, st.Published},
+		{"delivered", s.Delivered, st.Delivered},
+		{"acked", s.Acked, st.Acked},
+		{"failed", s.Failed, st.Failed},
+		{"retried", s.Retried, st.Retried},
+		{"dead_lettered", s.DeadLettered, st.DeadLettered},
+		{"dropped", s.Dropped, st.Dropped},
+	} {
+		if c.want != nil && *c.want != c.got {
+			t.Errorf("%s: %s: want %d, got %d (all: %+v)", at, c.name, *c.want, c.got, st)
+		}
+	}
+}
+
+func toAny[T any](s []T) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+func show(p *string) string {
+	if p == nil {
+		return "null"
+	}
+	return strconv.Quote(*p)
+}

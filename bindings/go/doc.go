@@ -1,0 +1,85 @@
+// Package polybus is the Go front end of polybus, one event bus for Rust, C, Go, Python and
+// Node. Every rule (topics and patterns, acknowledgement, retries with backoff, dead-lettering,
+// per-key ordering, backpressure, draining on close) lives in the Rust core, reached through
+// the C library libpolybus; this package converts types, runs handlers and maps errors.
+//
+// # Open
+//
+// Open a bus on a URL, or with a Config for the prefix, the service name, timeouts and the
+// payload limit:
+//
+//	bus, err := polybus.Open(ctx, "memory://")
+//	bus, err := polybus.OpenConfig(ctx, polybus.Config{URL: "memory://", Prefix: "app", Name: "billing"})
+//
+// A Bus is safe for concurrent use. Users of due's eventbus can set a default bus once and use
+// the package-level functions:
+//
+//	polybus.SetDefault(bus)
+//	polybus.Publish(ctx, "orders.created", order)
+//
+// # Publish
+//
+// Publish sends a payload to a topic ("orders.created": dot-separated tokens of ASCII letters,
+// digits, '_' and '-'). A []byte or string payload is sent as it is; any other value is
+// encoded as JSON, and a value JSON cannot encode is an error with StatusPayload. Publish
+// returns once the backend has accepted the event; under backpressure (a subscriber's queue is
+// full) it waits, at most Config.PublishTimeout. PublishMessage sets a key, headers, an id and
+// a type; PublishBatch publishes many messages with one call into the core.
+//
+// # Subscribe
+//
+// Subscribe runs a handler for every event whose topic matches a pattern, where '*' matches one
+// token and a final '>' the rest ("orders.*", "orders.>"):
+//
+//	sub, err := bus.Subscribe(ctx, "orders.*", func(ctx context.Context, e *polybus.Event) error {
+//		var o Order
+//		if err := e.Scan(&o); err != nil {
+//			return err
+//		}
+//		return bill(ctx, o)
+//	}, polybus.WithGroup("billing"), polybus.WithConcurrency(8), polybus.WithDeadLetter("orders.dead"))
+//
+// Options are functional options, one per field of the C options and named after them:
+// WithGroup, WithConcurrency, WithMaxAttempts, WithDeadLetter, WithStart, WithBackoffInitial,
+// WithBackoffMax, WithQueueSize and WithBatchSize. An option not given keeps the core's default;
+// a value given is passed as it is and checked by the core. Without a group every subscription
+// gets every event; subscriptions sharing a group share its events.
+//
+// # Handlers: goroutines and acknowledgement
+//
+// Each subscription has one goroutine that pulls events from the core in batches (no C code
+// ever calls into Go) and copies each event into an Event before the handler sees it, so an
+// Event may be kept after the handler returns. With concurrency 1 that goroutine runs the
+// handler; with WithConcurrency(n) up to n handler goroutines run at once, and events with the
+// same key never run at once and keep their publish order.
+//
+// The handler's result is the acknowledgement: nil acks the event; an error, or a panic (which
+// is recovered, never crashing the service), is a nack. A nacked event is delivered again with
+// exponential backoff and Attempt counting up, up to the MaxAttempts option, then published to
+// the DeadLetter topic (with the reason and attempt count in headers) or dropped and counted in
+// Stats. All of this is done by the core; the package never retries by itself. The handler's
+// context derives from the context given to Subscribe and is cancelled once the subscription
+// has closed.
+//
+// # Close
+//
+// Subscription.Close (or Unsubscribe) stops a subscription: it receives nothing new, its queued
+// and in-flight events are still handled, then it returns. Cancelling the context given to
+// Subscribe does the same. Bus.Close stops new publishes and subscribes, drains every
+// subscription while the handlers keep running (at most Config.CloseTimeout), waits for the
+// subscriptions' goroutines and releases the bus. Both are idempotent. After Close every call
+// returns an error matching ErrClosed, except Stats, which returns the final counters. Neither
+// may be called from a handler of what it closes, since it waits for that handler.
+//
+// # Errors
+//
+// Every error of the bus is an *Error with a Status (the C status code, whose String is the C
+// name) and a message. errors.Is(err, polybus.ErrClosed) matches on the code; there is one
+// sentinel per status, generated from include/polybus.h.
+//
+// # Building
+//
+// The package links the static library target/release/libpolybus.a of the repository
+// (cargo build --release -p polybus-ffi); with the build tag dynamic it links libpolybus.so
+// instead. bindings/go/test.sh builds it and runs the tests.
+package polybus

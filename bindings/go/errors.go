@@ -1,0 +1,74 @@
+package polybus
+
+//go:generate go run ./internal/gen -header ../../include/polybus.h -out status_gen.go
+
+/*
+#include "polybus.h"
+*/
+import "C"
+
+import (
+	"bytes"
+	"fmt"
+	"unsafe"
+)
+
+// Status is a status code of the C API (polybus_status_t): 0 is success, negative values are
+// errors, positive values are non-error outcomes. The values and names come from
+// include/polybus.h (status_gen.go); String returns the C name.
+type Status int32
+
+// Error is the error every polybus call returns: the status code of the C API and a message
+// naming what was wrong.
+//
+// Compare with the sentinels through errors.Is, which matches on Code alone:
+//
+//	if errors.Is(err, polybus.ErrClosed) { ... }
+//
+// or read the code with errors.As into a *Error.
+type Error struct {
+	// Code is the status, for example StatusClosed.
+	Code Status
+	// Message is the detail, for example "closed: bus is closed"; empty in the sentinels.
+	Message string
+}
+
+// Error returns "polybus: " followed by the message, or by the C name of the code when there is
+// no message.
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return "polybus: " + e.Code.String()
+	}
+	return "polybus: " + e.Message
+}
+
+// Is reports whether target is an *Error with the same Code, so that
+// errors.Is(err, polybus.ErrClosed) holds for every closed error.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// newError makes an *Error in the core's format: the status's short description, then the
+// detail ("invalid argument: handler is nil").
+func newError(code Status, format string, args ...any) *Error {
+	desc := C.GoString(C.polybus_status_str(C.int32_t(code)))
+	return &Error{Code: code, Message: desc + ": " + fmt.Sprintf(format, args...)}
+}
+
+// errorFrom converts the status and detail of a failed C call. It reads the detail in Go, so
+// that the caller's polybus_error_t can stay on the stack.
+func errorFrom(status C.polybus_status_t, detail *C.polybus_error_t) error {
+	if status == C.POLYBUS_OK {
+		return nil
+	}
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&detail.message[0])), len(detail.message))
+	if n := bytes.IndexByte(raw, 0); n >= 0 {
+		raw = raw[:n]
+	}
+	msg := string(raw)
+	if msg == "" {
+		msg = C.GoString(C.polybus_status_str(C.int32_t(status)))
+	}
+	return &Error{Code: Status(status), Message: msg}
+}

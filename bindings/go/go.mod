@@ -1,0 +1,3 @@
+module github.com/polybus/polybus/bindings/go
+
+go 1.24

@@ -1,0 +1,269 @@
+package polybus
+
+/*
+#include <stdio.h>
+#include <stdlib.h>
+#include "polybus.h"
+
+// Go memory passed to C may not hold Go pointers, so Go passes the fields of a message as
+// arguments (pbgo_publish) or as offsets into one byte arena (pbgo_publish_batch), and these
+// helpers build the polybus_message_t views on the C side.
+
+static polybus_status_t pbgo_publish(const polybus_t *bus, const char *topic, size_t topic_len,
+                                     const uint8_t *payload, size_t payload_len,
+                                     polybus_error_t *err) {
+	polybus_message_t m = {0};
+	m.topic.ptr = topic ? topic : "";
+	m.topic.len = topic_len;
+	m.payload.ptr = payload;
+	m.payload.len = payload_len;
+	return polybus_publish(bus, &m, err);
+}
+
+// A string in the arena; has == 0 means absent.
+typedef struct {
+	size_t off;
+	size_t len;
+	uint8_t has;
+} pbgo_str_t;
+
+typedef struct {
+	pbgo_str_t topic;
+	pbgo_str_t payload;
+	pbgo_str_t key;
+	pbgo_str_t id;
+	pbgo_str_t type;
+	size_t headers_off; // index of the first header in the header array
+	size_t headers_len;
+} pbgo_message_t;
+
+typedef struct {
+	pbgo_str_t name;
+	pbgo_str_t value;
+} pbgo_header_t;
+
+static polybus_str_t pbgo_view(const char *arena, pbgo_str_t s) {
+	polybus_str_t v = {NULL, 0};
+	if (s.has) {
+		v.ptr = arena + s.off;
+		v.len = s.len;
+	}
+	return v;
+}
+
+static polybus_status_t pbgo_publish_batch(const polybus_t *bus, const char *arena,
+                                           const pbgo_message_t *msgs, size_t len,
+                                           const pbgo_header_t *hdrs, size_t hdrs_len,
+                                           size_t *published, polybus_error_t *err) {
+	static const char empty[1] = "";
+	if (arena == NULL) {
+		arena = empty;
+	}
+	polybus_message_t *ms = calloc(len ? len : 1, sizeof *ms);
+	polybus_header_t *hs = calloc(hdrs_len ? hdrs_len : 1, sizeof *hs);
+	if (ms == NULL || hs == NULL) {
+		free(ms);
+		free(hs);
+		if (err) {
+			err->code = POLYBUS_ERR_INTERNAL;
+			snprintf(err->message, sizeof err->message, "internal error: out of memory");
+		}
+		return POLYBUS_ERR_INTERNAL;
+	}
+	for (size_t i = 0; i < hdrs_len; i++) {
+		hs[i].name = pbgo_view(arena, hdrs[i].name);
+		hs[i].value = pbgo_view(arena, hdrs[i].value);
+	}
+	for (size_t i = 0; i < len; i++) {
+		ms[i].topic = pbgo_view(arena, msgs[i].topic);
+		polybus_str_t p = pbgo_view(arena, msgs[i].payload);
+		ms[i].payload.ptr = (const uint8_t *)p.ptr;
+		ms[i].payload.len = p.len;
+		ms[i].key = pbgo_view(arena, msgs[i].key);
+		ms[i].id = pbgo_view(arena, msgs[i].id);
+		ms[i].type = pbgo_view(arena, msgs[i].type);
+		ms[i].headers = msgs[i].headers_len ? hs + msgs[i].headers_off : NULL;
+		ms[i].headers_len = msgs[i].headers_len;
+	}
+	polybus_status_t st = polybus_publish_batch(bus, ms, len, published, err);
+	free(ms);
+	free(hs);
+	return st;
+}
+
+#cgo noescape pbgo_publish
+#cgo nocallback pbgo_publish
+#cgo noescape pbgo_publish_batch
+#cgo nocallback pbgo_publish_batch
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"sync"
+	"unsafe"
+)
+
+// Message is an event to publish with PublishMessage or PublishBatch.
+type Message struct {
+	// Topic is the topic, for example "orders.created" (required).
+	Topic string
+	// Payload is the body: a []byte or string is sent as it is, nil as an empty payload, and any
+	// other value is encoded as JSON.
+	Payload any
+	// Key is the ordering and partition key; "" for none. Events with one key are handled in
+	// publish order, never at once.
+	Key string
+	// Headers are sent with the event.
+	Headers map[string]string
+	// ID is the event id; "" for a new UUIDv7.
+	ID string
+	// Type is the event type; "" for the topic.
+	Type string
+}
+
+// payloadBytes returns the bytes of a payload: []byte and string as they are (C only reads
+// them), nil as empty, anything else JSON-encoded.
+func payloadBytes(payload any) ([]byte, error) {
+	switch p := payload.(type) {
+	case nil:
+		return nil, nil
+	case []byte:
+		return p, nil
+	case string:
+		return unsafe.Slice(unsafe.StringData(p), len(p)), nil
+	default:
+		b, err := json.Marshal(p)
+		if err != nil {
+			return nil, &Error{Code: StatusPayload, Message: "payload error: cannot encode the payload as JSON: " + err.Error()}
+		}
+		return b, nil
+	}
+}
+
+// Publish publishes payload on topic and returns once the backend has accepted the event (the
+// memory backend: queued to every matching subscription). payload is a []byte or string sent
+// as it is, nil for an empty payload, or any other value encoded as JSON (as due's Publish
+// does); use PublishMessage to set a key, headers, an id or a type.
+//
+// ctx is checked before publishing; the wait itself is bounded by Config.PublishTimeout (it
+// waits only while a subscriber's queue is full). A handler that publishes to a topic its own
+// subscription receives can wait on itself that way.
+//
+// Errors: ErrInvalidTopic, ErrTooLarge, ErrPayload (a value JSON cannot encode), ErrClosed,
+// ErrTimeout, backend errors, or the context's error.
+func (b *Bus) Publish(ctx context.Context, topic string, payload any) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := payloadBytes(payload)
+	if err != nil {
+		return err
+	}
+	c, err := b.acquire()
+	if err != nil {
+		return err
+	}
+	defer b.mu.RUnlock()
+	var detail C.polybus_error_t
+	st := C.pbgo_publish(c,
+		(*C.char)(unsafe.Pointer(unsafe.StringData(topic))), C.size_t(len(topic)),
+		(*C.uint8_t)(unsafe.SliceData(p)), C.size_t(len(p)), &detail)
+	return errorFrom(st, &detail)
+}
+
+// PublishMessage publishes one message with its key, headers, id and type; see Publish.
+// Errors are Publish's, plus ErrInvalidArgument for a bad header name or value.
+func (b *Bus) PublishMessage(ctx context.Context, m Message) error {
+	return b.PublishBatch(ctx, []Message{m})
+}
+
+// PublishBatch publishes messages in order and returns once all are accepted: the pipelined
+// path, one call into the core for the whole slice. It stops at the first failure: the
+// messages before it were published, and the error names the failing index. Errors are
+// PublishMessage's.
+func (b *Bus) PublishBatch(ctx context.Context, messages []Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(messages) == 0 {
+		return nil
+	}
+	buf := batchPool.Get().(*batchBuffer)
+	defer buf.release()
+	if err := buf.fill(messages); err != nil {
+		return err
+	}
+	c, err := b.acquire()
+	if err != nil {
+		return err
+	}
+	defer b.mu.RUnlock()
+	var (
+		detail C.polybus_error_t
+		hdrs   *C.pbgo_header_t
+	)
+	if len(buf.hdrs) > 0 {
+		hdrs = &buf.hdrs[0]
+	}
+	st := C.pbgo_publish_batch(c, (*C.char)(unsafe.Pointer(unsafe.SliceData(buf.arena))),
+		&buf.msgs[0], C.size_t(len(buf.msgs)), hdrs, C.size_t(len(buf.hdrs)), nil, &detail)
+	return errorFrom(st, &detail)
+}
+
+// batchBuffer holds a batch in the form pbgo_publish_batch takes: every string and payload
+// copied into one arena, and offsets into it (no Go pointers, so nothing to pin).
+type batchBuffer struct {
+	arena []byte
+	msgs  []C.pbgo_message_t
+	hdrs  []C.pbgo_header_t
+}
+
+var batchPool = sync.Pool{New: func() any { return new(batchBuffer) }}
+
+// maxPooledArena keeps one huge batch from pinning its memory in the pool.
+const maxPooledArena = 1 << 20
+
+func (buf *batchBuffer) release() {
+	if cap(buf.arena) > maxPooledArena {
+		return
+	}
+	buf.arena, buf.msgs, buf.hdrs = buf.arena[:0], buf.msgs[:0], buf.hdrs[:0]
+	batchPool.Put(buf)
+}
+
+func (buf *batchBuffer) str(s string, present bool) C.pbgo_str_t {
+	if !present {
+		return C.pbgo_str_t{}
+	}
+	off := len(buf.arena)
+	buf.arena = append(buf.arena, s...)
+	return C.pbgo_str_t{off: C.size_t(off), len: C.size_t(len(s)), has: 1}
+}
+
+func (buf *batchBuffer) fill(messages []Message) error {
+	for i := range messages {
+		m := &messages[i]
+		payload, err := payloadBytes(m.Payload)
+		if err != nil {
+			e := err.(*Error)
+			return &Error{Code: e.Code, Message: "message " + strconv.Itoa(i) + ": " + e.Message}
+		}
+		cm := C.pbgo_message_t{
+			topic:       buf.str(m.Topic, true),
+			payload:     buf.str(unsafe.String(unsafe.SliceData(payload), len(payload)), true),
+			key:         buf.str(m.Key, m.Key != ""),
+			id:          buf.str(m.ID, m.ID != ""),
+			_type:       buf.str(m.Type, m.Type != ""),
+			headers_off: C.size_t(len(buf.hdrs)),
+			headers_len: C.size_t(len(m.Headers)),
+		}
+		for name, value := range m.Headers {
+			buf.hdrs = append(buf.hdrs, C.pbgo_header_t{name: buf.str(name, true), value: buf.str(value, true)})
+		}
+		buf.msgs = append(buf.msgs, cm)
+	}
+	return nil
+}
