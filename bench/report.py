@@ -1,0 +1,59 @@
+"""Turns the JSON lines of bench/run.sh into the table of BENCHMARKS.md."""
+
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+TARGETS = {"rust": 5_000_000, "c": None, "go": 2_000_000, "python": 1_000_000, "node": 1_000_000}
+
+
+def main(results: str, out: str) -> None:
+    rows = [json.loads(line) for line in open(results) if line.strip()]
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Events per second from `publish` to the handler on `memory://`: 64-byte payloads, one",
+        "publisher and one subscriber in one process, the handler counting events. Each language",
+        "runs beside its in-process peer, measured in the same run. Higher is better.",
+        "",
+        "Command: `make bench` (that is, `bash bench/run.sh`; `POLYBUS_BENCH_EVENTS` sets the count).",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {cores} cores ({cpu}), "
+        f"{platform.system()} {platform.release()}.",
+        "",
+        "| language | case | events | seconds | events/s | target |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        target = TARGETS.get(r["lang"])
+        peer = "(peer" in r["case"]
+        t = "" if peer or target is None else f"{target:,}"
+        lines.append(
+            f"| {r['lang']} | {r['case']} | {r['events']:,} | {r['seconds']:.3f} | "
+            f"{r['events_per_sec']:,} | {t} |"
+        )
+    lines.append("")
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+    # The analysis (where the time goes) is kept by hand in bench/NOTES.md.
+    try:
+        with open("bench/NOTES.md") as f:
+            extra = f.read()
+    except OSError:
+        extra = ""
+    with open(out, "a") as f:
+        f.write("\n" + extra if extra else "")
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

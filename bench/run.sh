@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every benchmark in one go and writes BENCHMARKS.md: events per second from publish to
+# handler on memory://, 64-byte payloads, one publisher and one subscriber, for Rust, C, Go,
+# Python and Node, each beside its language's in-process peer measured in the same run.
+#   POLYBUS_BENCH_EVENTS=N   events per case (default 2,000,000; Python uses a quarter)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+n=${POLYBUS_BENCH_EVENTS:-2000000}
+out=build/bench
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+
+bash tests/harness/setup.sh
+echo "== rust"
+POLYBUS_BENCH_EVENTS=$n cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
+
+echo "== c"
+cargo build --quiet --release -p polybus-ffi
+gcc -O2 -std=c11 -Iinclude bench/c/pubsub.c target/release/libpolybus.a -lm -ldl -lpthread -o "$out/c-pubsub"
+POLYBUS_BENCH_EVENTS=$n "$out/c-pubsub" | tee -a "$results"
+
+echo "== go"
+(cd bindings/go && POLYBUS_BENCH_EVENTS=$n go run ./cmd/polybus-bench) | grep '^{' | tee -a "$results"
+
+echo "== python"
+bash python/build.sh >/dev/null
+py="$root/build/venv-python/bin/python"
+POLYBUS_BENCH_EVENTS=$((n / 4)) "$py" python/bench/bench_pubsub.py | grep '^{' | tee -a "$results"
+POLYBUS_BENCH_EVENTS=$((n / 4)) "$py" bench/peers/python_queue.py | tee -a "$results"
+
+echo "== node"
+bash node/build.sh >/dev/null
+POLYBUS_BENCH_EVENTS=$n node node/bench/bench_pubsub.mjs | grep '^{' | tee -a "$results"
+POLYBUS_BENCH_EVENTS=$n node bench/peers/node_eventemitter.mjs | tee -a "$results"
+
+python3 bench/report.py "$results" BENCHMARKS.md
+echo "wrote BENCHMARKS.md"
