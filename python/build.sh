@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds the polybus wheel (abi3) and installs it into the virtualenv build/venv-python at the
+# repository root, creating it when missing. A second run only rebuilds what changed.
+# Needs python3 (3.9+) with pip and venv, and a Rust toolchain. Extra packages to install into
+# the virtualenv may be given as arguments (pip requirement specifiers, installed once).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+venv="$root/build/venv-python"
+wheels="$root/build/wheels"
+python="${PYTHON:-python3}"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    # Debian ships the venv module separately (python3-venv); fall back to virtualenv.
+    if ! "$python" -m venv "$venv" 2>/dev/null; then
+        rm -rf "$venv"
+        "$python" -m pip install --quiet --user --break-system-packages virtualenv
+        "$python" -m virtualenv --quiet "$venv"
+    fi
+fi
+py="$venv/bin/python"
+
+# Tools, installed once.
+need=()
+for spec in "maturin>=1.5,<2:maturin" "$@"; do
+    module="${spec##*:}"
+    "$py" -c "import $module" 2>/dev/null || need+=("${spec%:*}")
+done
+if ((${#need[@]})); then
+    "$py" -m pip install --quiet --disable-pip-version-check "${need[@]}"
+fi
+
+# The wheel (abi3), built and installed.
+rm -f "$wheels"/polybus-*.whl
+"$venv/bin/maturin" build --release --quiet --manifest-path "$here/Cargo.toml" --out "$wheels" \
+    --interpreter "$py"
+"$py" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+    "$wheels"/polybus-*.whl
