@@ -23,7 +23,7 @@ gcc -O2 -std=c11 -Iinclude bench/c/pubsub.c target/release/libpolybus.a -lm -ldl
 POLYBUS_BENCH_EVENTS=$n "$out/c-pubsub" | tee -a "$results"
 
 echo "== go"
-(cd bindings/go && POLYBUS_BENCH_EVENTS=$n go run ./cmd/polybus-bench) | grep '^{' | tee -a "$results"
+(source bindings/go/cgo-env.sh && cd bindings/go && POLYBUS_BENCH_EVENTS=$n go run ./cmd/polybus-bench) | grep '^{' | tee -a "$results"
 
 echo "== python"
 bash python/build.sh >/dev/null

@@ -293,6 +293,10 @@ typedef struct polybus_message_t {
    * The event type, or `{NULL, 0}` for the topic.
    */
   struct polybus_str_t type;
+  /**
+   * The event time in nanoseconds since the Unix epoch, or 0 for now.
+   */
+  int64_t time_unix_ns;
 } polybus_message_t;
 
 /**
@@ -573,11 +577,14 @@ polybus_status_t polybus_publish(const struct polybus_t *bus,
 /**
  * @brief Publishes many events in order and waits until all are accepted (the pipelined path).
  *
+ * Every event is handed to the backend before any is waited on, so a broker sees them all in
+ * flight at once; they are accepted in order.
+ *
  * @param bus *borrowed* An open bus.
  * @param messages *borrowed* An array of `len` events.
  * @param len Number of events.
- * @param published *out, optional* How many were published (all of them on success; on
- *        failure the events before the failing one).
+ * @param published *out, optional* How many were accepted: all of them on success; on failure
+ *        the events before the failing one.
  * @param err *out, optional* Error detail on failure, naming the failing index.
  * @return As polybus_publish().
  */

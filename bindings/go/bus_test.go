@@ -112,9 +112,11 @@ func TestPublishUnencodablePayload(t *testing.T) {
 func TestPublishMessage(t *testing.T) {
 	bus := open(t)
 	events := collect(t, bus, "orders.>")
+	when := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
 	msg := polybus.Message{
 		Topic: "orders.created.eu", Payload: map[string]int{"n": 1}, Key: "order-1",
 		Headers: map[string]string{"tenant": "acme", "trace": "abc"}, ID: "evt-1", Type: "order.created",
+		Time: when,
 	}
 	if err := bus.PublishMessage(context.Background(), msg); err != nil {
 		t.Fatal(err)
@@ -123,6 +125,9 @@ func TestPublishMessage(t *testing.T) {
 	if e.Topic != msg.Topic || string(e.Payload) != `{"n":1}` || e.Key != "order-1" || e.ID != "evt-1" ||
 		e.Type != "order.created" || e.Headers["tenant"] != "acme" || e.Headers["trace"] != "abc" {
 		t.Errorf("unexpected event %+v", e)
+	}
+	if !e.Time.Equal(when) {
+		t.Errorf("event time %v, want %v", e.Time, when)
 	}
 	err := bus.PublishMessage(context.Background(), polybus.Message{Topic: "orders.x", Headers: map[string]string{"bad name": "v"}})
 	wantCode(t, err, polybus.ErrInvalidArgument)

@@ -81,5 +81,7 @@
 //
 // The package links the static library target/release/libpolybus.a of the repository
 // (cargo build --release -p polybus-ffi); with the build tag dynamic it links libpolybus.so
-// instead. bindings/go/test.sh builds it and runs the tests.
+// instead. bindings/go/test.sh builds it and runs the tests. Go's build cache does not see a
+// rebuilt library or header (they live outside the package); after rebuilding them, source
+// bindings/go/cgo-env.sh (which puts their fingerprint in CGO_CFLAGS) or run go clean -cache.
 package polybus

@@ -35,6 +35,7 @@ typedef struct {
 	pbgo_str_t type;
 	size_t headers_off; // index of the first header in the header array
 	size_t headers_len;
+	int64_t time_unix_ns; // 0 for now
 } pbgo_message_t;
 
 typedef struct {
@@ -84,6 +85,7 @@ static polybus_status_t pbgo_publish_batch(const polybus_t *bus, const char *are
 		ms[i].type = pbgo_view(arena, msgs[i].type);
 		ms[i].headers = msgs[i].headers_len ? hs + msgs[i].headers_off : NULL;
 		ms[i].headers_len = msgs[i].headers_len;
+		ms[i].time_unix_ns = msgs[i].time_unix_ns;
 	}
 	polybus_status_t st = polybus_publish_batch(bus, ms, len, published, err);
 	free(ms);
@@ -103,6 +105,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -122,6 +125,8 @@ type Message struct {
 	ID string
 	// Type is the event type; "" for the topic.
 	Type string
+	// Time is the event time; the zero Time for the moment it is published.
+	Time time.Time
 }
 
 // payloadBytes returns the bytes of a payload: []byte and string as they are (C only reads
@@ -259,6 +264,9 @@ func (buf *batchBuffer) fill(messages []Message) error {
 			_type:       buf.str(m.Type, m.Type != ""),
 			headers_off: C.size_t(len(buf.hdrs)),
 			headers_len: C.size_t(len(m.Headers)),
+		}
+		if !m.Time.IsZero() {
+			cm.time_unix_ns = C.int64_t(m.Time.UnixNano())
 		}
 		for name, value := range m.Headers {
 			buf.hdrs = append(buf.hdrs, C.pbgo_header_t{name: buf.str(name, true), value: buf.str(value, true)})

@@ -11,6 +11,7 @@ echo "== cargo build --release -p polybus-ffi"
 (cd "$root" && cargo build --release -p polybus-ffi)
 
 cd "$here"
+source "$here/cgo-env.sh"
 
 echo "== go generate (status_gen.go from include/polybus.h)"
 go generate ./...

@@ -106,11 +106,14 @@ pub unsafe extern "C" fn polybus_publish(
 
 /// @brief Publishes many events in order and waits until all are accepted (the pipelined path).
 ///
+/// Every event is handed to the backend before any is waited on, so a broker sees them all in
+/// flight at once; they are accepted in order.
+///
 /// @param bus *borrowed* An open bus.
 /// @param messages *borrowed* An array of `len` events.
 /// @param len Number of events.
-/// @param published *out, optional* How many were published (all of them on success; on
-///        failure the events before the failing one).
+/// @param published *out, optional* How many were accepted: all of them on success; on failure
+///        the events before the failing one.
 /// @param err *out, optional* Error detail on failure, naming the failing index.
 /// @return As polybus_publish().
 #[no_mangle]
@@ -132,18 +135,32 @@ pub unsafe extern "C" fn polybus_publish_batch(
         if messages.is_null() {
             return Err(null("messages"));
         }
+        let at = |i: usize, e: Error| Error::new(e.kind(), format!("message {i}: {}", e.message()));
+        let mut pending = Vec::new();
+        let mut failed = None;
         for (i, m) in std::slice::from_raw_parts(messages, len).iter().enumerate() {
-            let at = |e: Error| Error::new(e.kind(), format!("message {i}: {}", e.message()));
-            let msg = m.to_message().map_err(at)?;
-            // Wait before the next one so a subscriber never sees two events swapped.
-            if let Some(p) = bus.publish_nowait(msg).map_err(at)? {
-                p.wait_blocking().map_err(at)?;
-            }
-            if !published.is_null() {
-                *published = i + 1;
+            match m.to_message().and_then(|msg| bus.publish_nowait(msg)) {
+                Ok(p) => pending.push((i, p)),
+                Err(e) => {
+                    failed = Some(at(i, e));
+                    break;
+                }
             }
         }
-        Ok(POLYBUS_OK)
+        // Everything started is waited on, so nothing is left in flight on return.
+        let (mut accepted, mut wait_failed) = (0, None);
+        for (i, p) in pending {
+            match p.map_or(Ok(()), |p| p.wait_blocking()) {
+                Ok(()) if wait_failed.is_none() => accepted = i + 1,
+                Ok(()) => {}
+                Err(e) => wait_failed = wait_failed.or(Some(at(i, e))),
+            }
+        }
+        if !published.is_null() {
+            *published = accepted;
+        }
+        // The earliest failure is the one to report: a wait fails only before a start did.
+        wait_failed.or(failed).map_or(Ok(POLYBUS_OK), Err)
     })
 }
 

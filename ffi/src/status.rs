@@ -105,7 +105,8 @@ fn describe(status: i32) -> (&'static str, &'static str) {
 /// @return A static NUL-terminated string; never NULL, never to be freed.
 #[no_mangle]
 pub extern "C" fn polybus_status_name(status: i32) -> *const c_char {
-    std::panic::catch_unwind(|| static_cstr(describe(status).0)).unwrap_or(std::ptr::null())
+    std::panic::catch_unwind(|| static_cstr(describe(status).0))
+        .unwrap_or(c"POLYBUS_UNKNOWN_STATUS".as_ptr())
 }
 
 /// @brief A short lower-case description of a status, e.g. "closed".
@@ -114,7 +115,8 @@ pub extern "C" fn polybus_status_name(status: i32) -> *const c_char {
 /// @return A static NUL-terminated string; never NULL, never to be freed.
 #[no_mangle]
 pub extern "C" fn polybus_status_str(status: i32) -> *const c_char {
-    std::panic::catch_unwind(|| static_cstr(describe(status).1)).unwrap_or(std::ptr::null())
+    std::panic::catch_unwind(|| static_cstr(describe(status).1))
+        .unwrap_or(c"unknown status".as_ptr())
 }
 
 /// @brief The ABI version of the loaded library; compare with POLYBUS_ABI_VERSION.

@@ -57,6 +57,8 @@ pub struct polybus_message_t {
     pub id: polybus_str_t,
     /// The event type, or `{NULL, 0}` for the topic.
     pub r#type: polybus_str_t,
+    /// The event time in nanoseconds since the Unix epoch, or 0 for now.
+    pub time_unix_ns: i64,
 }
 
 /// @brief A delivered event: views valid until the callback returns, or until its batch is
@@ -151,6 +153,12 @@ impl polybus_message_t {
         }
         if let Some(t) = self.r#type.get("message type")? {
             m = m.event_type(t);
+        }
+        if self.time_unix_ns != 0 {
+            let ns = u64::try_from(self.time_unix_ns).map_err(|_| {
+                invalid(format!("message time_unix_ns {} is before 1970", self.time_unix_ns))
+            })?;
+            m = m.time(UNIX_EPOCH + std::time::Duration::from_nanos(ns));
         }
         if self.headers_len > 0 {
             if self.headers.is_null() {

@@ -221,6 +221,16 @@ static void test_pull_subscription(void) {
   CHECK(b.events[0].attempt == 3);
   CHECK_STATUS(polybus_batch_ack(b.batch, NULL, 0, &err), POLYBUS_OK);
 
+  /* A publisher-set time travels with the event; one before 1970 is refused. */
+  polybus_message_t timed = message("jobs.timed", "t");
+  timed.time_unix_ns = INT64_C(1700000000123456789);
+  CHECK_STATUS(polybus_publish(bus, &timed, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
+  CHECK(b.events[0].time_unix_ns == INT64_C(1700000000123456789));
+  CHECK_STATUS(polybus_batch_ack(b.batch, NULL, 0, &err), POLYBUS_OK);
+  timed.time_unix_ns = -1;
+  CHECK_STATUS(polybus_publish(bus, &timed, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+
   polybus_subscription_t *s2 = sub;
   CHECK_STATUS(polybus_subscription_close(s2, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 1000, &b, &err), POLYBUS_ERR_CLOSED);
