@@ -11,6 +11,9 @@ use std::{
 };
 
 use polybus::{Bus, Event, Message, SubscribeOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::sync::Notify;
 
 fn events() -> u64 {
@@ -87,9 +90,18 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let n = events();
+    // POLYBUS_BENCH_CASE=publish|batch|peer runs one case (for profiling).
+    let only = std::env::var("POLYBUS_BENCH_CASE").ok();
+    let run = |case: &str| only.as_deref().is_none_or(|o| o == case);
     rt.block_on(async {
-        polybus_case("rust publish", n, false).await;
-        polybus_case("rust publish_batch", n, true).await;
-        channel_case(n).await;
+        if run("publish") {
+            polybus_case("rust publish", n, false).await;
+        }
+        if run("batch") {
+            polybus_case("rust publish_batch", n, true).await;
+        }
+        if run("peer") {
+            channel_case(n).await;
+        }
     });
 }

@@ -66,7 +66,7 @@ where
 }
 
 /// How often an idle lane yields before it parks waiting for events.
-const SPIN_YIELDS: usize = 16;
+const SPIN_YIELDS: usize = 256;
 
 /// Counters of a bus, cumulative since it was opened. Publishers and subscribers update
 /// different counters from different threads: each sits on its own cache line.

@@ -18,3 +18,10 @@ pub use error::*;
 pub use status::*;
 pub use subscription::*;
 pub use types::*;
+
+/// Events are allocated by publishing threads and freed by dispatching ones; mimalloc handles
+/// that pattern far better than the system allocator. It serves only this library's own
+/// allocations.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
