@@ -17,7 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::sync::Notify;
 
 fn events() -> u64 {
-    std::env::var("POLYBUS_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000)
+    std::env::var("POLYBUS_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000)
 }
 
 async fn polybus_case(name: &str, n: u64, batch: bool) {
@@ -48,7 +51,9 @@ async fn polybus_case(name: &str, n: u64, batch: bool) {
         }
     } else {
         for _ in 0..n {
-            bus.publish(Message::new("bench.events", payload.clone())).await.unwrap();
+            bus.publish(Message::new("bench.events", payload.clone()))
+                .await
+                .unwrap();
         }
     }
     done.notified().await;
@@ -88,7 +93,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` and test listing: nothing to do
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let n = events();
     // POLYBUS_BENCH_CASE=publish|batch|peer runs one case (for profiling).
     let only = std::env::var("POLYBUS_BENCH_CASE").ok();

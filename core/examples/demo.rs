@@ -11,9 +11,16 @@ struct Payload {
 }
 
 fn now() -> String {
-    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let (s, us) = (d.as_secs(), d.subsec_micros());
-    format!("{:02}:{:02}:{:02}.{us:06}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+    format!(
+        "{:02}:{:02}:{:02}.{us:06}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60
+    )
 }
 
 #[tokio::main]
@@ -39,12 +46,23 @@ async fn main() -> polybus::Result<()> {
         })
         .await?;
     for _ in 0..3 {
-        bus.publish(Message::json("message", &Payload { message: "hello world".into() })?).await?;
+        bus.publish(Message::json(
+            "message",
+            &Payload {
+                message: "hello world".into(),
+            },
+        )?)
+        .await?;
     }
     for _ in 0..3 {
-        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.map_err(|_| {
-            polybus::Error::new(polybus::ErrorKind::Timeout, "the demo events did not arrive")
-        })?;
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .map_err(|_| {
+                polybus::Error::new(
+                    polybus::ErrorKind::Timeout,
+                    "the demo events did not arrive",
+                )
+            })?;
     }
     sub.close().await?;
     bus.close().await

@@ -49,7 +49,9 @@ pub struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bus").field("url", &self.inner.shared.config.url).finish()
+        f.debug_struct("Bus")
+            .field("url", &self.inner.shared.config.url)
+            .finish()
     }
 }
 
@@ -90,7 +92,9 @@ impl PendingPublish {
     /// # Errors
     /// [`ErrorKind::Timeout`], [`ErrorKind::Closed`], and backend errors.
     pub async fn wait(self) -> Result<()> {
-        self.reply.await.unwrap_or_else(|_| Err(Error::closed("bus")))
+        self.reply
+            .await
+            .unwrap_or_else(|_| Err(Error::closed("bus")))
     }
 
     /// Blocks the calling thread until the backend accepts the event. Must not be called from
@@ -99,7 +103,9 @@ impl PendingPublish {
     /// # Errors
     /// As [`wait`](PendingPublish::wait).
     pub fn wait_blocking(self) -> Result<()> {
-        self.reply.blocking_recv().unwrap_or_else(|_| Err(Error::closed("bus")))
+        self.reply
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(Error::closed("bus")))
     }
 }
 
@@ -173,7 +179,11 @@ impl BusShared {
         let (reply, rx) = oneshot::channel();
         let deadline =
             tokio::time::Instant::now() + Config::duration(self.config.publish_timeout_ms);
-        if let Err(mpsc::error::SendError(w)) = self.slow.send(Waiting { work, deadline, reply }) {
+        if let Err(mpsc::error::SendError(w)) = self.slow.send(Waiting {
+            work,
+            deadline,
+            reply,
+        }) {
             self.slow_pending.fetch_sub(1, Ordering::AcqRel);
             let _ = w.reply.send(Err(Error::closed("bus")));
         }
@@ -235,15 +245,24 @@ impl Bus {
     pub async fn connect(config: impl IntoConfig) -> Result<Bus> {
         let config = config.into_config()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::new(ErrorKind::InvalidArgument, "Bus::connect must run inside a tokio runtime")
+            Error::new(
+                ErrorKind::InvalidArgument,
+                "Bus::connect must run inside a tokio runtime",
+            )
         })?;
         let limit = Config::duration(config.connect_timeout_ms);
-        let backend = tokio::time::timeout(limit, backend::open(&config)).await.map_err(|_| {
-            Error::new(
-                ErrorKind::Timeout,
-                format!("connecting to {:?} took longer than {} ms", config.url, limit.as_millis()),
-            )
-        })??;
+        let backend = tokio::time::timeout(limit, backend::open(&config))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "connecting to {:?} took longer than {} ms",
+                        config.url,
+                        limit.as_millis()
+                    ),
+                )
+            })??;
         let (slow, slow_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(BusShared {
             config,
@@ -255,7 +274,12 @@ impl Bus {
             slow_pending: AtomicUsize::new(0),
         });
         runtime.spawn(slow_lane(Arc::downgrade(&shared), slow_rx));
-        Ok(Bus { inner: Arc::new(BusInner { shared, subscriptions: Mutex::new(Vec::new()) }) })
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                shared,
+                subscriptions: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
     /// The configuration the bus was opened with.
@@ -339,7 +363,11 @@ impl Bus {
         self.check_open()?;
         let parsed = Pattern::parse(pattern)?;
         options.validate()?;
-        if let Some(dl) = options.dead_letter.as_deref().filter(|dl| parsed.matches(dl)) {
+        if let Some(dl) = options
+            .dead_letter
+            .as_deref()
+            .filter(|dl| parsed.matches(dl))
+        {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!(
@@ -384,8 +412,9 @@ impl Bus {
         options: SubscribeOptions,
         handler: impl Handler,
     ) -> Result<Subscription> {
-        let control =
-            self.open_subscription(pattern, options, Executor::Native(Arc::new(handler))).await?;
+        let control = self
+            .open_subscription(pattern, options, Executor::Native(Arc::new(handler)))
+            .await?;
         Ok(Subscription { control })
     }
 
@@ -400,8 +429,13 @@ impl Bus {
         options: SubscribeOptions,
     ) -> Result<BatchSubscription> {
         let (tx, rx) = flume::bounded(options.concurrency.max(1) as usize);
-        let control = self.open_subscription(pattern, options, Executor::Remote(tx)).await?;
-        Ok(BatchSubscription { control, batches: rx })
+        let control = self
+            .open_subscription(pattern, options, Executor::Remote(tx))
+            .await?;
+        Ok(BatchSubscription {
+            control,
+            batches: rx,
+        })
     }
 
     /// Closes the bus: new publishes and subscribes fail with [`ErrorKind::Closed`], every
@@ -416,8 +450,13 @@ impl Bus {
         if shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let subs: Vec<Arc<SubControl>> =
-            self.inner.subscriptions.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+        let subs: Vec<Arc<SubControl>> = self
+            .inner
+            .subscriptions
+            .lock()
+            .drain(..)
+            .filter_map(|w| w.upgrade())
+            .collect();
         for s in &subs {
             s.stop();
         }
@@ -431,7 +470,12 @@ impl Bus {
 
 impl Drop for BusInner {
     fn drop(&mut self) {
-        for s in self.subscriptions.get_mut().drain(..).filter_map(|w| w.upgrade()) {
+        for s in self
+            .subscriptions
+            .get_mut()
+            .drain(..)
+            .filter_map(|w| w.upgrade())
+        {
             s.stop();
         }
     }

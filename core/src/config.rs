@@ -60,7 +60,10 @@ impl Default for Config {
 impl Config {
     /// A configuration with `url` and every other setting at its default.
     pub fn new(url: impl Into<String>) -> Self {
-        Config { url: url.into(), ..Config::default() }
+        Config {
+            url: url.into(),
+            ..Config::default()
+        }
     }
 
     /// Parses a bare URL or a JSON object.
@@ -115,7 +118,10 @@ impl Config {
             Some((scheme, _)) if !scheme.is_empty() => Ok(scheme),
             _ => Err(Error::new(
                 ErrorKind::InvalidConfig,
-                format!("url {:?} has no scheme (expected e.g. \"memory://\")", self.url),
+                format!(
+                    "url {:?} has no scheme (expected e.g. \"memory://\")",
+                    self.url
+                ),
             )),
         }
     }
@@ -129,7 +135,10 @@ impl Config {
         if !matches!(scheme, "memory") {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                format!("url {:?}: unknown scheme {scheme:?} (this build supports: memory)", self.url),
+                format!(
+                    "url {:?}: unknown scheme {scheme:?} (this build supports: memory)",
+                    self.url
+                ),
             ));
         }
         if !self.prefix.is_empty() {
@@ -138,7 +147,10 @@ impl Config {
             })?;
         }
         if self.max_payload == 0 {
-            return Err(Error::new(ErrorKind::InvalidConfig, "max_payload must be at least 1"));
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "max_payload must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -160,9 +172,18 @@ mod tests {
         let e = Config::parse(r#"{"url":"memory://","colour":1}"#).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         assert!(e.to_string().contains("colour"), "{e}");
-        assert_eq!(Config::parse("{nope").unwrap_err().kind(), ErrorKind::InvalidConfig);
-        assert_eq!(Config::parse("localhost").unwrap_err().kind(), ErrorKind::InvalidConfig);
-        assert_eq!(Config::parse("foo://x").unwrap_err().kind(), ErrorKind::InvalidConfig);
+        assert_eq!(
+            Config::parse("{nope").unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+        assert_eq!(
+            Config::parse("localhost").unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+        assert_eq!(
+            Config::parse("foo://x").unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
         let e = Config::parse(r#"{"prefix":"a..b"}"#).unwrap_err();
         assert!(e.to_string().contains("prefix"), "{e}");
     }

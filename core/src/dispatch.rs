@@ -239,7 +239,13 @@ pub(crate) fn start(
     });
     let handle = shared.runtime.clone();
     let n = options.concurrency as usize;
-    let ctx = Arc::new(LaneCtx { shared, options, executor, abort: abort_rx, _done: done_tx });
+    let ctx = Arc::new(LaneCtx {
+        shared,
+        options,
+        executor,
+        abort: abort_rx,
+        _done: done_tx,
+    });
     if n == 1 {
         handle.spawn(lane(0, source, None, ctx));
     } else {
@@ -250,7 +256,12 @@ pub(crate) fn start(
             let (tx, rx) = flume::bounded(cap);
             lanes.push(tx);
             let load = Some((loads.clone(), i));
-            handle.spawn(lane(i as u32, Box::new(ChannelSource::new(rx)), load, ctx.clone()));
+            handle.spawn(lane(
+                i as u32,
+                Box::new(ChannelSource::new(rx)),
+                load,
+                ctx.clone(),
+            ));
         }
         handle.spawn(route(source, lanes, loads, ctx));
     }
@@ -292,11 +303,17 @@ async fn route(
                 // The least loaded lane (queued plus in flight), ties broken round-robin.
                 rr = rr.wrapping_add(1);
                 let n = lanes.len();
-                (0..n).map(|j| (rr + j) % n).min_by_key(|i| loads[*i].load(Ordering::Relaxed)).unwrap_or(0)
+                (0..n)
+                    .map(|j| (rr + j) % n)
+                    .min_by_key(|i| loads[*i].load(Ordering::Relaxed))
+                    .unwrap_or(0)
             }
         };
         loads[i].fetch_add(1, Ordering::Relaxed);
-        if unless_aborted(&ctx.abort, lanes[i].send_async(d)).await.is_none() {
+        if unless_aborted(&ctx.abort, lanes[i].send_async(d))
+            .await
+            .is_none()
+        {
             add(&ctx.shared.counters.dropped, 1);
             break;
         }
@@ -391,7 +408,10 @@ async fn lane(
             pending.push_front(d);
         }
         if let Some(delay) = backoff {
-            if unless_aborted(&ctx.abort, tokio::time::sleep(delay)).await.is_none() {
+            if unless_aborted(&ctx.abort, tokio::time::sleep(delay))
+                .await
+                .is_none()
+            {
                 break;
             }
         }
@@ -399,7 +419,11 @@ async fn lane(
     let left = pending.len() as u64;
     if left > 0 {
         add(&ctx.shared.counters.dropped, left);
-        tracing::error!(lane, left, "subscription aborted with events still to handle");
+        tracing::error!(
+            lane,
+            left,
+            "subscription aborted with events still to handle"
+        );
     }
 }
 
@@ -414,11 +438,15 @@ async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Option<Vec<Out
                     out.push(Outcome::Skipped);
                     continue;
                 }
-                let result = AssertUnwindSafe(handler.call(d.event.clone())).catch_unwind().await;
+                let result = AssertUnwindSafe(handler.call(d.event.clone()))
+                    .catch_unwind()
+                    .await;
                 let outcome = match result {
                     Ok(Ok(())) => Outcome::Ack,
                     Ok(Err(err)) => Outcome::Nack(err.to_string()),
-                    Err(panic) => Outcome::Nack(format!("handler panicked: {}", panic_message(&panic))),
+                    Err(panic) => {
+                        Outcome::Nack(format!("handler panicked: {}", panic_message(&panic)))
+                    }
                 };
                 failed = outcome != Outcome::Ack;
                 out.push(outcome);
@@ -431,13 +459,22 @@ async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Option<Vec<Out
             let n = batch.len();
             let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
             let (reply, rx) = tokio::sync::oneshot::channel();
-            let batch = Batch { events, reply: Some(reply), lane };
+            let batch = Batch {
+                events,
+                reply: Some(reply),
+                lane,
+            };
             tx.send_async(batch).await.ok()?;
             let outcomes = rx.await.unwrap_or_default();
             let ran = outcomes.iter().filter(|o| **o != Outcome::Skipped).count();
             add(&ctx.shared.counters.delivered, ran.min(n) as u64);
             if outcomes.is_empty() && n > 0 {
-                return Some(vec![Outcome::Nack("the batch was dropped without results".into()); n]);
+                return Some(vec![
+                    Outcome::Nack(
+                        "the batch was dropped without results".into()
+                    );
+                    n
+                ]);
             }
             Some(outcomes)
         }
@@ -471,10 +508,14 @@ async fn give_up(ctx: &LaneCtx, d: Delivery, reason: &str) {
             m.topic = topic.clone();
             m.id = crate::id::EventId::Unset;
             m.time = None;
-            m.headers.insert(HEADER_DEAD_LETTER_REASON.into(), sanitize(reason));
-            m.headers.insert(HEADER_DEAD_LETTER_ATTEMPTS.into(), e.attempt.to_string());
-            m.headers.insert(HEADER_DEAD_LETTER_TOPIC.into(), e.topic().to_owned());
-            m.headers.insert(HEADER_DEAD_LETTER_ID.into(), e.id().to_owned());
+            m.headers
+                .insert(HEADER_DEAD_LETTER_REASON.into(), sanitize(reason));
+            m.headers
+                .insert(HEADER_DEAD_LETTER_ATTEMPTS.into(), e.attempt.to_string());
+            m.headers
+                .insert(HEADER_DEAD_LETTER_TOPIC.into(), e.topic().to_owned());
+            m.headers
+                .insert(HEADER_DEAD_LETTER_ID.into(), e.id().to_owned());
             match ctx.shared.publish_internal(m).await {
                 Ok(()) => add(&ctx.shared.counters.dead_lettered, 1),
                 Err(err) => {
@@ -489,7 +530,10 @@ async fn give_up(ctx: &LaneCtx, d: Delivery, reason: &str) {
         None => {
             add(&ctx.shared.counters.dropped, 1);
             tracing::error!(
-                topic = e.topic(), id = e.id(), attempts = e.attempt, reason,
+                topic = e.topic(),
+                id = e.id(),
+                attempts = e.attempt,
+                reason,
                 "event failed max_attempts times and no dead_letter topic is set; dropped"
             );
         }
@@ -499,7 +543,10 @@ async fn give_up(ctx: &LaneCtx, d: Delivery, reason: &str) {
 
 /// Header values cannot hold line breaks.
 fn sanitize(reason: &str) -> String {
-    let s: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let s: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if s.len() > 1024 {
         let mut end = 1024;
         while !s.is_char_boundary(end) {

@@ -103,13 +103,21 @@ pub struct Error {
 impl Error {
     /// A new error of `kind` with a human-readable `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// A new error of `kind` caused by `source`; the message is the source's text.
     pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
         let source = source.into();
-        Error { kind, message: source.to_string(), source: Some(source) }
+        Error {
+            kind,
+            message: source.to_string(),
+            source: Some(source),
+        }
     }
 
     /// What kind of error this is.
@@ -149,7 +157,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -50,7 +50,10 @@ impl Event {
 
     /// The event type (defaults to the topic).
     pub fn event_type(&self) -> &str {
-        self.message.event_type.as_deref().unwrap_or(&self.message.topic)
+        self.message
+            .event_type
+            .as_deref()
+            .unwrap_or(&self.message.topic)
     }
 
     /// The publishing service's name (the bus `name`), if it had one.
@@ -81,7 +84,11 @@ impl Event {
         serde_json::from_slice(&self.message.payload).map_err(|e| {
             Error::new(
                 ErrorKind::Payload,
-                format!("payload of event {} on {:?} is not the expected JSON: {e}", self.id(), self.topic()),
+                format!(
+                    "payload of event {} on {:?} is not the expected JSON: {e}",
+                    self.id(),
+                    self.topic()
+                ),
             )
         })
     }

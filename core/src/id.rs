@@ -56,14 +56,20 @@ impl std::fmt::Debug for EventId {
 
 /// A new UUIDv7 for an event published at `time`.
 pub(crate) fn new_v7(time: SystemTime) -> EventId {
-    let ms = time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let ms = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let (a, b) = (next(), next());
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     bytes[6..8].copy_from_slice(&((a as u16 & 0x0fff) | 0x7000).to_be_bytes());
-    bytes[8..].copy_from_slice(&((b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000).to_be_bytes());
+    bytes[8..]
+        .copy_from_slice(&((b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000).to_be_bytes());
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(&mut buf);
+    uuid::Uuid::from_bytes(bytes)
+        .hyphenated()
+        .encode_lower(&mut buf);
     EventId::Uuid(buf)
 }
 
@@ -75,13 +81,16 @@ mod tests {
     fn ids_are_v7_unique_and_time_ordered() {
         let t0 = SystemTime::now();
         let a = new_v7(t0).as_str().to_owned();
-        let b = new_v7(t0 + std::time::Duration::from_millis(2)).as_str().to_owned();
+        let b = new_v7(t0 + std::time::Duration::from_millis(2))
+            .as_str()
+            .to_owned();
         let ua = uuid::Uuid::parse_str(&a).unwrap();
         assert_eq!(ua.get_version_num(), 7);
         assert_eq!(ua.get_variant(), uuid::Variant::RFC4122);
         assert!(a < b, "{a} < {b}");
-        let set: std::collections::HashSet<String> =
-            (0..10_000).map(|_| new_v7(t0).as_str().to_owned()).collect();
+        let set: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| new_v7(t0).as_str().to_owned())
+            .collect();
         assert_eq!(set.len(), 10_000);
     }
 }

@@ -56,8 +56,12 @@ impl Message {
     /// # Errors
     /// [`ErrorKind::Payload`] when `value` cannot be encoded.
     pub fn json<T: serde::Serialize + ?Sized>(topic: impl Into<String>, value: &T) -> Result<Self> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::new(ErrorKind::Payload, format!("cannot encode payload as JSON: {e}")))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            Error::new(
+                ErrorKind::Payload,
+                format!("cannot encode payload as JSON: {e}"),
+            )
+        })?;
         Ok(Message::new(topic, bytes).header("content-type", "application/json"))
     }
 
@@ -143,7 +147,10 @@ impl Message {
         }
         if let Some(k) = &self.key {
             if k.is_empty() {
-                return Err(Error::new(ErrorKind::InvalidArgument, "key is empty (omit it instead)"));
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "key is empty (omit it instead)",
+                ));
             }
         }
         for (name, value) in &self.headers {
@@ -162,9 +169,7 @@ impl Message {
 
 /// Checks that a header can travel on every backend.
 pub(crate) fn validate_header(name: &str, value: &str) -> Result<()> {
-    if name.is_empty()
-        || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-    {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             format!("header name {name:?} is invalid (use visible ASCII without ':')"),
@@ -192,12 +197,24 @@ mod tests {
         assert_eq!(m.source.as_deref(), Some("svc"));
 
         let mut big = Message::new("a.b", vec![0u8; 11]);
-        assert_eq!(big.prepare(None, 10).unwrap_err().kind(), ErrorKind::TooLarge);
+        assert_eq!(
+            big.prepare(None, 10).unwrap_err().kind(),
+            ErrorKind::TooLarge
+        );
         let mut bad = Message::new("a..b", "x");
-        assert_eq!(bad.prepare(None, 10).unwrap_err().kind(), ErrorKind::InvalidTopic);
+        assert_eq!(
+            bad.prepare(None, 10).unwrap_err().kind(),
+            ErrorKind::InvalidTopic
+        );
         let mut hdr = Message::new("a.b", "x").header("bad name", "v");
-        assert_eq!(hdr.prepare(None, 10).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            hdr.prepare(None, 10).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
         let mut key = Message::new("a.b", "x").key("");
-        assert_eq!(key.prepare(None, 10).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            key.prepare(None, 10).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 }

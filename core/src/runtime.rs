@@ -10,7 +10,10 @@ static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 /// If the operating system refuses to start its threads.
 pub fn global() -> &'static tokio::runtime::Runtime {
     RUNTIME.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("polybus-rt")

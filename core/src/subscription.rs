@@ -94,7 +94,10 @@ impl SubscribeOptions {
     /// [`ErrorKind::InvalidArgument`] naming the bad field.
     pub fn from_json(text: &str) -> Result<Self> {
         let o: SubscribeOptions = serde_json::from_str(text).map_err(|e| {
-            Error::new(ErrorKind::InvalidArgument, format!("subscribe options: {e}"))
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("subscribe options: {e}"),
+            )
         })?;
         o.validate()?;
         Ok(o)
@@ -157,7 +160,10 @@ impl SubscribeOptions {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::new(ErrorKind::InvalidArgument, m));
         if self.concurrency == 0 || self.concurrency > 4096 {
-            return bad(format!("concurrency must be 1..=4096, got {}", self.concurrency));
+            return bad(format!(
+                "concurrency must be 1..=4096, got {}",
+                self.concurrency
+            ));
         }
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1".into());
@@ -176,7 +182,9 @@ impl SubscribeOptions {
         }
         if let Some(g) = &self.group {
             if g.is_empty()
-                || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                || !g
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
                 return bad(format!(
                     "group {g:?} is invalid (use ASCII letters, digits, '_' and '-')"
@@ -185,7 +193,10 @@ impl SubscribeOptions {
         }
         if let Some(dl) = &self.dead_letter {
             crate::topic::validate_topic(dl).map_err(|e| {
-                Error::new(ErrorKind::InvalidTopic, format!("dead_letter: {}", e.message()))
+                Error::new(
+                    ErrorKind::InvalidTopic,
+                    format!("dead_letter: {}", e.message()),
+                )
             })?;
         }
         Ok(())
@@ -194,7 +205,10 @@ impl SubscribeOptions {
     /// The delay before delivery attempt `attempt + 1`, after attempt `attempt` failed.
     pub fn backoff_for(&self, attempt: u32) -> Duration {
         let shift = attempt.saturating_sub(1).min(30);
-        let ms = self.backoff_initial_ms.saturating_mul(1u64 << shift).min(self.backoff_max_ms);
+        let ms = self
+            .backoff_initial_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.backoff_max_ms);
         Duration::from_millis(ms)
     }
 }
@@ -380,11 +394,18 @@ mod tests {
             SubscribeOptions::new().group("a b"),
             SubscribeOptions::new().queue_size(0),
         ] {
-            assert_eq!(bad.validate().unwrap_err().kind(), ErrorKind::InvalidArgument);
+            assert_eq!(
+                bad.validate().unwrap_err().kind(),
+                ErrorKind::InvalidArgument
+            );
         }
-        let e = SubscribeOptions::new().dead_letter("a..b").validate().unwrap_err();
+        let e = SubscribeOptions::new()
+            .dead_letter("a..b")
+            .validate()
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidTopic);
-        let o = SubscribeOptions::new().backoff(Duration::from_millis(10), Duration::from_millis(50));
+        let o =
+            SubscribeOptions::new().backoff(Duration::from_millis(10), Duration::from_millis(50));
         assert_eq!(o.backoff_for(1), Duration::from_millis(10));
         assert_eq!(o.backoff_for(2), Duration::from_millis(20));
         assert_eq!(o.backoff_for(3), Duration::from_millis(40));

@@ -19,7 +19,10 @@ fn check_token(kind: ErrorKind, what: &str, full: &str, tok: &str, pos: usize) -
             format!("{what} {full:?}: empty token at position {pos} (tokens are separated by single dots)"),
         ));
     }
-    if let Some(c) = tok.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+    if let Some(c) = tok
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
         return Err(Error::new(
             kind,
             format!(
@@ -38,7 +41,10 @@ fn check_len(kind: ErrorKind, what: &str, s: &str) -> Result<()> {
     if s.len() > MAX_TOPIC_LEN {
         return Err(Error::new(
             kind,
-            format!("{what} is {} bytes long; the limit is {MAX_TOPIC_LEN}", s.len()),
+            format!(
+                "{what} is {} bytes long; the limit is {MAX_TOPIC_LEN}",
+                s.len()
+            ),
         ));
     }
     Ok(())
@@ -65,7 +71,9 @@ pub fn validate_topic(topic: &str) -> Result<()> {
         if tok == "*" || tok == ">" {
             return Err(Error::new(
                 kind,
-                format!("topic {topic:?}: wildcard {tok:?} is only allowed in subscription patterns"),
+                format!(
+                    "topic {topic:?}: wildcard {tok:?} is only allowed in subscription patterns"
+                ),
             ));
         }
         check_token(kind, "topic", topic, tok, i + 1)?;
@@ -143,7 +151,10 @@ impl Pattern {
                 }
             }
         }
-        Ok(Pattern { text: pattern.to_owned(), tokens })
+        Ok(Pattern {
+            text: pattern.to_owned(),
+            tokens,
+        })
     }
 
     /// The pattern as written.
@@ -153,7 +164,9 @@ impl Pattern {
 
     /// Whether the pattern has `*` or `>` tokens.
     pub fn is_wildcard(&self) -> bool {
-        self.tokens.iter().any(|t| !matches!(t, PatternToken::Literal(_)))
+        self.tokens
+            .iter()
+            .any(|t| !matches!(t, PatternToken::Literal(_)))
     }
 
     /// Whether `topic` (assumed valid) matches this pattern.
@@ -190,10 +203,26 @@ mod tests {
 
     #[test]
     fn topics() {
-        for ok in ["a", "orders.created", "a-b_c.D9", &"x".repeat(MAX_TOPIC_LEN)] {
+        for ok in [
+            "a",
+            "orders.created",
+            "a-b_c.D9",
+            &"x".repeat(MAX_TOPIC_LEN),
+        ] {
             validate_topic(ok).unwrap();
         }
-        for bad in ["", ".", "a.", ".a", "a..b", "a b", "a.*", "a.>", "ü", &"x".repeat(250)] {
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a b",
+            "a.*",
+            "a.>",
+            "ü",
+            &"x".repeat(250),
+        ] {
             let e = validate_topic(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidTopic, "{bad}");
         }
@@ -218,7 +247,11 @@ mod tests {
         assert!(m("*.*.>", "a.b.c"));
         assert!(!m("*.*.>", "a.b"));
         for bad in ["", "a.>.b", "a..b", "a.b*", "a b", ">.a"] {
-            assert_eq!(Pattern::parse(bad).unwrap_err().kind(), ErrorKind::InvalidPattern, "{bad}");
+            assert_eq!(
+                Pattern::parse(bad).unwrap_err().kind(),
+                ErrorKind::InvalidPattern,
+                "{bad}"
+            );
         }
         assert!(Pattern::parse("a.*").unwrap().is_wildcard());
         assert!(!Pattern::parse("a.b").unwrap().is_wildcard());

@@ -8,7 +8,10 @@ use tokio::sync::{mpsc, Semaphore};
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv()).await.expect("timed out").expect("channel closed")
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out")
+        .expect("channel closed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,19 +21,26 @@ async fn a_full_queue_makes_the_publisher_wait_and_nothing_is_lost() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let g = gate.clone();
     let _sub = bus
-        .subscribe("a.b", SubscribeOptions::new().queue_size(1).batch_size(1), move |e: Event| {
-            let (g, tx) = (g.clone(), tx.clone());
-            async move {
-                tx.send(e.payload().clone()).unwrap();
-                g.acquire().await.unwrap().forget();
-                Ok::<_, polybus::Error>(())
-            }
-        })
+        .subscribe(
+            "a.b",
+            SubscribeOptions::new().queue_size(1).batch_size(1),
+            move |e: Event| {
+                let (g, tx) = (g.clone(), tx.clone());
+                async move {
+                    tx.send(e.payload().clone()).unwrap();
+                    g.acquire().await.unwrap().forget();
+                    Ok::<_, polybus::Error>(())
+                }
+            },
+        )
         .await
         .unwrap();
     bus.publish(Message::new("a.b", "1")).await.unwrap();
     assert_eq!(recv(&mut rx).await, "1"); // the handler holds event 1
-    assert!(bus.publish_nowait(Message::new("a.b", "2")).unwrap().is_none()); // queued
+    assert!(bus
+        .publish_nowait(Message::new("a.b", "2"))
+        .unwrap()
+        .is_none()); // queued
     let pending = bus.publish_nowait(Message::new("a.b", "3")).unwrap();
     let pending = pending.expect("a full queue must make the publisher wait");
     gate.add_permits(3);
@@ -49,13 +59,17 @@ async fn publish_times_out_when_a_queue_stays_full() {
     let gate = Arc::new(Semaphore::new(0));
     let g = gate.clone();
     let _sub = bus
-        .subscribe("a.b", SubscribeOptions::new().queue_size(1).batch_size(1), move |_e: Event| {
-            let g = g.clone();
-            async move {
-                g.acquire().await.unwrap().forget();
-                Ok::<_, polybus::Error>(())
-            }
-        })
+        .subscribe(
+            "a.b",
+            SubscribeOptions::new().queue_size(1).batch_size(1),
+            move |_e: Event| {
+                let g = g.clone();
+                async move {
+                    g.acquire().await.unwrap().forget();
+                    Ok::<_, polybus::Error>(())
+                }
+            },
+        )
         .await
         .unwrap();
     let mut err = None;
@@ -92,14 +106,22 @@ async fn close_gives_up_on_a_stuck_handler_within_the_timeout() {
     let err = bus.close().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert_eq!(bus.stats().dropped, 1);
-    assert_eq!(bus.publish(Message::new("a.b", "y")).await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        bus.publish(Message::new("a.b", "y"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Closed
+    );
 }
 
 #[tokio::test]
 async fn named_memory_buses_are_shared_and_prefixes_isolate() {
     let a = Bus::connect("memory://shared-test").await.unwrap();
     let b = Bus::connect("memory://shared-test").await.unwrap();
-    let other = Bus::connect(Config::new("memory://shared-test").prefix("other")).await.unwrap();
+    let other = Bus::connect(Config::new("memory://shared-test").prefix("other"))
+        .await
+        .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let tx2 = tx.clone();
     let _s1 = b
@@ -117,10 +139,16 @@ async fn named_memory_buses_are_shared_and_prefixes_isolate() {
         .await
         .unwrap();
     a.publish(Message::new("x.y", "from a")).await.unwrap();
-    other.publish(Message::new("x.y", "from other")).await.unwrap();
+    other
+        .publish(Message::new("x.y", "from other"))
+        .await
+        .unwrap();
     let mut got = vec![recv(&mut rx).await, recv(&mut rx).await];
     got.sort();
-    assert_eq!(got, vec![("b", "from a".into()), ("other", "from other".into())]);
+    assert_eq!(
+        got,
+        vec![("b", "from a".into()), ("other", "from other".into())]
+    );
     for bus in [a, b, other] {
         bus.close().await.unwrap();
     }
@@ -135,21 +163,34 @@ async fn a_group_hands_each_key_to_one_member() {
     for member in 0..3 {
         let tx = tx.clone();
         subs.push(
-            bus.subscribe("k.v", SubscribeOptions::new().group("g"), move |e: Event| {
-                let tx = tx.clone();
-                async move { tx.send((member, e.key().unwrap().to_owned())).map_err(|_| "gone") }
-            })
+            bus.subscribe(
+                "k.v",
+                SubscribeOptions::new().group("g"),
+                move |e: Event| {
+                    let tx = tx.clone();
+                    async move {
+                        tx.send((member, e.key().unwrap().to_owned()))
+                            .map_err(|_| "gone")
+                    }
+                },
+            )
             .await
             .unwrap(),
         );
     }
     for i in 0..60 {
-        bus.publish(Message::new("k.v", "x").key(format!("key{}", i % 6))).await.unwrap();
+        bus.publish(Message::new("k.v", "x").key(format!("key{}", i % 6)))
+            .await
+            .unwrap();
     }
     let mut owner = std::collections::HashMap::new();
     for _ in 0..60 {
         let (member, key) = recv(&mut rx).await;
-        assert_eq!(*owner.entry(key.clone()).or_insert(member), member, "{key} moved members");
+        assert_eq!(
+            *owner.entry(key.clone()).or_insert(member),
+            member,
+            "{key} moved members"
+        );
     }
     bus.close().await.unwrap();
 }
@@ -161,18 +202,38 @@ async fn batch_outcomes_retry_the_failed_event_before_the_skipped_ones() {
     let sub = bus.subscribe_batches("a.*", opts).await.unwrap();
     // Hold the lane on event 0 while 1..=3 queue up, so they come as one batch.
     bus.publish(Message::new("a.b", "0")).await.unwrap();
-    let held = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
-    bus.publish_batch((1..4).map(|i| Message::new("a.b", format!("{i}")))).await.unwrap();
+    let held = tokio::time::timeout(WAIT, sub.next_batch())
+        .await
+        .unwrap()
+        .unwrap();
+    bus.publish_batch((1..4).map(|i| Message::new("a.b", format!("{i}"))))
+        .await
+        .unwrap();
     held.complete(vec![Outcome::Ack]);
-    let batch = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    let batch = tokio::time::timeout(WAIT, sub.next_batch())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(batch.events().len(), 3);
     let first = batch.events()[0].payload().clone();
-    batch.complete(vec![Outcome::Ack, Outcome::Nack("boom".into()), Outcome::Skipped]);
-    let again = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    batch.complete(vec![
+        Outcome::Ack,
+        Outcome::Nack("boom".into()),
+        Outcome::Skipped,
+    ]);
+    let again = tokio::time::timeout(WAIT, sub.next_batch())
+        .await
+        .unwrap()
+        .unwrap();
     let got: Vec<(String, u32)> = again
         .events()
         .iter()
-        .map(|e| (String::from_utf8_lossy(e.payload()).into_owned(), e.attempt()))
+        .map(|e| {
+            (
+                String::from_utf8_lossy(e.payload()).into_owned(),
+                e.attempt(),
+            )
+        })
         .collect();
     assert_eq!(first, "1");
     assert_eq!(got, vec![("2".to_owned(), 2), ("3".to_owned(), 1)]);
@@ -190,10 +251,16 @@ async fn a_dropped_batch_counts_as_failed_and_is_redelivered() {
     let opts = SubscribeOptions::new().backoff(Duration::from_millis(1), Duration::from_millis(1));
     let sub = bus.subscribe_batches("a.b", opts).await.unwrap();
     bus.publish(Message::new("a.b", "x")).await.unwrap();
-    let batch = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    let batch = tokio::time::timeout(WAIT, sub.next_batch())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(batch.events()[0].attempt(), 1);
     drop(batch);
-    let batch = tokio::time::timeout(WAIT, sub.next_batch()).await.unwrap().unwrap();
+    let batch = tokio::time::timeout(WAIT, sub.next_batch())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(batch.events()[0].attempt(), 2);
     batch.complete(vec![Outcome::Ack]);
     drop(sub);
@@ -203,7 +270,10 @@ async fn a_dropped_batch_counts_as_failed_and_is_redelivered() {
 #[tokio::test]
 async fn dropping_a_subscription_unsubscribes() {
     let bus = Bus::connect("memory://").await.unwrap();
-    let sub = bus.subscribe_batches("a.b", SubscribeOptions::new()).await.unwrap();
+    let sub = bus
+        .subscribe_batches("a.b", SubscribeOptions::new())
+        .await
+        .unwrap();
     drop(sub);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _other = bus
@@ -215,7 +285,9 @@ async fn dropping_a_subscription_unsubscribes() {
         .unwrap();
     // With the dropped subscription still registered this would wait on its full queue.
     for i in 0..2000 {
-        bus.publish(Message::new("a.b", format!("{i}"))).await.unwrap();
+        bus.publish(Message::new("a.b", format!("{i}")))
+            .await
+            .unwrap();
     }
     for _ in 0..2000 {
         recv(&mut rx).await;
@@ -235,7 +307,9 @@ async fn subscription_close_drains_and_is_idempotent() {
         .await
         .unwrap();
     for i in 0..50 {
-        bus.publish(Message::new("a.b", format!("{i}"))).await.unwrap();
+        bus.publish(Message::new("a.b", format!("{i}")))
+            .await
+            .unwrap();
     }
     sub.close().await.unwrap();
     sub.close().await.unwrap();
@@ -255,24 +329,35 @@ async fn publishes_that_wait_keep_their_order() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let g = gate.clone();
     let _sub = bus
-        .subscribe("a.b", SubscribeOptions::new().queue_size(1).batch_size(1), move |e: Event| {
-            let (g, tx) = (g.clone(), tx.clone());
-            async move {
-                g.acquire().await.unwrap().forget();
-                tx.send(String::from_utf8_lossy(e.payload()).into_owned()).unwrap();
-                Ok::<_, polybus::Error>(())
-            }
-        })
+        .subscribe(
+            "a.b",
+            SubscribeOptions::new().queue_size(1).batch_size(1),
+            move |e: Event| {
+                let (g, tx) = (g.clone(), tx.clone());
+                async move {
+                    g.acquire().await.unwrap().forget();
+                    tx.send(String::from_utf8_lossy(e.payload()).into_owned())
+                        .unwrap();
+                    Ok::<_, polybus::Error>(())
+                }
+            },
+        )
         .await
         .unwrap();
     // Fill the queue, then start many publishes without waiting on them.
     let mut pending = Vec::new();
     for i in 0..20 {
-        if let Some(p) = bus.publish_nowait(Message::new("a.b", format!("{i}"))).unwrap() {
+        if let Some(p) = bus
+            .publish_nowait(Message::new("a.b", format!("{i}")))
+            .unwrap()
+        {
             pending.push(p);
         }
     }
-    assert!(pending.len() >= 15, "the queue of one must make most publishes wait");
+    assert!(
+        pending.len() >= 15,
+        "the queue of one must make most publishes wait"
+    );
     let waits = tokio::spawn(async move {
         // Wait on the last first: order must not depend on who waits first.
         for p in pending.into_iter().rev() {

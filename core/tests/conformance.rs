@@ -22,7 +22,10 @@ fn root() -> PathBuf {
 }
 
 fn scale() -> f64 {
-    std::env::var("POLYBUS_TEST_TIMEOUT_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+    std::env::var("POLYBUS_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
 }
 
 #[derive(Debug, Clone)]
@@ -125,7 +128,10 @@ fn expect_code(step: &Value, result: Result<(), polybus::Error>) -> Result<(), S
             }
             Ok(())
         }
-        (Some(code), Err(e)) => Err(format!("step {step}: expected {code}, got {} ({e})", e.kind().name())),
+        (Some(code), Err(e)) => Err(format!(
+            "step {step}: expected {code}, got {} ({e})",
+            e.kind().name()
+        )),
     }
 }
 
@@ -146,7 +152,11 @@ fn options(v: Option<&Value>) -> SubscribeOptions {
         o = o.dead_letter(d);
     }
     if let Some(s) = v.get("start").and_then(Value::as_str) {
-        o = o.start(if s == "earliest" { Start::Earliest } else { Start::New });
+        o = o.start(if s == "earliest" {
+            Start::Earliest
+        } else {
+            Start::New
+        });
     }
     if let Some(n) = u("backoff_initial_ms") {
         o.backoff_initial_ms = n;
@@ -178,7 +188,10 @@ fn messages(step: &Value) -> Vec<Message> {
             } else if let Some(n) = step.get("payload_size").and_then(Value::as_u64) {
                 Message::new(topic, vec![b'x'; n as usize])
             } else {
-                let p = step["payload"].as_str().unwrap_or_default().replace("{i}", &i.to_string());
+                let p = step["payload"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .replace("{i}", &i.to_string());
                 Message::new(topic, p)
             };
             if !keys.is_empty() {
@@ -204,7 +217,9 @@ fn messages(step: &Value) -> Vec<Message> {
 
 fn names(step: &Value) -> Vec<String> {
     if let Some(a) = step.get("names").and_then(Value::as_array) {
-        a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        a.iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
     } else {
         vec![step["name"].as_str().unwrap_or_default().to_owned()]
     }
@@ -212,7 +227,9 @@ fn names(step: &Value) -> Vec<String> {
 
 impl Run {
     fn rec(&self, name: &str) -> Result<&Arc<Recording>, String> {
-        self.recs.get(name).ok_or_else(|| format!("no handler named {name:?}"))
+        self.recs
+            .get(name)
+            .ok_or_else(|| format!("no handler named {name:?}"))
     }
 
     async fn step(&mut self, step: &Value) -> Result<(), String> {
@@ -223,9 +240,14 @@ impl Run {
                 let h = step.get("handler").cloned().unwrap_or(json!({}));
                 let behaviour = Arc::new(Behaviour {
                     fail_times: h.get("fail_times").and_then(Value::as_u64).unwrap_or(0) as u32,
-                    fail_always: h.get("fail_always").and_then(Value::as_bool).unwrap_or(false),
+                    fail_always: h
+                        .get("fail_always")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
                     panic: h.get("fail_with").and_then(Value::as_str) == Some("panic"),
-                    delay: Duration::from_millis(h.get("delay_ms").and_then(Value::as_u64).unwrap_or(0)),
+                    delay: Duration::from_millis(
+                        h.get("delay_ms").and_then(Value::as_u64).unwrap_or(0),
+                    ),
                 });
                 let rec = Arc::new(Recording::default());
                 let r = rec.clone();
@@ -261,10 +283,16 @@ impl Run {
                     Some(n) => (n as usize, true),
                     None => (step["count"].as_u64().unwrap_or(0) as usize, false),
                 };
-                let ms = step.get("timeout_ms").and_then(Value::as_u64).unwrap_or(10_000);
-                let deadline = tokio::time::Instant::now() + Duration::from_millis((ms as f64 * scale()) as u64);
-                let recs: Vec<Arc<Recording>> =
-                    names.iter().map(|n| self.rec(n).cloned()).collect::<Result<_, _>>()?;
+                let ms = step
+                    .get("timeout_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(10_000);
+                let deadline = tokio::time::Instant::now()
+                    + Duration::from_millis((ms as f64 * scale()) as u64);
+                let recs: Vec<Arc<Recording>> = names
+                    .iter()
+                    .map(|n| self.rec(n).cloned())
+                    .collect::<Result<_, _>>()?;
                 loop {
                     let waits: Vec<_> = recs.iter().map(|r| r.changed.notified()).collect();
                     let mut waits: Vec<_> = waits.into_iter().map(Box::pin).collect();
@@ -279,14 +307,21 @@ impl Run {
                     if tokio::time::timeout_at(deadline, any).await.is_err() {
                         return Err(format!(
                             "timed out waiting for {names:?} to reach {target} {}; have {have}",
-                            if succeeded { "successes" } else { "invocations" }
+                            if succeeded {
+                                "successes"
+                            } else {
+                                "invocations"
+                            }
                         ));
                     }
                 }
             }
             "unsubscribe" => {
                 let name = step["name"].as_str().unwrap_or_default();
-                let sub = self.subs.get(name).ok_or_else(|| format!("no subscription {name:?}"))?;
+                let sub = self
+                    .subs
+                    .get(name)
+                    .ok_or_else(|| format!("no subscription {name:?}"))?;
                 expect_code(step, sub.close().await)
             }
             "close" => expect_code(step, self.bus.close().await),
@@ -295,7 +330,13 @@ impl Run {
                 let mut ok = 0;
                 let mut seen = HashSet::new();
                 for n in names(step) {
-                    for i in self.rec(&n)?.invocations.lock().iter().filter(|i| i.ok == Some(true)) {
+                    for i in self
+                        .rec(&n)?
+                        .invocations
+                        .lock()
+                        .iter()
+                        .filter(|i| i.ok == Some(true))
+                    {
                         ok += 1;
                         if step.get("distinct_payloads") == Some(&Value::Bool(true))
                             && !seen.insert(i.payload.clone())
@@ -318,7 +359,10 @@ impl Run {
                         continue;
                     }
                     if stats.get(k) != Some(v) {
-                        return Err(format!("stats.{k}: expected {v}, got {:?} ({stats})", stats.get(k)));
+                        return Err(format!(
+                            "stats.{k}: expected {v}, got {:?} ({stats})",
+                            stats.get(k)
+                        ));
                     }
                 }
                 Ok(())
@@ -333,7 +377,11 @@ impl Run {
         let inv = rec.invocations.lock().clone();
         let fail = |what: String| Err(format!("{name}: {what}"));
         let strs = |v: &Value| -> Vec<String> {
-            v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect()
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
         };
         if let Some(n) = step.get("count").and_then(Value::as_u64) {
             if inv.len() != n as usize {
@@ -369,7 +417,12 @@ impl Run {
         }
         if let Some(a) = step.get("attempts") {
             let got: Vec<u64> = inv.iter().map(|i| i.attempt as u64).collect();
-            let want: Vec<u64> = a.as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+            let want: Vec<u64> = a
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .collect();
             if got != want {
                 return fail(format!("attempts {got:?}, expected {want:?}"));
             }
@@ -381,7 +434,10 @@ impl Run {
             }
         }
         for (field, get) in [
-            ("id", (|i: &Invocation| i.id.clone()) as fn(&Invocation) -> String),
+            (
+                "id",
+                (|i: &Invocation| i.id.clone()) as fn(&Invocation) -> String,
+            ),
             ("type", |i: &Invocation| i.event_type.clone()),
         ] {
             if let Some(want) = step.get(field).and_then(Value::as_str) {
@@ -413,7 +469,10 @@ impl Run {
         if step.get("key_order") == Some(&Value::Bool(true)) {
             let mut last: HashMap<Option<String>, i64> = HashMap::new();
             for i in inv.iter().filter(|i| i.ok == Some(true)) {
-                let n: i64 = i.payload.parse().map_err(|_| format!("payload {:?} is not a number", i.payload))?;
+                let n: i64 = i
+                    .payload
+                    .parse()
+                    .map_err(|_| format!("payload {:?} is not a number", i.payload))?;
                 if let Some(prev) = last.insert(i.key.clone(), n) {
                     if n <= prev {
                         return fail(format!("key {:?}: {n} handled after {prev}", i.key));
@@ -421,7 +480,9 @@ impl Run {
                 }
             }
         }
-        if step.get("no_overlap_per_key") == Some(&Value::Bool(true)) && rec.overlap.load(Ordering::SeqCst) {
+        if step.get("no_overlap_per_key") == Some(&Value::Bool(true))
+            && rec.overlap.load(Ordering::SeqCst)
+        {
             return fail("two invocations with the same key overlapped".into());
         }
         let peak = rec.peak.load(Ordering::SeqCst) as u64;
@@ -447,10 +508,23 @@ async fn run_scenario(url: String, scenario: Value) -> Result<(), String> {
         }
     }
     let config = Config::parse(&cfg.to_string()).map_err(|e| e.to_string())?;
-    let bus = Bus::connect(config).await.map_err(|e| format!("connect {url}: {e}"))?;
-    let mut run = Run { bus: bus.clone(), recs: HashMap::new(), subs: HashMap::new() };
-    for (n, step) in scenario["steps"].as_array().into_iter().flatten().enumerate() {
-        run.step(step).await.map_err(|e| format!("step {} ({}): {e}", n + 1, step["op"]))?;
+    let bus = Bus::connect(config)
+        .await
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    let mut run = Run {
+        bus: bus.clone(),
+        recs: HashMap::new(),
+        subs: HashMap::new(),
+    };
+    for (n, step) in scenario["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        run.step(step)
+            .await
+            .map_err(|e| format!("step {} ({}): {e}", n + 1, step["op"]))?;
     }
     let _ = bus.close().await;
     Ok(())
@@ -459,25 +533,41 @@ async fn run_scenario(url: String, scenario: Value) -> Result<(), String> {
 fn uuid_hex() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{:x}{:x}{:x}", t, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}{:x}{:x}",
+        t,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn main() {
     // Scenario handlers panic on purpose (a panic is a nack); keep their noise out of the log.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let msg = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("");
         if !msg.starts_with("scenario handler panics") {
             default_hook(info);
         }
     }));
     let args = Arguments::from_args();
     let features: Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("features.json")).unwrap()).unwrap();
-    let only: Option<Vec<String>> = std::env::var("POLYBUS_TEST_BACKENDS")
-        .ok()
-        .map(|s| s.split(',').map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()).collect());
+        serde_json::from_str(&std::fs::read_to_string(root().join("features.json")).unwrap())
+            .unwrap();
+    let only: Option<Vec<String>> = std::env::var("POLYBUS_TEST_BACKENDS").ok().map(|s| {
+        s.split(',')
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .collect()
+    });
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("scenarios"))
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -497,18 +587,22 @@ fn main() {
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let id = scenario["id"].as_str().unwrap().to_owned();
             let name = format!("{backend}/{id}");
-            let missing = scenario["requires"].as_array().into_iter().flatten().find_map(|r| {
-                let r = r.as_str()?;
-                let (want, feat) = r.strip_prefix('!').map_or((true, r), |f| (false, f));
-                let has = feats.get(feat).and_then(Value::as_bool).unwrap_or(false);
-                (has != want).then(|| {
-                    if want {
-                        format!("backend lacks \"{feat}\"")
-                    } else {
-                        format!("backend has \"{feat}\"")
-                    }
-                })
-            });
+            let missing = scenario["requires"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|r| {
+                    let r = r.as_str()?;
+                    let (want, feat) = r.strip_prefix('!').map_or((true, r), |f| (false, f));
+                    let has = feats.get(feat).and_then(Value::as_bool).unwrap_or(false);
+                    (has != want).then(|| {
+                        if want {
+                            format!("backend lacks \"{feat}\"")
+                        } else {
+                            format!("backend has \"{feat}\"")
+                        }
+                    })
+                });
             let is_slow = scenario.get("slow") == Some(&Value::Bool(true)) && !slow;
             let url = url.clone();
             let skip = missing.clone();
@@ -518,12 +612,17 @@ fn main() {
                     .enable_all()
                     .build()
                     .map_err(|e| Failed::from(e.to_string()))?;
-                rt.block_on(run_scenario(url, scenario)).map_err(Failed::from)
+                rt.block_on(run_scenario(url, scenario))
+                    .map_err(Failed::from)
             });
             trials.push(match skip {
                 // Shown as `[skipped: backend lacks "groups"] memory/003-group ... ignored`.
-                Some(reason) => trial.with_kind(format!("skipped: {reason}")).with_ignored_flag(true),
-                None if is_slow => trial.with_kind("slow: set POLYBUS_TEST_SLOW=1").with_ignored_flag(true),
+                Some(reason) => trial
+                    .with_kind(format!("skipped: {reason}"))
+                    .with_ignored_flag(true),
+                None if is_slow => trial
+                    .with_kind("slow: set POLYBUS_TEST_SLOW=1")
+                    .with_ignored_flag(true),
                 None => trial,
             });
         }

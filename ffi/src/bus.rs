@@ -98,7 +98,10 @@ pub unsafe extern "C" fn polybus_publish(
 ) -> polybus_status_t {
     ffi_guard!(err, {
         let bus = bus_ref(bus)?;
-        let m = message.as_ref().ok_or_else(|| null("message"))?.to_message()?;
+        let m = message
+            .as_ref()
+            .ok_or_else(|| null("message"))?
+            .to_message()?;
         bus.publish_blocking(m)?;
         Ok(POLYBUS_OK)
     })

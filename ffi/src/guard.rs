@@ -6,9 +6,10 @@
 macro_rules! ffi_guard {
     ($err:expr, $body:block) => {{
         let err: *mut $crate::error::polybus_error_t = $err;
-        let run = || -> ::std::result::Result<$crate::status::polybus_status_t, ::polybus_core::Error> {
-            $body
-        };
+        let run =
+            || -> ::std::result::Result<$crate::status::polybus_status_t, ::polybus_core::Error> {
+                $body
+            };
         match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(run)) {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => $crate::error::report(err, &e),

@@ -3,6 +3,9 @@
 //! The header `include/polybus.h` is generated from these sources by cbindgen
 //! (`make header`); the doc comments here are the C manual.
 #![allow(non_camel_case_types)]
+// Every export's safety contract (which pointers may be NULL, what is borrowed or consumed, how
+// long views live) is stated in its doc comment and in the header's preamble, in C terms.
+#![allow(clippy::missing_safety_doc)]
 #![deny(unreachable_pub)]
 
 #[macro_use]

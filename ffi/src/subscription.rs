@@ -78,7 +78,9 @@ pub unsafe extern "C" fn polybus_subscribe_options_default(out: *mut polybus_sub
 }
 
 unsafe fn options(opts: *const polybus_subscribe_options_t) -> Result<SubscribeOptions, Error> {
-    let Some(o) = opts.as_ref() else { return Ok(SubscribeOptions::default()) };
+    let Some(o) = opts.as_ref() else {
+        return Ok(SubscribeOptions::default());
+    };
     let start = match o.start {
         POLYBUS_START_NEW => Start::New,
         POLYBUS_START_EARLIEST => Start::Earliest,
@@ -120,7 +122,8 @@ pub struct polybus_handler_t {
     /// Passed back to `call` and `drop`.
     pub context: *mut c_void,
     /// Handles one event; 0 acknowledges.
-    pub call: Option<unsafe extern "C" fn(event: *const polybus_event_t, context: *mut c_void) -> i32>,
+    pub call:
+        Option<unsafe extern "C" fn(event: *const polybus_event_t, context: *mut c_void) -> i32>,
     /// Releases `context`; may be NULL.
     pub drop: Option<unsafe extern "C" fn(context: *mut c_void)>,
 }
@@ -189,8 +192,10 @@ fn dispatch_loop(sub: Arc<BatchSubscription>, handler: Arc<Handler>) {
         match sub.next_batch_blocking(Duration::from_millis(100)) {
             Ok(Some(batch)) => {
                 let handler = &*handler;
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(batch, handler)))
-                    .is_err()
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_batch(batch, handler)
+                }))
+                .is_err()
                 {
                     // run_batch itself has no panicking path; keep serving regardless.
                     continue;
@@ -237,14 +242,20 @@ pub unsafe extern "C" fn polybus_subscribe(
 ) -> polybus_status_t {
     // Take ownership first so `drop` runs on every failure path.
     let owned = handler.call.map(|call| {
-        Arc::new(Handler { context: handler.context, call, drop: handler.drop })
+        Arc::new(Handler {
+            context: handler.context,
+            call,
+            drop: handler.drop,
+        })
     });
     let status = ffi_guard!(err, {
         if out.is_null() {
             return Err(null("out"));
         }
         *out = std::ptr::null_mut();
-        let Some(h) = owned.clone() else { return Err(null("handler.call")) };
+        let Some(h) = owned.clone() else {
+            return Err(null("handler.call"));
+        };
         let sub = Arc::new(open_batches(bus, pattern, opts)?);
         let n = opts.as_ref().map_or(1, |o| o.concurrency.max(1)) as usize;
         let mut threads = Vec::with_capacity(n);
@@ -295,7 +306,10 @@ pub unsafe extern "C" fn polybus_subscribe_pull(
         }
         *out = std::ptr::null_mut();
         let sub = Arc::new(open_batches(bus, pattern, opts)?);
-        *out = Box::into_raw(Box::new(polybus_subscription_t { sub, threads: Vec::new() }));
+        *out = Box::into_raw(Box::new(polybus_subscription_t {
+            sub,
+            threads: Vec::new(),
+        }));
         Ok(POLYBUS_OK)
     })
 }
@@ -367,11 +381,17 @@ pub unsafe extern "C" fn polybus_subscription_next_batch(
             t if t < 0 => runtime_free_wait(&s.sub)?,
             t => s.sub.next_batch_blocking(Duration::from_millis(t as u64))?,
         };
-        let Some(batch) = got else { return Ok(POLYBUS_NO_EVENTS) };
+        let Some(batch) = got else {
+            return Ok(POLYBUS_NO_EVENTS);
+        };
         let views: Vec<EventView> = batch.events().iter().map(EventView::new).collect();
         let events: Vec<polybus_event_t> = views.iter().map(|v| v.event).collect();
         let lane = batch.lane();
-        let boxed = Box::new(polybus_batch_t { batch, events, _views: views });
+        let boxed = Box::new(polybus_batch_t {
+            batch,
+            events,
+            _views: views,
+        });
         out.len = boxed.events.len();
         out.events = boxed.events.as_ptr();
         out.lane = lane;
@@ -419,7 +439,10 @@ pub unsafe extern "C" fn polybus_batch_ack(
                     POLYBUS_RESULT_ACK => Outcome::Ack,
                     POLYBUS_RESULT_SKIPPED => Outcome::Skipped,
                     code => {
-                        let reason = cstr_opt(r.reason, "reason").ok().flatten().unwrap_or("handler failed");
+                        let reason = cstr_opt(r.reason, "reason")
+                            .ok()
+                            .flatten()
+                            .unwrap_or("handler failed");
                         if code != POLYBUS_RESULT_NACK {
                             bad = Some(code);
                         }
@@ -430,7 +453,10 @@ pub unsafe extern "C" fn polybus_batch_ack(
         };
         boxed.batch.complete(outcomes);
         if let Some(code) = bad {
-            return Err(Error::new(ErrorKind::InvalidArgument, format!("unknown result code {code}")));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("unknown result code {code}"),
+            ));
         }
         Ok(POLYBUS_OK)
     })
@@ -440,7 +466,8 @@ pub unsafe extern "C" fn polybus_batch_ack(
 #[no_mangle]
 pub unsafe extern "C" fn polybus_batch_free(batch: *mut polybus_batch_t) {
     if !batch.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(batch))));
+        let _ =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(batch))));
     }
 }
 
@@ -493,4 +520,3 @@ pub unsafe extern "C" fn polybus_subscription_free(sub: *mut polybus_subscriptio
         drop(s);
     }));
 }
-

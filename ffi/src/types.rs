@@ -93,10 +93,16 @@ fn invalid(msg: String) -> Error {
 }
 
 impl polybus_str_t {
-    pub(crate) const NONE: polybus_str_t = polybus_str_t { ptr: std::ptr::null(), len: 0 };
+    pub(crate) const NONE: polybus_str_t = polybus_str_t {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
 
     pub(crate) fn of(s: &str) -> polybus_str_t {
-        polybus_str_t { ptr: s.as_ptr().cast(), len: s.len() }
+        polybus_str_t {
+            ptr: s.as_ptr().cast(),
+            len: s.len(),
+        }
     }
 
     /// Reads an optional view as UTF-8.
@@ -107,12 +113,15 @@ impl polybus_str_t {
             return Ok(None);
         }
         let bytes = std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len);
-        std::str::from_utf8(bytes).map(Some).map_err(|_| invalid(format!("{what} is not valid UTF-8")))
+        std::str::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| invalid(format!("{what} is not valid UTF-8")))
     }
 
     /// Reads a required view as UTF-8.
     pub(crate) unsafe fn required(&self, what: &str) -> Result<&str> {
-        self.get(what)?.ok_or_else(|| invalid(format!("{what} is NULL")))
+        self.get(what)?
+            .ok_or_else(|| invalid(format!("{what} is NULL")))
     }
 }
 
@@ -123,7 +132,10 @@ pub(crate) unsafe fn cstr_opt<'a>(ptr: *const c_char, what: &str) -> Result<Opti
     if ptr.is_null() {
         return Ok(None);
     }
-    CStr::from_ptr(ptr).to_str().map(Some).map_err(|_| invalid(format!("{what} is not valid UTF-8")))
+    CStr::from_ptr(ptr)
+        .to_str()
+        .map(Some)
+        .map_err(|_| invalid(format!("{what} is not valid UTF-8")))
 }
 
 /// Reads a required NUL-terminated string as UTF-8.
@@ -135,12 +147,14 @@ impl polybus_message_t {
     /// Copies the message into the core's type.
     ///
     /// SAFETY: every pointer is NULL or valid as documented on the struct.
-    pub(crate) unsafe fn to_message(&self) -> Result<Message> {
+    pub(crate) unsafe fn to_message(self) -> Result<Message> {
         let topic = self.topic.required("message topic")?;
         let payload: &[u8] = if self.payload.len == 0 {
             &[]
         } else if self.payload.ptr.is_null() {
-            return Err(invalid("message payload is NULL with a non-zero length".into()));
+            return Err(invalid(
+                "message payload is NULL with a non-zero length".into(),
+            ));
         } else {
             std::slice::from_raw_parts(self.payload.ptr, self.payload.len)
         };
@@ -156,16 +170,24 @@ impl polybus_message_t {
         }
         if self.time_unix_ns != 0 {
             let ns = u64::try_from(self.time_unix_ns).map_err(|_| {
-                invalid(format!("message time_unix_ns {} is before 1970", self.time_unix_ns))
+                invalid(format!(
+                    "message time_unix_ns {} is before 1970",
+                    self.time_unix_ns
+                ))
             })?;
             m = m.time(UNIX_EPOCH + std::time::Duration::from_nanos(ns));
         }
         if self.headers_len > 0 {
             if self.headers.is_null() {
-                return Err(invalid("message headers is NULL with a non-zero headers_len".into()));
+                return Err(invalid(
+                    "message headers is NULL with a non-zero headers_len".into(),
+                ));
             }
             for h in std::slice::from_raw_parts(self.headers, self.headers_len) {
-                m = m.header(h.name.required("header name")?, h.value.required("header value")?);
+                m = m.header(
+                    h.name.required("header name")?,
+                    h.value.required("header value")?,
+                );
             }
         }
         Ok(m)
@@ -184,22 +206,39 @@ impl EventView {
         let headers: Vec<polybus_header_t> = e
             .headers()
             .iter()
-            .map(|(k, v)| polybus_header_t { name: polybus_str_t::of(k), value: polybus_str_t::of(v) })
+            .map(|(k, v)| polybus_header_t {
+                name: polybus_str_t::of(k),
+                value: polybus_str_t::of(v),
+            })
             .collect();
-        let time = e.time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        let time = e
+            .time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
         let event = polybus_event_t {
             topic: polybus_str_t::of(e.topic()),
-            payload: polybus_bytes_t { ptr: e.payload().as_ptr(), len: e.payload().len() },
+            payload: polybus_bytes_t {
+                ptr: e.payload().as_ptr(),
+                len: e.payload().len(),
+            },
             key: e.key().map_or(polybus_str_t::NONE, polybus_str_t::of),
             id: polybus_str_t::of(e.id()),
             r#type: polybus_str_t::of(e.event_type()),
             source: polybus_str_t::of(e.source().unwrap_or("")),
-            headers: if headers.is_empty() { std::ptr::null() } else { headers.as_ptr() },
+            headers: if headers.is_empty() {
+                std::ptr::null()
+            } else {
+                headers.as_ptr()
+            },
             headers_len: headers.len(),
             time_unix_ns: time,
             attempt: e.attempt(),
         };
-        EventView { event, _headers: headers }
+        EventView {
+            event,
+            _headers: headers,
+        }
     }
 }
 
@@ -209,6 +248,9 @@ pub unsafe extern "C" fn polybus_str_from_cstr(s: *const c_char) -> polybus_str_
     if s.is_null() {
         return polybus_str_t::NONE;
     }
-    std::panic::catch_unwind(|| polybus_str_t { ptr: s, len: CStr::from_ptr(s).to_bytes().len() })
-        .unwrap_or(polybus_str_t::NONE)
+    std::panic::catch_unwind(|| polybus_str_t {
+        ptr: s,
+        len: CStr::from_ptr(s).to_bytes().len(),
+    })
+    .unwrap_or(polybus_str_t::NONE)
 }

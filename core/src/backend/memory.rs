@@ -20,7 +20,9 @@ use std::{
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{Backend, BoxFut, ChannelSource, Delivery, Publishing, Source, Unsubscribe};
+use super::{
+    Backend, BoxFut, ChannelSource, Delivery, Publishing, Source, Subscribed, Unsubscribe,
+};
 use crate::{
     config::Config,
     error::{Error, ErrorKind, Result},
@@ -130,7 +132,8 @@ impl Hasher for FxHasher {
         for chunk in bytes.chunks(8) {
             let mut w = [0u8; 8];
             w[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
 
@@ -167,9 +170,8 @@ impl Group {
             let tx = &members[(start + i) % n].1;
             match tx.try_send(d) {
                 Ok(()) => return None,
-                Err(flume::TrySendError::Full(back)) | Err(flume::TrySendError::Disconnected(back)) => {
-                    d = back
-                }
+                Err(flume::TrySendError::Full(back))
+                | Err(flume::TrySendError::Disconnected(back)) => d = back,
             }
         }
         Some((members[start % n].1.clone(), d))
@@ -181,7 +183,10 @@ impl Backend for MemoryBackend {
         let targets = self.broker.table.read().targets(&message.topic);
         let mut waiting: Vec<(flume::Sender<Delivery>, Delivery)> = Vec::new();
         for t in targets.iter() {
-            let d = Delivery { event: Event::new(message.clone(), 1), acker: None };
+            let d = Delivery {
+                event: Event::new(message.clone(), 1),
+                acker: None,
+            };
             match t {
                 Target::One(_, tx) => match tx.try_send(d) {
                     Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
@@ -210,7 +215,7 @@ impl Backend for MemoryBackend {
         &'a self,
         pattern: &'a Pattern,
         options: &'a SubscribeOptions,
-    ) -> BoxFut<'a, Result<(Box<dyn Source>, Box<dyn Unsubscribe>)>> {
+    ) -> BoxFut<'a, Result<Subscribed>> {
         Box::pin(async move {
             if options.start == Start::Earliest {
                 return Err(Error::new(
@@ -251,8 +256,14 @@ impl Backend for MemoryBackend {
                 }
             }
             table.changed();
-            let unsub = MemoryUnsubscribe { broker: Arc::downgrade(&self.broker), id };
-            Ok((Box::new(ChannelSource::new(rx)) as Box<dyn Source>, Box::new(unsub) as _))
+            let unsub = MemoryUnsubscribe {
+                broker: Arc::downgrade(&self.broker),
+                id,
+            };
+            Ok((
+                Box::new(ChannelSource::new(rx)) as Box<dyn Source>,
+                Box::new(unsub) as _,
+            ))
         })
     }
 
@@ -268,7 +279,9 @@ struct MemoryUnsubscribe {
 
 impl Unsubscribe for MemoryUnsubscribe {
     fn unsubscribe(&self) {
-        let Some(broker) = self.broker.upgrade() else { return };
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
         let mut table = broker.table.write();
         let id = self.id;
         table.routes.retain(|r| match &r.target {

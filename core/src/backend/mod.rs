@@ -69,6 +69,9 @@ pub(crate) trait Unsubscribe: Send + Sync + 'static {
     fn unsubscribe(&self);
 }
 
+/// What a backend subscription gives the dispatcher: its deliveries and the means to stop them.
+pub(crate) type Subscribed = (Box<dyn Source>, Box<dyn Unsubscribe>);
+
 /// A transport.
 pub(crate) trait Backend: Send + Sync + 'static {
     /// Starts publishing one prepared message.
@@ -79,7 +82,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &'a self,
         pattern: &'a Pattern,
         options: &'a SubscribeOptions,
-    ) -> BoxFut<'a, Result<(Box<dyn Source>, Box<dyn Unsubscribe>)>>;
+    ) -> BoxFut<'a, Result<Subscribed>>;
 
     /// Releases the connection. Subscriptions are already closed when this runs.
     fn close(&self) -> BoxFut<'_, Result<()>>;
@@ -106,7 +109,11 @@ pub(crate) struct ChannelSource {
 
 impl ChannelSource {
     pub(crate) fn new(rx: flume::Receiver<Delivery>) -> Self {
-        ChannelSource { stream: rx.clone().into_stream(), rx, ready: Default::default() }
+        ChannelSource {
+            stream: rx.clone().into_stream(),
+            rx,
+            ready: Default::default(),
+        }
     }
 }
 
@@ -133,7 +140,10 @@ pub(crate) async fn open(config: &Config) -> Result<Box<dyn Backend>> {
         "memory" => Ok(Box::new(memory::MemoryBackend::open(config)?)),
         other => Err(Error::new(
             ErrorKind::InvalidConfig,
-            format!("url {:?}: scheme {other:?} is not supported by this build", config.url),
+            format!(
+                "url {:?}: scheme {other:?} is not supported by this build",
+                config.url
+            ),
         )),
     }
 }
