@@ -1,7 +1,8 @@
 """Publish-to-handler throughput: one publisher, one subscriber, 64-byte payloads, memory://.
 
 Publishes N events (in a loop of ``publish``, then with ``publish_many``) and stops the clock
-when the handler has seen all N. Prints one JSON line; ``--events`` sets N.
+when the handler has seen all N. Prints one JSON line per case (the format bench/run.sh
+collects); ``--events`` or ``POLYBUS_BENCH_EVENTS`` sets N.
 
     python bench/bench_pubsub.py --events 1000000
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import threading
 import time
 
@@ -47,20 +48,15 @@ def run(events: int, pipelined: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
+    default = int(os.environ.get("POLYBUS_BENCH_EVENTS", "1000000"))
+    parser.add_argument("--events", type=int, default=default)
     parser.add_argument("--rounds", type=int, default=3, help="best of this many runs")
     args = parser.parse_args()
-    result = {
-        "bench": "python/pubsub",
-        "backend": "memory",
-        "payload_bytes": len(PAYLOAD),
-        "events": args.events,
-        "python": platform.python_version(),
-        "polybus": polybus.__version__,
-        "publish_events_per_s": round(max(run(args.events, False) for _ in range(args.rounds))),
-        "publish_many_events_per_s": round(max(run(args.events, True) for _ in range(args.rounds))),
-    }
-    print(json.dumps(result))
+    for case, pipelined in (("python publish", False), ("python publish_many", True)):
+        rate = max(run(args.events, pipelined) for _ in range(args.rounds))
+        line = {"lang": "python", "case": case, "events": args.events,
+                "seconds": round(args.events / rate, 4), "events_per_sec": round(rate)}
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
