@@ -2,10 +2,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use polybus::{Bus, Config, ErrorKind, Event, Message, Outcome, SubscribeOptions};
+use polybus::{
+    Batch, BatchSubscription, Bus, Config, ErrorKind, Event, Message, Outcome, SubscribeOptions,
+};
 use tokio::sync::{mpsc, Semaphore};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+async fn next(sub: &BatchSubscription) -> Batch {
+    let batch = tokio::time::timeout(WAIT, sub.next_batch())
+        .await
+        .expect("timed out");
+    batch.expect("subscription ended")
+}
 
 async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(WAIT, rx.recv())
@@ -202,18 +211,12 @@ async fn batch_outcomes_retry_the_failed_event_before_the_skipped_ones() {
     let sub = bus.subscribe_batches("a.*", opts).await.unwrap();
     // Hold the lane on event 0 while 1..=3 queue up, so they come as one batch.
     bus.publish(Message::new("a.b", "0")).await.unwrap();
-    let held = tokio::time::timeout(WAIT, sub.next_batch())
-        .await
-        .unwrap()
-        .unwrap();
+    let held = next(&sub).await;
     bus.publish_batch((1..4).map(|i| Message::new("a.b", format!("{i}"))))
         .await
         .unwrap();
     held.complete(vec![Outcome::Ack]);
-    let batch = tokio::time::timeout(WAIT, sub.next_batch())
-        .await
-        .unwrap()
-        .unwrap();
+    let batch = next(&sub).await;
     assert_eq!(batch.events().len(), 3);
     let first = batch.events()[0].payload().clone();
     batch.complete(vec![
@@ -221,10 +224,7 @@ async fn batch_outcomes_retry_the_failed_event_before_the_skipped_ones() {
         Outcome::Nack("boom".into()),
         Outcome::Skipped,
     ]);
-    let again = tokio::time::timeout(WAIT, sub.next_batch())
-        .await
-        .unwrap()
-        .unwrap();
+    let again = next(&sub).await;
     let got: Vec<(String, u32)> = again
         .events()
         .iter()
@@ -251,16 +251,10 @@ async fn a_dropped_batch_counts_as_failed_and_is_redelivered() {
     let opts = SubscribeOptions::new().backoff(Duration::from_millis(1), Duration::from_millis(1));
     let sub = bus.subscribe_batches("a.b", opts).await.unwrap();
     bus.publish(Message::new("a.b", "x")).await.unwrap();
-    let batch = tokio::time::timeout(WAIT, sub.next_batch())
-        .await
-        .unwrap()
-        .unwrap();
+    let batch = next(&sub).await;
     assert_eq!(batch.events()[0].attempt(), 1);
     drop(batch);
-    let batch = tokio::time::timeout(WAIT, sub.next_batch())
-        .await
-        .unwrap()
-        .unwrap();
+    let batch = next(&sub).await;
     assert_eq!(batch.events()[0].attempt(), 2);
     batch.complete(vec![Outcome::Ack]);
     drop(sub);
