@@ -8,12 +8,14 @@ use std::{
     time::Duration,
 };
 
+use futures::{stream::FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     backend::{self, Backend, Publishing},
     config::Config,
+    connection::ConnectionState,
     dispatch::{self, Counters, Executor, Handler, Stats, SubControl},
     error::{Error, ErrorKind, Result},
     message::Message,
@@ -67,9 +69,12 @@ pub(crate) struct BusShared {
     pub(crate) counters: Counters,
     pub(crate) runtime: tokio::runtime::Handle,
     closed: AtomicBool,
-    /// Publishes waiting for the backend, finished in order by [`slow_lane`].
+    /// Publishes waiting for the backend, finished by [`slow_lane`].
     slow: mpsc::UnboundedSender<Waiting>,
+    /// Publishes in the slow lane whose place in the order is not fixed yet: while there are
+    /// any, later publishes queue behind them.
     slow_pending: AtomicUsize,
+    state: watch::Sender<ConnectionState>,
 }
 
 /// A publish the backend has not accepted yet (a subscriber's queue is full, a broker has not
@@ -109,55 +114,108 @@ impl PendingPublish {
     }
 }
 
-/// A publish waiting its turn in the bus's slow lane.
+/// A publish waiting in the bus's slow lane.
 struct Waiting {
     work: Work,
     deadline: tokio::time::Instant,
     reply: oneshot::Sender<Result<()>>,
 }
 
+type PublishFut = crate::backend::BoxFut<'static, Result<()>>;
+
 enum Work {
-    /// The backend started it and must finish it.
-    Started(crate::backend::BoxFut<'static, Result<()>>),
+    /// The backend started it and must finish it before later publishes start.
+    Started(PublishFut),
+    /// Its order is fixed; only the broker's confirmation is awaited.
+    Submitted(PublishFut),
     /// Not handed to the backend yet: an earlier publish was still waiting.
     Queued(Arc<Message>),
 }
 
-/// Finishes waiting publishes one at a time, in the order they started.
-async fn slow_lane(shared: Weak<BusShared>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
-    while let Some(w) = rx.recv().await {
-        let Some(shared) = shared.upgrade() else {
+/// Waits for one publish to finish (within its deadline), counts it and replies.
+async fn finish(
+    shared: Weak<BusShared>,
+    fut: PublishFut,
+    deadline: tokio::time::Instant,
+    reply: oneshot::Sender<Result<()>>,
+) {
+    let result = tokio::time::timeout_at(deadline, fut).await;
+    let Some(shared) = shared.upgrade() else {
+        let _ = reply.send(Err(Error::closed("bus")));
+        return;
+    };
+    let result = result.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "publish was not accepted within {} ms (a subscriber's queue stayed full, or \
+                 the broker did not confirm it)",
+                shared.config.publish_timeout_ms
+            ),
+        ))
+    });
+    if result.is_ok() {
+        shared.counters.published.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = reply.send(result);
+}
+
+/// Finishes waiting publishes. Publishes whose order is not fixed yet (`Started`, `Queued`)
+/// are finished one at a time, in the order they started, so none overtakes another;
+/// publishes the transport already ordered (`Submitted`) only await their confirmations, all
+/// at once, so a broker's acknowledgements overlap instead of costing a round trip each.
+async fn slow_lane(weak: Weak<BusShared>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
+    let mut confirming = FuturesUnordered::new();
+    loop {
+        let w = tokio::select! {
+            biased;
+            Some(()) = confirming.next(), if !confirming.is_empty() => continue,
+            w = rx.recv() => w,
+        };
+        let Some(w) = w else { break };
+        let Some(shared) = weak.upgrade() else {
             let _ = w.reply.send(Err(Error::closed("bus")));
             continue;
         };
         let fut = match w.work {
+            Work::Submitted(fut) => {
+                confirming.push(finish(weak.clone(), fut, w.deadline, w.reply));
+                continue;
+            }
             Work::Started(fut) => fut,
             Work::Queued(m) => match shared.backend.publish(m) {
                 Publishing::Done(r) => Box::pin(std::future::ready(r)),
                 Publishing::Pending(fut) => fut,
+                Publishing::Submitted(fut) => {
+                    shared.slow_pending.fetch_sub(1, Ordering::AcqRel);
+                    confirming.push(finish(weak.clone(), fut, w.deadline, w.reply));
+                    continue;
+                }
             },
         };
-        let result = match tokio::time::timeout_at(w.deadline, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "publish was not accepted within {} ms (a subscriber's queue stayed full)",
-                    shared.config.publish_timeout_ms
-                ),
-            )),
-        };
-        if result.is_ok() {
-            shared.counters.published.fetch_add(1, Ordering::Relaxed);
+        drop(shared);
+        // Later publishes wait for this one; confirmations already in flight keep flowing (a
+        // backend may need them to free room for this one).
+        let mut this = Box::pin(finish(weak.clone(), fut, w.deadline, w.reply));
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut this => break,
+                Some(()) = confirming.next(), if !confirming.is_empty() => {}
+            }
         }
-        shared.slow_pending.fetch_sub(1, Ordering::AcqRel);
-        let _ = w.reply.send(result);
+        if let Some(shared) = weak.upgrade() {
+            shared.slow_pending.fetch_sub(1, Ordering::AcqRel);
+        }
     }
+    while confirming.next().await.is_some() {}
 }
 
 impl BusShared {
     /// Validates and hands a message to the backend; `Some` when it has to be waited on.
     fn start_publish(self: &Arc<Self>, mut message: Message) -> Result<Option<PendingPublish>> {
+        // Front ends call this from their own threads; backends may need the runtime's timers.
+        let _runtime = self.runtime.enter();
         let source = (!self.config.name.is_empty()).then_some(self.config.name.as_str());
         message.prepare(source, self.config.max_payload)?;
         let message = Arc::new(message);
@@ -171,11 +229,15 @@ impl BusShared {
                 Ok(None)
             }
             Publishing::Pending(fut) => Ok(Some(self.wait_turn(Work::Started(fut)))),
+            Publishing::Submitted(fut) => Ok(Some(self.wait_turn(Work::Submitted(fut)))),
         }
     }
 
     fn wait_turn(&self, work: Work) -> PendingPublish {
-        self.slow_pending.fetch_add(1, Ordering::AcqRel);
+        let orders = !matches!(work, Work::Submitted(_));
+        if orders {
+            self.slow_pending.fetch_add(1, Ordering::AcqRel);
+        }
         let (reply, rx) = oneshot::channel();
         let deadline =
             tokio::time::Instant::now() + Config::duration(self.config.publish_timeout_ms);
@@ -184,7 +246,9 @@ impl BusShared {
             deadline,
             reply,
         }) {
-            self.slow_pending.fetch_sub(1, Ordering::AcqRel);
+            if orders {
+                self.slow_pending.fetch_sub(1, Ordering::AcqRel);
+            }
             let _ = w.reply.send(Err(Error::closed("bus")));
         }
         PendingPublish { reply: rx }
@@ -251,7 +315,8 @@ impl Bus {
             )
         })?;
         let limit = Config::duration(config.connect_timeout_ms);
-        let backend = tokio::time::timeout(limit, backend::open(&config))
+        let (state, _) = watch::channel(ConnectionState::Connected);
+        let backend = tokio::time::timeout(limit, backend::open(&config, &state))
             .await
             .map_err(|_| {
                 Error::new(
@@ -272,6 +337,7 @@ impl Bus {
             closed: AtomicBool::new(false),
             slow,
             slow_pending: AtomicUsize::new(0),
+            state,
         });
         runtime.spawn(slow_lane(Arc::downgrade(&shared), slow_rx));
         Ok(Bus {
@@ -290,6 +356,32 @@ impl Bus {
     /// Whether [`close`](Bus::close) has been called.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// The state of the connection to the broker (`memory://` is always connected until
+    /// closed).
+    pub fn connection_state(&self) -> ConnectionState {
+        *self.inner.shared.state.borrow()
+    }
+
+    /// A receiver that is told of every change of the connection state; `changed().await`
+    /// waits for the next one. The last state is [`ConnectionState::Closed`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> polybus::Result<()> {
+    /// use polybus::{Bus, ConnectionState};
+    /// let bus = Bus::connect("memory://").await?;
+    /// let mut state = bus.watch_connection_state();
+    /// let closer = bus.clone();
+    /// tokio::spawn(async move { closer.close().await });
+    /// let last = state.wait_for(|s| *s == ConnectionState::Closed).await.map(|s| *s);
+    /// assert_eq!(last.ok(), Some(ConnectionState::Closed));
+    /// # Ok(()) }
+    /// ```
+    pub fn watch_connection_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.shared.state.subscribe()
     }
 
     /// The bus's counters.
@@ -339,19 +431,55 @@ impl Bus {
         }
     }
 
-    /// Publishes many events in order and returns once all are accepted: the pipelined path.
-    /// Stops at the first error; the events before it were published.
+    /// Publishes many events in order and returns once all are accepted: the pipelined path
+    /// (with a broker, many confirmations are awaited at once). Stops starting publishes at the
+    /// first error found before sending; the events before the failed one were published. When
+    /// the broker refuses an event only in its confirmation, events after it may have been
+    /// published too.
     ///
     /// # Errors
     /// As [`publish`](Bus::publish); the message names the index of the failed event.
     pub async fn publish_batch(&self, messages: impl IntoIterator<Item = Message>) -> Result<()> {
         self.check_open()?;
+        let mut pending: std::collections::VecDeque<(usize, PendingPublish)> = Default::default();
+        // The failure with the lowest index is the one reported.
+        let mut failed: Option<(usize, Error)> = None;
+        let mut note = |i: usize, e: Error| {
+            if failed.as_ref().is_none_or(|(j, _)| i < *j) {
+                failed = Some((i, e));
+            }
+        };
         for (i, m) in messages.into_iter().enumerate() {
-            self.inner.shared.publish_internal(m).await.map_err(|e| {
-                Error::new(e.kind(), format!("event {i} of the batch: {}", e.message()))
-            })?;
+            // Bounded: a broker client allows only so many confirmations in flight.
+            if pending.len() >= 1024 {
+                if let Some((j, p)) = pending.pop_front() {
+                    if let Err(e) = p.wait().await {
+                        note(j, e);
+                        break;
+                    }
+                }
+            }
+            match self.inner.shared.start_publish(m) {
+                Ok(None) => {}
+                Ok(Some(p)) => pending.push_back((i, p)),
+                Err(e) => {
+                    note(i, e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        for (j, p) in pending {
+            if let Err(e) = p.wait().await {
+                note(j, e);
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some((i, e)) => Err(Error::new(
+                e.kind(),
+                format!("event {i} of the batch: {}", e.message()),
+            )),
+        }
     }
 
     async fn open_subscription(
@@ -463,6 +591,7 @@ impl Bus {
         let limit = shared.close_timeout();
         let results = futures::future::join_all(subs.iter().map(|s| s.close_within(limit))).await;
         let backend = shared.backend.close().await;
+        shared.state.send_replace(ConnectionState::Closed);
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))?;
         backend
     }

@@ -27,7 +27,8 @@ use crate::error::{Error, ErrorKind, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where to connect: `memory://` (private), `memory://NAME` (shared in the process by name).
+    /// Where to connect: `memory://` (private), `memory://NAME` (shared in the process by name),
+    /// `nats://host:4222` (NATS core), `jetstream://host:4222` (NATS JetStream).
     pub url: String,
     /// Namespace for topics on the broker (like `due`'s `due:eventbus`); empty for none.
     pub prefix: String,
@@ -41,6 +42,117 @@ pub struct Config {
     pub close_timeout_ms: u64,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
+    /// Connection settings for `nats://` and `jetstream://`: credentials, TLS, client name.
+    pub nats: NatsConfig,
+    /// Stream and consumer settings for `jetstream://`.
+    pub jetstream: JetStreamConfig,
+}
+
+/// Connection settings for `nats://` and `jetstream://` (the `nats` section of [`Config`]).
+///
+/// Credentials can also travel in the URL: `nats://user:password@host:4222` or
+/// `nats://token@host:4222`. Several servers are separated by commas:
+/// `nats://a:4222,b:4222`.
+///
+/// # Examples
+/// ```
+/// use polybus::Config;
+/// let cfg = Config::parse(
+///     r#"{"url":"nats://127.0.0.1:4222","nats":{"user":"svc","password":"secret"}}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(cfg.nats.user.as_deref(), Some("svc"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<String>,
+    /// Authentication token.
+    pub token: Option<String>,
+    /// NKey seed (`SU...`).
+    pub nkey_seed: Option<String>,
+    /// Path of a `.creds` file (JWT and NKey seed).
+    pub creds_file: Option<String>,
+    /// Path of a PEM file of CA certificates to trust.
+    pub tls_ca: Option<String>,
+    /// Path of the PEM client certificate (with `tls_key`).
+    pub tls_cert: Option<String>,
+    /// Path of the PEM client private key (with `tls_cert`).
+    pub tls_key: Option<String>,
+    /// Refuse to connect without TLS.
+    pub tls_required: bool,
+    /// The connection name shown by the server (default: the bus `name`).
+    pub connection_name: Option<String>,
+}
+
+/// Stream and consumer settings for `jetstream://` (the `jetstream` section of [`Config`]).
+///
+/// The stream is bound if it exists and created otherwise. By default it is named
+/// `POLYBUS_<PREFIX>` and covers `<prefix>.>`; JetStream needs a prefix, so with an empty
+/// `prefix` the bus uses `polybus`.
+///
+/// # Examples
+/// ```
+/// use polybus::Config;
+/// let cfg = Config::parse(
+///     r#"{"url":"jetstream://127.0.0.1:4222","prefix":"app","jetstream":{"max_age_ms":3600000}}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(cfg.jetstream.max_age_ms, 3_600_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// The stream name (default: `POLYBUS_` and the prefix in upper case, dots as `_`).
+    pub stream: Option<String>,
+    /// The subjects the stream covers when it is created (default: `<prefix>.>`).
+    pub subjects: Vec<String>,
+    /// Retention when the stream is created: `limits` (default), `interest` or `workqueue`.
+    pub retention: String,
+    /// Storage when the stream is created: `file` (default) or `memory`.
+    pub storage: String,
+    /// Oldest event kept, in milliseconds; 0 keeps events for ever (the default).
+    pub max_age_ms: u64,
+    /// Largest stream size in bytes; -1 is unlimited (the default).
+    pub max_bytes: i64,
+    /// Stream replicas (default 1).
+    pub replicas: usize,
+    /// How long the broker waits for an ack before redelivering, in ms (default 30000). While
+    /// a handler runs or a retry waits, polybus tells the broker it is still working.
+    pub ack_wait_ms: u64,
+    /// Events delivered but not yet acknowledged, per consumer (default 1024).
+    pub max_ack_pending: i64,
+    /// Broker deliveries of one event before the broker gives up on it: a safety net for
+    /// events that crash their consumer, beyond the local `max_attempts` (default 20; -1 for
+    /// no limit).
+    pub max_deliver: i64,
+    /// How long a consumer of a broadcast subscription survives its subscriber going away
+    /// without unsubscribing (a crash), in ms (default 3600000).
+    pub inactive_threshold_ms: u64,
+    /// Publish acknowledgements awaited at once per bus (default 4096; the client allows 5000).
+    pub max_pending_publishes: usize,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            stream: None,
+            subjects: Vec::new(),
+            retention: "limits".to_owned(),
+            storage: "file".to_owned(),
+            max_age_ms: 0,
+            max_bytes: -1,
+            replicas: 1,
+            ack_wait_ms: 30_000,
+            max_ack_pending: 1024,
+            max_deliver: 20,
+            inactive_threshold_ms: 3_600_000,
+            max_pending_publishes: 4096,
+        }
+    }
 }
 
 impl Default for Config {
@@ -53,9 +165,21 @@ impl Default for Config {
             publish_timeout_ms: 30_000,
             close_timeout_ms: 30_000,
             max_payload: 1024 * 1024,
+            nats: NatsConfig::default(),
+            jetstream: JetStreamConfig::default(),
         }
     }
 }
+
+/// The URL schemes of this build.
+const SCHEMES: &[&str] = &[
+    #[cfg(feature = "memory")]
+    "memory",
+    #[cfg(feature = "nats")]
+    "nats",
+    #[cfg(feature = "jetstream")]
+    "jetstream",
+];
 
 impl Config {
     /// A configuration with `url` and every other setting at its default.
@@ -100,6 +224,48 @@ impl Config {
         self
     }
 
+    /// Sets how long connecting may take.
+    ///
+    /// ```
+    /// let cfg = polybus::Config::new("nats://127.0.0.1:4222")
+    ///     .connect_timeout(std::time::Duration::from_secs(2));
+    /// assert_eq!(cfg.connect_timeout_ms, 2000);
+    /// ```
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout_ms = d.as_millis() as u64;
+        self
+    }
+
+    /// Sets the `nats` section (credentials, TLS, client name).
+    ///
+    /// ```
+    /// use polybus::{Config, NatsConfig};
+    /// let cfg = Config::new("nats://127.0.0.1:4222").nats(NatsConfig {
+    ///     token: Some("s3cret".into()),
+    ///     ..NatsConfig::default()
+    /// });
+    /// assert_eq!(cfg.nats.token.as_deref(), Some("s3cret"));
+    /// ```
+    pub fn nats(mut self, nats: NatsConfig) -> Self {
+        self.nats = nats;
+        self
+    }
+
+    /// Sets the `jetstream` section (stream and consumer settings).
+    ///
+    /// ```
+    /// use polybus::{Config, JetStreamConfig};
+    /// let cfg = Config::new("jetstream://127.0.0.1:4222").jetstream(JetStreamConfig {
+    ///     ack_wait_ms: 60_000,
+    ///     ..JetStreamConfig::default()
+    /// });
+    /// assert_eq!(cfg.jetstream.ack_wait_ms, 60_000);
+    /// ```
+    pub fn jetstream(mut self, jetstream: JetStreamConfig) -> Self {
+        self.jetstream = jetstream;
+        self
+    }
+
     /// Sets how long `publish` may wait under backpressure.
     pub fn publish_timeout(mut self, d: Duration) -> Self {
         self.publish_timeout_ms = d.as_millis() as u64;
@@ -132,13 +298,52 @@ impl Config {
     /// [`ErrorKind::InvalidConfig`] naming the setting.
     pub fn validate(&self) -> Result<()> {
         let scheme = self.scheme()?;
-        if !matches!(scheme, "memory") {
+        if !SCHEMES.contains(&scheme) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
-                    "url {:?}: unknown scheme {scheme:?} (this build supports: memory)",
-                    self.url
+                    "url {:?}: unknown scheme {scheme:?} (this build supports: {})",
+                    self.url,
+                    SCHEMES.join(", ")
                 ),
+            ));
+        }
+        let js = &self.jetstream;
+        if !matches!(js.retention.as_str(), "limits" | "interest" | "workqueue") {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "jetstream.retention {:?}: expected \"limits\", \"interest\" or \"workqueue\"",
+                    js.retention
+                ),
+            ));
+        }
+        if !matches!(js.storage.as_str(), "file" | "memory") {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "jetstream.storage {:?}: expected \"file\" or \"memory\"",
+                    js.storage
+                ),
+            ));
+        }
+        if js.ack_wait_ms < 1000 || js.max_ack_pending == 0 || js.max_pending_publishes == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "jetstream: ack_wait_ms must be at least 1000, max_ack_pending and \
+                 max_pending_publishes at least 1",
+            ));
+        }
+        if self.nats.tls_cert.is_some() != self.nats.tls_key.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "nats: tls_cert and tls_key go together",
+            ));
+        }
+        if self.nats.user.is_some() != self.nats.password.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "nats: user and password go together",
             ));
         }
         if !self.prefix.is_empty() {

@@ -359,8 +359,13 @@ async fn lane(
                 None => break,
             }
         }
-        let Some(Some(outcomes)) = unless_aborted(&ctx.abort, execute(&ctx, lane, &batch)).await
-        else {
+        let every = progress_interval(batch.iter().chain(pending.iter()));
+        let run = with_progress(
+            execute(&ctx, lane, &batch),
+            every,
+            batch.iter().chain(pending.iter()),
+        );
+        let Some(Some(outcomes)) = unless_aborted(&ctx.abort, run).await else {
             // Aborted, or the front end let go of the subscription: nothing will handle these.
             add(&ctx.shared.counters.dropped, batch.len() as u64);
             break;
@@ -408,10 +413,14 @@ async fn lane(
             pending.push_front(d);
         }
         if let Some(delay) = backoff {
-            if unless_aborted(&ctx.abort, tokio::time::sleep(delay))
-                .await
-                .is_none()
-            {
+            // The broker must not redeliver what waits for its retry: tell it before the
+            // backoff, and again during a long one.
+            let every = progress_interval(pending.iter());
+            if every.is_some() {
+                report_progress(pending.iter()).await;
+            }
+            let sleep = with_progress(tokio::time::sleep(delay), every, pending.iter());
+            if unless_aborted(&ctx.abort, sleep).await.is_none() {
                 break;
             }
         }
@@ -424,6 +433,46 @@ async fn lane(
             left,
             "subscription aborted with events still to handle"
         );
+    }
+}
+
+/// The shortest progress interval among `deliveries`' ackers.
+fn progress_interval<'a>(deliveries: impl Iterator<Item = &'a Delivery>) -> Option<Duration> {
+    deliveries
+        .filter_map(|d| d.acker.as_ref()?.progress_interval())
+        .min()
+}
+
+/// Tells the broker that `deliveries` are still being worked on.
+async fn report_progress<'a>(deliveries: impl Iterator<Item = &'a Delivery>) {
+    let sends: Vec<_> = deliveries
+        .filter_map(|d| d.acker.as_ref()?.progress())
+        .collect();
+    for r in futures::future::join_all(sends).await {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "progress report failed");
+        }
+    }
+}
+
+/// Runs `fut`, reporting progress on `deliveries` every `every` until it finishes.
+async fn with_progress<'a, F: Future>(
+    fut: F,
+    every: Option<Duration>,
+    deliveries: impl Iterator<Item = &'a Delivery> + Clone,
+) -> F::Output {
+    let Some(every) = every else {
+        return fut.await;
+    };
+    let mut fut = std::pin::pin!(fut);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            _ = tick.tick() => report_progress(deliveries.clone()).await,
+        }
     }
 }
 

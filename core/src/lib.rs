@@ -12,6 +12,8 @@
 //! | backend | URL | guarantee |
 //! |---|---|---|
 //! | in process | `memory://` | in process, backpressure, nothing dropped |
+//! | NATS core | `nats://host:4222` | at most once |
+//! | NATS JetStream | `jetstream://host:4222` | at least once |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -35,6 +37,7 @@
 mod backend;
 mod bus;
 mod config;
+mod connection;
 pub mod dispatch;
 mod error;
 mod event;
@@ -46,7 +49,8 @@ mod subscription;
 mod topic;
 
 pub use bus::{Bus, IntoConfig, PendingPublish};
-pub use config::Config;
+pub use config::{Config, JetStreamConfig, NatsConfig};
+pub use connection::ConnectionState;
 pub use dispatch::{Handler, Stats};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use event::Event;

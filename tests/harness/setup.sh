@@ -29,3 +29,7 @@ if ! "$tools/bin/cbindgen" --version 2>/dev/null | grep -q "$cbindgen_version"; 
   echo "setup: installing cbindgen $cbindgen_version into build/tools"
   cargo install --quiet --locked --root "$tools" --version "$cbindgen_version" cbindgen
 fi
+
+# The broker the nats and jetstream backends of every conformance runner use (features.json's
+# default URLs match the harness's default port). Idempotent: an already running one is kept.
+bash "$root/tests/harness/brokers.sh" start nats >/dev/null

@@ -21,10 +21,14 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
+
+use tokio::sync::watch;
 
 use crate::{
     config::Config,
+    connection::ConnectionState,
     error::{Error, ErrorKind, Result},
     event::Event,
     message::Message,
@@ -32,16 +36,28 @@ use crate::{
     topic::Pattern,
 };
 
+#[cfg(feature = "jetstream")]
+pub(crate) mod jetstream;
 #[cfg(feature = "memory")]
 pub(crate) mod memory;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 
 /// A boxed, sendable future.
 pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The result of starting a publish: done already, or a future to await.
+/// The result of starting a publish.
 pub(crate) enum Publishing {
+    /// Accepted (or refused) already.
     Done(Result<()>),
+    /// Not accepted yet and its place in the order is not fixed: publishes started after it on
+    /// the same bus must wait until it completes (memory: a subscriber's queue is full).
     Pending(BoxFut<'static, Result<()>>),
+    /// Handed to the transport, so its order is fixed; only the broker's confirmation is
+    /// awaited (JetStream: the PubAck). Later publishes may start at once, so many
+    /// confirmations overlap.
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    Submitted(BoxFut<'static, Result<()>>),
 }
 
 /// One event handed to the dispatcher, with the means to settle it at the broker.
@@ -54,6 +70,18 @@ pub(crate) struct Delivery {
 pub(crate) trait Acker: Send + Sync + 'static {
     /// The event was handled (or dead-lettered): the broker may forget it.
     fn ack(self: Box<Self>) -> BoxFut<'static, Result<()>>;
+
+    /// The event is still held by the dispatcher (a slow handler, a retry waiting for its
+    /// backoff): asks the broker not to redeliver it yet. `None` when there is nothing to send.
+    fn progress(&self) -> Option<BoxFut<'static, Result<()>>> {
+        None
+    }
+
+    /// How often [`progress`](Acker::progress) should be called while the dispatcher holds the
+    /// event; `None` for never.
+    fn progress_interval(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A stream of deliveries for one subscription (or one lane of it).
@@ -133,11 +161,22 @@ impl Source for ChannelSource {
     }
 }
 
-/// Opens the backend named by `config.url`.
-pub(crate) async fn open(config: &Config) -> Result<Box<dyn Backend>> {
+/// Opens the backend named by `config.url`. Broker backends report their connection state on
+/// `state`; it starts as `Connected`.
+pub(crate) async fn open(
+    config: &Config,
+    state: &watch::Sender<ConnectionState>,
+) -> Result<Box<dyn Backend>> {
+    let _ = state;
     match config.scheme()? {
         #[cfg(feature = "memory")]
         "memory" => Ok(Box::new(memory::MemoryBackend::open(config)?)),
+        #[cfg(feature = "nats")]
+        "nats" => Ok(Box::new(nats::NatsBackend::open(config, state).await?)),
+        #[cfg(feature = "jetstream")]
+        "jetstream" => Ok(Box::new(
+            jetstream::JetStreamBackend::open(config, state).await?,
+        )),
         other => Err(Error::new(
             ErrorKind::InvalidConfig,
             format!(

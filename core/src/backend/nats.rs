@@ -1,0 +1,625 @@
+//! `nats://`: NATS core publish and subscribe (at most once).
+//!
+//! The wire subject is `prefix.topic` (just `topic` without a prefix); patterns map to NATS
+//! wildcards as they are (`*`, `>`). A subscription without a group is a plain NATS
+//! subscription; a group is a NATS queue group of the same name. Metadata travels in NATS
+//! headers following the CloudEvents NATS binding (see `docs/wire-format.md`); the payload is
+//! the message body, untouched. NATS core keeps no history (`start: earliest` is rejected) and
+//! has no acknowledgement: a failed handler is still retried by the dispatcher, but an event in
+//! flight when the process stops is lost. The client reconnects by itself and subscriptions
+//! survive a server restart; events published while a subscriber is disconnected are lost.
+//!
+//! This module also holds what `jetstream://` shares with it: connecting, the header mapping
+//! and subject naming.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_nats::{header::HeaderMap, ConnectErrorKind, ConnectOptions};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use super::{
+    Backend, BoxFut, ChannelSource, Delivery, Publishing, Source, Subscribed, Unsubscribe,
+};
+use crate::{
+    config::Config,
+    connection::ConnectionState,
+    error::{Error, ErrorKind, Result},
+    event::Event,
+    id::EventId,
+    message::Message,
+    subscription::{Start, SubscribeOptions},
+    topic::Pattern,
+};
+
+/// CloudEvents attribute headers (binary content mode, NATS binding).
+pub(crate) const CE_ID: &str = "ce-id";
+pub(crate) const CE_TYPE: &str = "ce-type";
+pub(crate) const CE_SOURCE: &str = "ce-source";
+pub(crate) const CE_TIME: &str = "ce-time";
+pub(crate) const CE_SPECVERSION: &str = "ce-specversion";
+/// The ordering key: the CloudEvents partitioning extension.
+pub(crate) const CE_PARTITIONKEY: &str = "ce-partitionkey";
+/// JetStream's de-duplication header.
+pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
+
+/// How long a stopped subscription waits for what the server already routed to it.
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// The connection to a NATS server shared by `nats://` and `jetstream://`.
+pub(crate) struct Connection {
+    pub(crate) client: async_nats::Client,
+    /// The prefix and a dot (empty without a prefix).
+    pub(crate) wire_prefix: String,
+    /// The URL with any password hidden, for messages.
+    pub(crate) shown_url: String,
+}
+
+impl Connection {
+    /// Connects as `config` says; `default_prefix` is used when `config.prefix` is empty.
+    pub(crate) async fn open(
+        config: &Config,
+        state: &watch::Sender<ConnectionState>,
+        default_prefix: &str,
+    ) -> Result<Connection> {
+        let target = Target::parse(&config.url)?;
+        let shown_url = target.shown.clone();
+        let mut opts = ConnectOptions::new()
+            .connection_timeout(Config::duration(config.connect_timeout_ms.max(1)))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * attempts as u64).min(2_000))
+            });
+        let name = config
+            .nats
+            .connection_name
+            .clone()
+            .unwrap_or_else(|| config.name.clone());
+        if !name.is_empty() {
+            opts = opts.name(name);
+        }
+        let n = &config.nats;
+        let (user, password, token) = (
+            n.user.clone().or(target.user.clone()),
+            n.password.clone().or(target.password.clone()),
+            n.token.clone().or(target.token.clone()),
+        );
+        if let (Some(u), Some(p)) = (user, password) {
+            opts = opts.user_and_password(u, p);
+        } else if let Some(t) = token {
+            opts = opts.token(t);
+        }
+        if let Some(seed) = &n.nkey_seed {
+            opts = opts.nkey(seed.clone());
+        }
+        if let Some(path) = &n.creds_file {
+            opts = opts.credentials_file(path).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("nats.creds_file {path:?}: {e}"),
+                )
+            })?;
+        }
+        if let Some(ca) = &n.tls_ca {
+            opts = opts.add_root_certificates(ca.into());
+        }
+        if let (Some(cert), Some(key)) = (&n.tls_cert, &n.tls_key) {
+            opts = opts.add_client_certificate(cert.into(), key.into());
+        }
+        if n.tls_required {
+            opts = opts.require_tls(true);
+        }
+        let events = state.clone();
+        opts = opts.event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let next = match event {
+                    async_nats::Event::Connected => ConnectionState::Connected,
+                    async_nats::Event::Disconnected => ConnectionState::Disconnected,
+                    async_nats::Event::Closed => ConnectionState::Closed,
+                    other => {
+                        tracing::debug!(event = %other, "nats connection event");
+                        return;
+                    }
+                };
+                // `Closed` is the bus's to announce, once the subscriptions drained.
+                events.send_if_modified(|s| {
+                    let changed = *s != next && *s != ConnectionState::Closed;
+                    if changed && next != ConnectionState::Closed {
+                        *s = next;
+                    }
+                    changed && next != ConnectionState::Closed
+                });
+            }
+        });
+        let client = opts.connect(target.servers.as_slice()).await.map_err(|e| {
+            let kind = match e.kind() {
+                ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+                    ErrorKind::Auth
+                }
+                ConnectErrorKind::TimedOut => ErrorKind::Timeout,
+                ConnectErrorKind::ServerParse => ErrorKind::InvalidConfig,
+                _ => ErrorKind::Connection,
+            };
+            let what = match kind {
+                ErrorKind::Auth => "the server rejected the credentials",
+                ErrorKind::Timeout => "the server did not answer in time",
+                _ => "the server could not be reached",
+            };
+            Error::new(kind, format!("cannot connect to {shown_url}: {what} ({e})"))
+        })?;
+        let prefix = if config.prefix.is_empty() {
+            default_prefix
+        } else {
+            config.prefix.as_str()
+        };
+        let wire_prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}.")
+        };
+        Ok(Connection {
+            client,
+            wire_prefix,
+            shown_url,
+        })
+    }
+
+    /// The wire subject of a topic or pattern.
+    pub(crate) fn subject(&self, topic: &str) -> String {
+        let mut s = String::with_capacity(self.wire_prefix.len() + topic.len());
+        s.push_str(&self.wire_prefix);
+        s.push_str(topic);
+        s
+    }
+
+    /// The topic of a wire subject (the prefix stripped).
+    pub(crate) fn topic<'a>(&self, subject: &'a str) -> &'a str {
+        subject.strip_prefix(&self.wire_prefix).unwrap_or(subject)
+    }
+
+    /// Flushes what was written and closes the connection (bounded).
+    pub(crate) async fn close(&self, limit: Duration) -> Result<()> {
+        let _ = tokio::time::timeout(limit, self.client.flush()).await;
+        let _ = tokio::time::timeout(limit, self.client.drain()).await;
+        Ok(())
+    }
+}
+
+/// The servers of a `nats://` or `jetstream://` URL and the credentials it carries.
+struct Target {
+    servers: Vec<String>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    shown: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target> {
+        let bad = |why: &str| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("url {:?}: {why}", redact(url)),
+            )
+        };
+        let rest = url
+            .split_once("://")
+            .map(|(_, r)| r)
+            .ok_or_else(|| bad("no scheme"))?;
+        let rest = rest.trim_end_matches('/');
+        let mut t = Target {
+            servers: Vec::new(),
+            user: None,
+            password: None,
+            token: None,
+            shown: redact(url),
+        };
+        for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let part = part.split_once("://").map_or(part, |(_, r)| r);
+            let host = match part.rsplit_once('@') {
+                Some((auth, host)) => {
+                    match auth.split_once(':') {
+                        Some((u, p)) => {
+                            t.user = Some(percent_decode(u));
+                            t.password = Some(percent_decode(p));
+                        }
+                        None => t.token = Some(percent_decode(auth)),
+                    }
+                    host
+                }
+                None => part,
+            };
+            if host.is_empty() || host.contains(['/', '?', '#']) {
+                return Err(bad("expected host:port[,host:port...]"));
+            }
+            let host = if host.contains(':') {
+                host.to_owned()
+            } else {
+                format!("{host}:4222")
+            };
+            t.servers.push(format!("nats://{host}"));
+        }
+        if t.servers.is_empty() {
+            return Err(bad("no server given (expected e.g. nats://127.0.0.1:4222)"));
+        }
+        Ok(t)
+    }
+}
+
+/// The URL with any password or token replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let parts: Vec<String> = rest
+        .split(',')
+        .map(|p| match p.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((u, _)) => format!("{u}:***@{host}"),
+                None => format!("***@{host}"),
+            },
+            None => p.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{}", parts.join(","))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The NATS headers of a message: the user's headers, then the CloudEvents attributes.
+pub(crate) fn encode_headers(m: &Message, msg_id: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in &m.headers {
+        h.insert(k.as_str(), v.as_str());
+    }
+    h.insert(CE_SPECVERSION, "1.0");
+    h.insert(CE_ID, m.id.as_str());
+    h.insert(CE_TYPE, m.event_type.as_deref().unwrap_or(&m.topic));
+    if let Some(s) = &m.source {
+        h.insert(CE_SOURCE, s.as_str());
+    }
+    if let Some(t) = m.time {
+        h.insert(CE_TIME, format_time(t));
+    }
+    if let Some(k) = &m.key {
+        h.insert(CE_PARTITIONKEY, k.as_str());
+    }
+    if msg_id {
+        h.insert(NATS_MSG_ID, m.id.as_str());
+    }
+    h
+}
+
+/// A message from a NATS message. Events from plain NATS publishers (no `ce-` headers) have an
+/// empty id (or JetStream's `Nats-Msg-Id`), the topic as their type, and `fallback_time`.
+pub(crate) fn decode(
+    topic: &str,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+    fallback_time: SystemTime,
+) -> Message {
+    let mut m = Message::new(topic, payload);
+    let mut msg_id = None;
+    if let Some(h) = headers {
+        for (name, values) in h.iter() {
+            let Some(value) = values.last() else { continue };
+            let value = value.as_str();
+            match name.as_ref() {
+                CE_ID if !value.is_empty() => m.id = EventId::Custom(value.into()),
+                CE_TYPE => {
+                    if value != topic {
+                        m.event_type = Some(value.to_owned());
+                    }
+                }
+                CE_SOURCE => m.source = Some(value.to_owned()),
+                CE_TIME => m.time = parse_time(value),
+                CE_PARTITIONKEY if !value.is_empty() => m.key = Some(value.to_owned()),
+                CE_SPECVERSION | CE_ID | CE_PARTITIONKEY => {}
+                NATS_MSG_ID => msg_id = Some(value.to_owned()),
+                other => {
+                    m.headers.insert(other.to_owned(), value.to_owned());
+                }
+            }
+        }
+    }
+    if m.id == EventId::Unset {
+        if let Some(id) = msg_id {
+            m.id = EventId::Custom(id.into());
+        }
+    }
+    if m.time.is_none() {
+        m.time = Some(fallback_time);
+    }
+    m
+}
+
+/// RFC 3339 in UTC with microseconds: `2024-05-01T12:00:00.123456Z`.
+pub(crate) fn format_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, mo, da) = civil_from_days(days);
+    format!(
+        "{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:06}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        d.subsec_micros()
+    )
+}
+
+/// Parses RFC 3339 (`Z` or a numeric offset, any fraction); `None` when it is not.
+pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut nanos: u64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 9 {
+                nanos = nanos * 10 + u64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        for _ in (i - start).min(9)..9 {
+            nanos *= 10;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' => 0,
+        b'+' | b'-' => {
+            let sign = if b[i] == b'-' { -1 } else { 1 };
+            sign * (num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos as u32))
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Maps a publish error of the client.
+pub(crate) fn publish_error(topic: &str, e: async_nats::PublishError) -> Error {
+    let kind = match e.kind() {
+        async_nats::client::PublishErrorKind::MaxPayloadExceeded => ErrorKind::TooLarge,
+        async_nats::client::PublishErrorKind::BadSubject => ErrorKind::InvalidTopic,
+        _ => ErrorKind::Connection,
+    };
+    Error::new(kind, format!("publish on {topic:?}: {e}"))
+}
+
+/// Stops a subscription's pump task.
+pub(crate) struct StopPump(pub(crate) watch::Sender<bool>);
+
+impl Unsubscribe for StopPump {
+    fn unsubscribe(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// `nats://`.
+pub(crate) struct NatsBackend {
+    conn: Arc<Connection>,
+    close_timeout: Duration,
+}
+
+impl NatsBackend {
+    pub(crate) async fn open(
+        config: &Config,
+        state: &watch::Sender<ConnectionState>,
+    ) -> Result<Self> {
+        Ok(NatsBackend {
+            conn: Arc::new(Connection::open(config, state, "").await?),
+            close_timeout: Config::duration(config.close_timeout_ms),
+        })
+    }
+}
+
+impl Backend for NatsBackend {
+    fn publish(&self, message: Arc<Message>) -> Publishing {
+        let subject = self.conn.subject(&message.topic);
+        let headers = encode_headers(&message, false);
+        let client = self.conn.client.clone();
+        let mut fut = Box::pin(async move {
+            client
+                .publish_with_headers(subject, headers, message.payload.clone())
+                .await
+                .map_err(|e| publish_error(&message.topic, e))
+        });
+        // Written to the client's queue at once in the common case; otherwise it is waited on
+        // (and later publishes queue behind it, keeping the order).
+        match (&mut fut).now_or_never() {
+            Some(r) => Publishing::Done(r),
+            None => Publishing::Pending(fut),
+        }
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        options: &'a SubscribeOptions,
+    ) -> BoxFut<'a, Result<Subscribed>> {
+        Box::pin(async move {
+            if options.start == Start::Earliest {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "NATS core keeps no history: start \"earliest\" is not supported (use \
+                     jetstream://)",
+                ));
+            }
+            let subject = self.conn.subject(pattern.as_str());
+            let client = &self.conn.client;
+            let sub = match &options.group {
+                None => client.subscribe(subject.clone()).await,
+                Some(g) => client.queue_subscribe(subject.clone(), g.clone()).await,
+            }
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("subscribe to {subject:?} on {}: {e}", self.conn.shown_url),
+                )
+            })?;
+            // Make sure the server knows the subscription before events are published.
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+            let (tx, rx) = flume::bounded(options.queue_size as usize);
+            let (stop_tx, mut stop) = watch::channel(false);
+            let conn = self.conn.clone();
+            tokio::spawn(async move {
+                let mut sub = sub;
+                let forward = |msg: async_nats::Message| {
+                    let m = decode(
+                        conn.topic(msg.subject.as_str()),
+                        msg.headers.as_ref(),
+                        msg.payload,
+                        SystemTime::now(),
+                    );
+                    Delivery {
+                        event: Event::new(Arc::new(m), 1),
+                        acker: None,
+                    }
+                };
+                loop {
+                    let msg = tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|s| *s) => break,
+                        m = sub.next() => m,
+                    };
+                    let Some(msg) = msg else { return };
+                    tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|s| *s) => break,
+                        r = tx.send_async(forward(msg)) => if r.is_err() { return },
+                    }
+                }
+                // Stopped: unsubscribe with a round trip, so events the server routed to this
+                // subscription before (among them everything this connection published before
+                // the stop) are still handed over; then the source drains and ends.
+                let drained = async {
+                    if sub.drain().await.is_err() {
+                        return;
+                    }
+                    while let Some(msg) = sub.next().await {
+                        if tx.send_async(forward(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(DRAIN_LIMIT, drained).await;
+            });
+            Ok((
+                Box::new(ChannelSource::new(rx)) as Box<dyn Source>,
+                Box::new(StopPump(stop_tx)) as Box<dyn Unsubscribe>,
+            ))
+        })
+    }
+
+    fn close(&self) -> BoxFut<'_, Result<()>> {
+        Box::pin(
+            self.conn
+                .close(self.close_timeout.min(Duration::from_secs(5))),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_round_trips() {
+        let t = UNIX_EPOCH + Duration::new(1_714_564_800, 123_456_000);
+        let s = format_time(t);
+        assert_eq!(s, "2024-05-01T12:00:00.123456Z");
+        assert_eq!(parse_time(&s), Some(t));
+        assert_eq!(
+            parse_time("2024-05-01T14:00:00+02:00"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_714_564_800))
+        );
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn url_credentials_are_parsed_and_hidden() {
+        let t = Target::parse("nats://svc:p%40ss@127.0.0.1:4222,other").unwrap();
+        assert_eq!(t.servers, ["nats://127.0.0.1:4222", "nats://other:4222"]);
+        assert_eq!(t.user.as_deref(), Some("svc"));
+        assert_eq!(t.password.as_deref(), Some("p@ss"));
+        assert_eq!(t.shown, "nats://svc:***@127.0.0.1:4222,other");
+        let t = Target::parse("jetstream://tok@h:1").unwrap();
+        assert_eq!(t.token.as_deref(), Some("tok"));
+        assert!(Target::parse("nats://").is_err());
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let mut m = Message::new("orders.created", "x")
+            .key("k")
+            .header("tenant", "acme")
+            .id("evt-1")
+            .event_type("order.created");
+        m.prepare(Some("svc"), 100).unwrap();
+        let h = encode_headers(&m, true);
+        assert_eq!(h.get(CE_SPECVERSION).map(|v| v.as_str()), Some("1.0"));
+        let back = decode("orders.created", Some(&h), m.payload.clone(), UNIX_EPOCH);
+        assert_eq!(back.id.as_str(), "evt-1");
+        assert_eq!(back.key.as_deref(), Some("k"));
+        assert_eq!(back.event_type.as_deref(), Some("order.created"));
+        assert_eq!(back.source.as_deref(), Some("svc"));
+        assert_eq!(back.headers.len(), 1);
+        assert_eq!(back.headers["tenant"], "acme");
+        assert_eq!(
+            back.time.map(format_time),
+            m.time.map(format_time),
+            "time keeps microseconds"
+        );
+    }
+}
