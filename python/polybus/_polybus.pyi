@@ -1,6 +1,7 @@
 """The native module of polybus (type stubs; the public names are re-exported by ``polybus``)."""
 
 import asyncio
+import datetime
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar, final
 
@@ -90,6 +91,7 @@ class Bus:
         headers: Mapping[str, str] | None = None,
         id: str | None = None,
         type: str | None = None,
+        time: datetime.datetime | float | None = None,
     ) -> None:
         """Publishes one event and returns once the backend has accepted it.
 
@@ -106,14 +108,18 @@ class Bus:
             headers: Header names to values.
             id: The event id (default: a new UUIDv7).
             type: The event type (default: the topic).
+            time: The event time (default: now): a ``datetime`` (a naive one is taken as
+                UTC), or seconds since the Unix epoch as :attr:`Event.time` gives them. It
+                reaches handlers exactly, to the microsecond.
 
         Raises:
             ClosedError: The bus is closed.
             InvalidTopicError: The topic is not valid.
             TooLargeError: The payload exceeds ``max_payload``.
-            InvalidArgumentError: A header or the key is not valid.
+            InvalidArgumentError: A header or the key is not valid, or ``time`` is before 1970.
             PayloadError: The payload cannot be encoded as JSON.
             PolybusTimeoutError: Not accepted within ``publish_timeout_ms``.
+            TypeError: ``time`` is neither a ``datetime`` nor a number.
 
         Examples:
             >>> with connect("memory://") as bus:
@@ -129,6 +135,7 @@ class Bus:
         headers: Mapping[str, str] | None = None,
         id: str | None = None,
         type: str | None = None,
+        time: datetime.datetime | float | None = None,
     ) -> _PendingPublish | None:
         """Starts a publish without waiting (internal: the asyncio front end's fast path).
 
@@ -144,14 +151,15 @@ class Bus:
 
         Args:
             events: ``(topic, payload)`` pairs, or dicts with ``topic``, ``payload`` and
-                optionally ``key``, ``headers``, ``id`` and ``type``.
+                optionally ``key``, ``headers``, ``id``, ``type`` and ``time``, as
+                :meth:`publish` takes them.
 
         Returns:
             How many events were published.
 
         Raises:
             PolybusError: As :meth:`publish`; the message names the failed event's index.
-            TypeError: An item is neither a pair nor a dict.
+            TypeError: An item is neither a pair nor a dict, or a field has the wrong type.
 
         Examples:
             >>> with connect("memory://") as bus:
@@ -354,7 +362,8 @@ class Event:
 
     @property
     def time(self) -> float:
-        """When it was published, in seconds since the Unix epoch (as ``time.time()``)."""
+        """When it was published (or the time its publisher set), in seconds since the Unix
+        epoch (as ``time.time()``)."""
 
     @property
     def attempt(self) -> int:

@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 from collections.abc import Awaitable, Iterable, Mapping
 from types import TracebackType
@@ -113,6 +114,7 @@ class Bus:
         headers: Mapping[str, str] | None = None,
         id: str | None = None,
         type: str | None = None,
+        time: datetime.datetime | float | None = None,
     ) -> None:
         """Publishes one event; waits off the loop only when the backend makes it wait.
 
@@ -123,16 +125,20 @@ class Bus:
             headers: Header names to values.
             id: The event id (default: a new UUIDv7).
             type: The event type (default: the topic).
+            time: The event time (default: now): a ``datetime`` (a naive one is taken as
+                UTC) or seconds since the Unix epoch.
 
         Raises:
             ClosedError: The bus is closed.
             InvalidTopicError: The topic is not valid.
             TooLargeError: The payload exceeds ``max_payload``.
+            InvalidArgumentError: A header or the key is not valid, or ``time`` is before 1970.
             PayloadError: The payload cannot be encoded as JSON.
             PolybusTimeoutError: The backend did not accept it within ``publish_timeout_ms``.
+            TypeError: ``time`` is neither a ``datetime`` nor a number.
         """
         pending = self._native._publish_nowait(
-            topic, payload, key=key, headers=headers, id=id, type=type
+            topic, payload, key=key, headers=headers, id=id, type=type, time=time
         )
         if pending is not None:
             await asyncio.to_thread(pending.wait)

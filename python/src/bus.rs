@@ -155,7 +155,7 @@ impl Bus {
 #[pymethods]
 impl Bus {
     /// Publishes one event and returns once the backend has accepted it.
-    #[pyo3(signature = (topic, payload, *, key=None, headers=None, id=None, r#type=None))]
+    #[pyo3(signature = (topic, payload, *, key=None, headers=None, id=None, r#type=None, time=None))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
@@ -166,6 +166,7 @@ impl Bus {
         headers: Option<Headers>,
         id: Option<String>,
         r#type: Option<String>,
+        time: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         self.check_open(py)?;
         let meta = Meta {
@@ -173,6 +174,7 @@ impl Bus {
             headers,
             id,
             event_type: r#type,
+            time: time.as_ref().map(message::event_time).transpose()?,
         };
         match self
             .inner
@@ -186,7 +188,7 @@ impl Bus {
 
     /// Starts a publish without waiting: None when the backend accepted it, else a pending
     /// publish to wait on (the asyncio front end waits on it off the event loop).
-    #[pyo3(signature = (topic, payload, *, key=None, headers=None, id=None, r#type=None))]
+    #[pyo3(signature = (topic, payload, *, key=None, headers=None, id=None, r#type=None, time=None))]
     #[allow(clippy::too_many_arguments)]
     fn _publish_nowait(
         &self,
@@ -197,6 +199,7 @@ impl Bus {
         headers: Option<Headers>,
         id: Option<String>,
         r#type: Option<String>,
+        time: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Option<PendingPublish>> {
         self.check_open(py)?;
         let meta = Meta {
@@ -204,6 +207,7 @@ impl Bus {
             headers,
             id,
             event_type: r#type,
+            time: time.as_ref().map(message::event_time).transpose()?,
         };
         let pending = self
             .inner

@@ -1,12 +1,17 @@
 //! Building core messages from what Python callers pass to `publish` and `publish_many`.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use polybus::{ErrorKind, Headers, Message};
 use pyo3::{
+    exceptions::PyTypeError,
     intern,
     prelude::*,
     sync::PyOnceLock,
-    types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple},
+    types::{
+        PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyMemoryView, PyString, PyTuple,
+    },
 };
 
 use crate::error::new_error;
@@ -21,6 +26,7 @@ pub(crate) struct Meta {
     pub(crate) headers: Option<Headers>,
     pub(crate) id: Option<String>,
     pub(crate) event_type: Option<String>,
+    pub(crate) time: Option<SystemTime>,
 }
 
 /// Builds a message: bytes, bytearray and memoryview payloads are sent as they are, `str` as
@@ -43,11 +49,77 @@ pub(crate) fn build(topic: String, payload: &Bound<'_, PyAny>, meta: Meta) -> Py
     if let Some(t) = meta.event_type {
         message = message.event_type(t);
     }
+    if let Some(time) = meta.time {
+        message = message.time(time);
+    }
     Ok(message)
 }
 
+/// The event time a publisher set: a `datetime.datetime` (a naive one is taken as UTC) or
+/// seconds since the Unix epoch as a float or int, the unit of `Event.time`. Datetimes keep
+/// their microseconds exactly.
+///
+/// Raises `TypeError` for any other type and `InvalidArgumentError` for a time before 1970
+/// (or a float that is not finite).
+pub(crate) fn event_time(value: &Bound<'_, PyAny>) -> PyResult<SystemTime> {
+    static DATETIME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static TIMEZONE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static TIMEGM: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = value.py();
+    let before_1970 = || {
+        new_error(
+            py,
+            ErrorKind::InvalidArgument,
+            format!("time {value} is before 1970"),
+        )
+    };
+    if value.is_instance(DATETIME.import(py, "datetime", "datetime")?)? {
+        let utc = if value.call_method0(intern!(py, "utcoffset"))?.is_none() {
+            value.clone()
+        } else {
+            let utc = TIMEZONE
+                .import(py, "datetime", "timezone")?
+                .getattr(intern!(py, "utc"))?;
+            value.call_method1(intern!(py, "astimezone"), (utc,))?
+        };
+        // Whole seconds and microseconds as integers, so no float rounds them.
+        let fields = utc.call_method0(intern!(py, "timetuple"))?;
+        let seconds: i64 = TIMEGM
+            .import(py, "calendar", "timegm")?
+            .call1((fields,))?
+            .extract()?;
+        let micros: u64 = utc.getattr(intern!(py, "microsecond"))?.extract()?;
+        let seconds = u64::try_from(seconds).map_err(|_| before_1970())?;
+        return Ok(UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_micros(micros));
+    }
+    if value.is_instance_of::<PyBool>()
+        || !(value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyInt>())
+    {
+        return Err(PyTypeError::new_err(format!(
+            "time must be a datetime or seconds since the Unix epoch (float), not {}",
+            value.get_type().name()?
+        )));
+    }
+    let seconds: f64 = value.extract()?;
+    if seconds.is_nan() {
+        return Err(new_error(py, ErrorKind::InvalidArgument, "time is NaN"));
+    }
+    if seconds < 0.0 {
+        return Err(before_1970());
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map(|d| UNIX_EPOCH + d)
+        .map_err(|_| {
+            new_error(
+                py,
+                ErrorKind::InvalidArgument,
+                format!("time {value} is out of range"),
+            )
+        })
+}
+
 /// Builds a message from one item of `publish_many`: a `(topic, payload)` pair or a dict with
-/// `topic`, `payload` and optionally `key`, `headers`, `id` and `type`.
+/// `topic`, `payload` and optionally `key`, `headers`, `id`, `type` and `time`.
 pub(crate) fn from_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<Message> {
     let py = item.py();
     if let Ok(pair) = item.cast::<PyTuple>() {
@@ -71,11 +143,16 @@ pub(crate) fn from_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<Message> {
             Some(h) if !h.is_none() => Some(h.extract()?),
             _ => None,
         };
+        let time = match get(intern!(py, "time"))? {
+            Some(t) if !t.is_none() => Some(event_time(&t)?),
+            _ => None,
+        };
         let meta = Meta {
             key: opt(intern!(py, "key"))?,
             headers,
             id: opt(intern!(py, "id"))?,
             event_type: opt(intern!(py, "type"))?,
+            time,
         };
         return build(topic, &payload, meta);
     }

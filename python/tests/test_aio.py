@@ -104,3 +104,23 @@ def test_a_failing_coroutine_is_retried_and_closing_inside_does_not_deadlock() -
         assert bus.stats()["failed"] == 1
 
     run(main())
+
+
+def test_publish_sets_the_event_time() -> None:
+    async def main() -> None:
+        got: list[polybus.Event] = []
+        done = asyncio.Event()
+        async with await polybus.aio.connect("memory://") as bus:
+
+            async def handler(event: polybus.Event) -> None:
+                got.append(event)
+                done.set()
+
+            await bus.subscribe("t", handler)
+            await bus.publish("t", b"x", time=1_234_567_890.5)
+            await done.wait()
+            with pytest.raises(polybus.InvalidArgumentError):
+                await bus.publish("t", b"x", time=-1.0)
+        assert got[0].time == 1_234_567_890.5
+
+    run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import logging
 import os
@@ -364,3 +365,43 @@ def test_handlers_and_subscriptions_are_freed_after_close() -> None:
     gc.collect()
     assert [r for r in refs if r() is not None] == []
     assert [t for t in threading.enumerate() if t.name.startswith("polybus")] == []
+
+
+def test_publisher_set_time_round_trips(bus: polybus.Bus, collector: Collector) -> None:
+    utc = datetime.timezone.utc
+    aware = datetime.datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=utc)
+    paris = aware.astimezone(datetime.timezone(datetime.timedelta(hours=1)))
+    naive = datetime.datetime(2001, 9, 9, 1, 46, 40, 999999)
+    seconds = 1_700_000_000.654321
+    bus.subscribe("t", collector)
+    bus.publish("t", b"aware", time=aware)
+    bus.publish("t", b"offset", time=paris)
+    bus.publish("t", b"naive", time=naive)
+    bus.publish("t", b"float", time=seconds)
+    bus.publish("t", b"int", time=0)
+    assert bus.publish_many([{"topic": "t", "payload": b"many", "time": aware}]) == 1
+    events = collector.wait(6)
+    as_datetime = [datetime.datetime.fromtimestamp(e.time, utc) for e in events]
+    assert as_datetime[:3] == [aware, aware, naive.replace(tzinfo=utc)]
+    assert [e.time for e in events[3:5]] == [seconds, 0.0]
+    assert as_datetime[5] == aware
+
+
+@pytest.mark.parametrize(
+    ("time", "error"),
+    [
+        (-0.5, polybus.InvalidArgumentError),
+        (datetime.datetime(1969, 12, 31, 23, 59, 59), polybus.InvalidArgumentError),
+        (float("nan"), polybus.InvalidArgumentError),
+        ("2024-01-01T00:00:00Z", TypeError),
+        (True, TypeError),
+        (datetime.date(2024, 1, 1), TypeError),
+    ],
+    ids=repr,
+)
+def test_a_bad_time_is_a_clear_error(bus: polybus.Bus, time: object, error: type) -> None:
+    with pytest.raises(error, match="time"):
+        bus.publish("t", b"x", time=time)  # type: ignore[arg-type]
+    with pytest.raises(error, match="time"):
+        bus.publish_many([{"topic": "t", "payload": b"x", "time": time}])
+    assert bus.stats()["published"] == 0
