@@ -71,6 +71,11 @@ export interface PublishOptions {
   id?: string
   /** The event type (default: the topic). */
   type?: string
+  /**
+   * The event time (default: now): a `Date` or a number of milliseconds since the Unix epoch
+   * (as `Date.now()`). Handlers read it back as the same `Date`, to the millisecond.
+   */
+  time?: Date | number
 }
 
 /** One event of {@link Bus.publishMany}. */
@@ -118,7 +123,7 @@ export declare class Event {
   readonly type: string
   /** The publishing service's name (its bus `name`), or `null`. */
   readonly source: string | null
-  /** When it was published. */
+  /** When it was published, or the time its publisher set. */
   readonly time: Date
   /** The delivery attempt: 1 on first delivery, 2 on the first retry, and so on. */
   readonly attempt: number
@@ -183,12 +188,14 @@ export declare class Bus {
    * are accepted in call order.
    * @throws {PolybusError} `POLYBUS_ERR_CLOSED` after `close`, `POLYBUS_ERR_INVALID_TOPIC`,
    * `POLYBUS_ERR_TOO_LARGE` (over `maxPayload`), `POLYBUS_ERR_PAYLOAD` (a value JSON cannot
-   * encode: a function, a BigInt), `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header, key or
-   * argument type), `POLYBUS_ERR_TIMEOUT` (not accepted within `publishTimeoutMs`).
+   * encode: a function, a BigInt), `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header, key,
+   * argument type, or a time before 1970 or not a valid date), `POLYBUS_ERR_TIMEOUT` (not
+   * accepted within `publishTimeoutMs`).
    */
   publish(topic: string, payload: Payload, options?: PublishOptions): Promise<void>
   /**
-   * Publishes many events in order and resolves once all are accepted: the pipelined path.
+   * Publishes many events in order and resolves once all are accepted: the fast path, which
+   * crosses into the native module once per chunk of events rather than once per event.
    * Stops at the first error; the events before it were published.
    * @throws {PolybusError} As {@link Bus.publish}; the message names the failed event's index.
    */

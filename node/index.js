@@ -8,6 +8,7 @@ const { inspect } = require('node:util')
 const native = require('./native.js')
 
 const RESOLVED = Promise.resolve()
+const noop = () => {}
 
 /** An `Error` whose `code` is the C name of a polybus status. */
 function polybusError(code, message, cause) {
@@ -131,10 +132,34 @@ async function handleBatch(batch, handler) {
   batch.complete(n)
 }
 
+/** How many events `publishMany` hands to the native module in one call. */
+const PUBLISH_CHUNK = 1024
+
+/** Milliseconds since the Unix epoch of a publish option `time`: a `Date` or a number of ms. */
+function timeMs(time) {
+  if (time === undefined || time === null) return undefined
+  if (time instanceof Date) return time.getTime()
+  if (typeof time === 'number') return time
+  throw polybusError(
+    'POLYBUS_ERR_INVALID_ARGUMENT',
+    `time must be a Date or a number of milliseconds since the epoch, got ${inspect(time)}`,
+  )
+}
+
+/** Whether `options` (publish options, or a message of `publishMany`) sets any option. */
+function hasOptions(options) {
+  return options.key !== undefined || options.headers !== undefined || options.id !== undefined ||
+    options.type !== undefined || options.time !== undefined
+}
+
 /** A connection to an event bus; see index.d.ts. */
 class Bus {
   #native
-  /** The last publish the backend has not accepted yet; later ones wait behind it. */
+  /**
+   * The last publish the backend has not accepted yet. Later publishes wait behind it here
+   * rather than in the core: waiting in the core costs one cross-thread promise per publish,
+   * here one per wait.
+   */
   #tail = null
 
   constructor(nativeBus) {
@@ -145,17 +170,31 @@ class Bus {
     try {
       const data = encodePayload(payload)
       const json = data !== payload && typeof data === 'string'
-      const send = () =>
-        this.#native.publish(topic, data, json, options?.key, options?.headers, options?.id, options?.type)
-      if (this.#tail !== null) return this.#follow(this.#tail.then(send, send))
-      const pending = send()
+      if (this.#tail !== null) {
+        const send = () => this.#send(topic, data, json, options)
+        return this.#follow(this.#tail.then(send, send))
+      }
+      const pending = this.#send(topic, data, json, options)
       return pending === null ? RESOLVED : this.#follow(pending)
     } catch (err) {
       return Promise.reject(argumentError(err))
     }
   }
 
-  /** Keeps publishes in call order while one waits for the backend. */
+  /** One native publish: the lean call for bytes or text without options, else the full one. */
+  #send(topic, data, json, options) {
+    try {
+      if (!json && (options === undefined || options === null || !hasOptions(options))) {
+        return this.#native.publish(topic, data)
+      }
+      return this.#native.publishWith(topic, data, json, options?.key, options?.headers, options?.id,
+        options?.type, timeMs(options?.time))
+    } catch (err) {
+      throw argumentError(err)
+    }
+  }
+
+  /** Keeps later publishes behind `pending` until the backend accepted it. */
   #follow(pending) {
     this.#tail = pending
     const clear = () => {
@@ -166,20 +205,50 @@ class Bus {
   }
 
   async publishMany(messages) {
-    let i = 0
+    const chunk = { topics: [], payloads: [], json: null, metas: null, first: 0 }
+    let topic
+    // Converts up to PUBLISH_CHUNK messages, then publishes them with one native call (more
+    // only when the backend makes one wait). A message that cannot be converted fails the
+    // batch once the messages before it are published.
     for (const m of messages) {
+      const i = chunk.topics.length
       try {
-        if (m === null || typeof m !== 'object') {
-          throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `expected {topic, payload}, got ${inspect(m)}`)
+        if (m === null || typeof m !== 'object' || typeof m.topic !== 'string') {
+          throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `expected {topic: string, payload}, got ${inspect(m)}`)
         }
-        const accepted = this.publish(m.topic, m.payload, m)
-        if (accepted !== RESOLVED) await accepted
+        const data = encodePayload(m.payload)
+        if (data !== m.payload && typeof data === 'string') (chunk.json ??= new Uint8Array(PUBLISH_CHUNK))[i] = 1
+        if (hasOptions(m)) {
+          const { key, headers, id, type } = m
+          ;(chunk.metas ??= [])[i] = { key, headers, id, type, time: timeMs(m.time) }
+        }
+        // A topic repeated from the message before is passed as undefined: converted once.
+        chunk.topics.push(m.topic === topic ? undefined : (topic = m.topic))
+        chunk.payloads.push(data)
       } catch (err) {
-        err.message = `event ${i} of the batch: ${err.message}`
+        await this.#publishChunk(chunk)
+        err.message = `event ${chunk.first + i} of the batch: ${err.message}`
         throw err
       }
-      i++
+      if (chunk.topics.length === PUBLISH_CHUNK) {
+        await this.#publishChunk(chunk)
+        chunk.first += PUBLISH_CHUNK
+        chunk.topics.length = 0
+        chunk.payloads.length = 0
+        chunk.json = null
+        chunk.metas = null
+        topic = undefined
+      }
     }
+    await this.#publishChunk(chunk)
+  }
+
+  /** Publishes one chunk of `publishMany`, behind the publishes made before. */
+  async #publishChunk({ topics, payloads, json, metas, first }) {
+    if (topics.length === 0) return
+    while (this.#tail !== null) await this.#tail.then(noop, noop)
+    let next = this.#native.publishMany(topics, payloads, json, metas, first, 0)
+    while (next !== null) next = this.#native.publishMany(topics, payloads, json, metas, first, await next)
   }
 
   async subscribe(pattern, handler, options = {}) {

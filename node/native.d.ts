@@ -12,17 +12,35 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** A connection to an event bus, made by `connect`. */
 export declare class Bus {
   /**
-   * Starts publishing one event. Returns `null` when the backend accepted it at once, or a
-   * promise settled once it is accepted (a subscriber's queue is full, a broker has not
-   * acknowledged yet).
+   * Starts publishing one event of bytes or text without options: the common case, kept to
+   * the fewest arguments. Returns `null` when the backend accepted it at once, or a promise
+   * settled once it is accepted (a subscriber's queue is full, a broker has not acknowledged
+   * yet). Publishes are accepted in call order, whether or not the promises are awaited.
    *
-   * `payload` is bytes or text; `json` marks text that is JSON (adds the
-   * `content-type: application/json` header, as the core's `Message::json` does).
-   *
-   * Throws `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_TOPIC`, `POLYBUS_ERR_TOO_LARGE`,
-   * `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header or key).
+   * Throws `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_TOPIC`, `POLYBUS_ERR_TOO_LARGE`.
    */
-  publish(topic: string, payload: Uint8Array | string, json: boolean, key?: string | undefined | null, headers?: Record<string, string> | undefined | null, id?: string | undefined | null, eventType?: string | undefined | null): Promise<void> | null
+  publish(topic: string, payload: Uint8Array | string): Promise<void> | null
+  /**
+   * `publish` with a JSON flag and options, each passed as its own argument (cheaper to
+   * convert than an object): `json` marks a payload that is JSON text, `time` is in
+   * milliseconds since the Unix epoch (a fraction keeps sub-millisecond precision).
+   *
+   * Throws as `publish` does, and `POLYBUS_ERR_INVALID_ARGUMENT` for a bad header, key or
+   * time.
+   */
+  publishWith(topic: string, payload: Uint8Array | string, json: boolean, key?: string | undefined | null, headers?: Record<string, string> | undefined | null, id?: string | undefined | null, eventType?: string | undefined | null, time?: number | undefined | null): Promise<void> | null
+  /**
+   * Publishes events `from`, `from + 1`, ... of the parallel arrays `topics` (`undefined`
+   * repeats the topic of the event before, converted once), `payloads` (bytes or text),
+   * `json` (1 for a payload that is JSON text; `null` for none) and `metas` (a
+   * `PublishMeta` or `undefined` per event; `null` for none) in order, in one call, until the backend makes one wait. Returns `null` when all were
+   * accepted, else a promise of the index to continue from once that one is accepted.
+   *
+   * Throws, or rejects, as `publish` does; the message names the event's index in the
+   * batch, `first` being the index of the arrays' first event. The events before it were
+   * published.
+   */
+  publishMany(topics: Array<string | undefined>, payloads: Array<Uint8Array | string>, json: Uint8Array | undefined | null, metas: Array<PublishMeta | undefined> | null, first: number, from: number): Promise<number> | null
   /**
    * Subscribes to `pattern` with `options` in the core's JSON form
    * (`{"group": ..., "concurrency": ..., "max_attempts": ...}`).
@@ -71,7 +89,10 @@ export declare class EventBatch {
   type(index: number): string
   /** The publishing service's name for event `index`, or `null`. */
   source(index: number): string | null
-  /** When event `index` was published, in milliseconds since the Unix epoch. */
+  /**
+   * When event `index` was published (or the time its publisher set), in milliseconds since
+   * the Unix epoch. Whole milliseconds are exact, so a publisher's `Date` reads back equal.
+   */
   time(index: number): number
   /** The delivery attempt of event `index`: 1 on first delivery. */
   attempt(index: number): number
@@ -101,6 +122,23 @@ export declare class Subscription {
  * `POLYBUS_ERR_TIMEOUT` or `POLYBUS_ERR_CONNECTION` when the backend cannot be reached.
  */
 export declare function connect(config: string): Promise<Bus>
+
+/** The options of an event of `publishMany`, as `index.js` passes them. */
+export interface PublishMeta {
+  /** The ordering key. */
+  key?: string
+  /** Header names to values. */
+  headers?: Record<string, string>
+  /** The event id (default: a new UUIDv7). */
+  id?: string
+  /** The event type (default: the topic). */
+  type?: string
+  /**
+   * The event time in milliseconds since the Unix epoch (default: now); a fraction keeps
+   * sub-millisecond precision.
+   */
+  time?: number
+}
 
 /** A bus's counters, cumulative since it was opened. */
 export interface Stats {

@@ -1,13 +1,16 @@
 //! The bus: publish, subscribe, close, stats.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use napi::{
-    bindgen_prelude::{Either, Object},
+    bindgen_prelude::{Array, Either, FromNapiValue, Object, Uint8ArraySlice},
     Env,
 };
 use napi_derive::napi;
-use polybus::{Message, SubscribeOptions};
+use polybus::{ErrorKind, Message, SubscribeOptions};
 
 use crate::{
     error,
@@ -39,56 +42,111 @@ pub struct Stats {
     pub dropped: i64,
 }
 
+/// The options of an event of `publishMany`, as `index.js` passes them.
+#[napi(object)]
+pub struct PublishMeta {
+    /// The ordering key.
+    pub key: Option<String>,
+    /// Header names to values.
+    pub headers: Option<HashMap<String, String>>,
+    /// The event id (default: a new UUIDv7).
+    pub id: Option<String>,
+    /// The event type (default: the topic).
+    #[napi(js_name = "type")]
+    pub event_type: Option<String>,
+    /// The event time in milliseconds since the Unix epoch (default: now); a fraction keeps
+    /// sub-millisecond precision.
+    pub time: Option<f64>,
+}
+
+/// A payload as `index.js` passes it: bytes or text.
+type Payload<'a> = Either<&'a [u8], String>;
+
+/// The largest time a JavaScript `Date` holds, in milliseconds since the Unix epoch.
+const MAX_DATE_MS: f64 = 8.64e15;
+
+/// Builds the core message for `topic` and `payload`; `json` marks a payload that is JSON text
+/// (adds the `content-type: application/json` header, as the core's `Message::json` does).
+fn message(
+    topic: String,
+    payload: Payload<'_>,
+    json: bool,
+    meta: Option<PublishMeta>,
+) -> error::Result<Message> {
+    let payload = match payload {
+        Either::A(bytes) => bytes.to_vec(),
+        Either::B(text) => text.into_bytes(),
+    };
+    let mut message = Message::new(topic, payload);
+    if json {
+        message = message.header("content-type", "application/json");
+    }
+    let Some(meta) = meta else {
+        return Ok(message);
+    };
+    for (name, value) in meta.headers.into_iter().flatten() {
+        message = message.header(name, value);
+    }
+    if let Some(key) = meta.key {
+        message = message.key(key);
+    }
+    if let Some(id) = meta.id {
+        message = message.id(id);
+    }
+    if let Some(t) = meta.event_type {
+        message = message.event_type(t);
+    }
+    if let Some(ms) = meta.time {
+        message = message.time(time_from_ms(ms)?);
+    }
+    Ok(message)
+}
+
+/// Milliseconds since the Unix epoch as a time. Whole milliseconds convert exactly (the
+/// fraction, if any, is kept to the nanosecond), so an event's time reads back as the same
+/// `Date`.
+fn time_from_ms(ms: f64) -> error::Result<SystemTime> {
+    if ms < 0.0 {
+        return Err(error::new(
+            ErrorKind::InvalidArgument,
+            format!("time {ms} ms is before 1970"),
+        ));
+    }
+    if ms.is_nan() || ms > MAX_DATE_MS {
+        return Err(error::new(
+            ErrorKind::InvalidArgument,
+            format!("time {ms} ms is not a valid date"),
+        ));
+    }
+    let whole = ms.trunc();
+    let nanos = ((ms - whole) * 1e6).round() as u64;
+    Ok(UNIX_EPOCH + Duration::from_millis(whole as u64) + Duration::from_nanos(nanos))
+}
+
+/// Prefixes an error with the index of the event of `publishMany` it is about.
+fn in_batch(index: u32, e: polybus::Error) -> polybus::Error {
+    polybus::Error::new(
+        e.kind(),
+        format!("event {index} of the batch: {}", e.message()),
+    )
+}
+
+/// Element `index` of `array`, which the caller knows exists.
+fn element<T: FromNapiValue>(array: &Array<'_>, index: u32) -> error::Result<T> {
+    array
+        .get(index)
+        .map_err(error::from_napi)?
+        .ok_or_else(|| error::new(ErrorKind::InvalidArgument, "the arrays differ in length"))
+}
+
 impl Bus {
     pub(crate) fn new(inner: polybus::Bus) -> Self {
         Bus { inner }
     }
-}
 
-#[napi]
-impl Bus {
-    /// Starts publishing one event. Returns `null` when the backend accepted it at once, or a
-    /// promise settled once it is accepted (a subscriber's queue is full, a broker has not
-    /// acknowledged yet).
-    ///
-    /// `payload` is bytes or text; `json` marks text that is JSON (adds the
-    /// `content-type: application/json` header, as the core's `Message::json` does).
-    ///
-    /// Throws `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_TOPIC`, `POLYBUS_ERR_TOO_LARGE`,
-    /// `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header or key).
-    #[allow(clippy::too_many_arguments)]
-    #[napi(catch_unwind, ts_return_type = "Promise<void> | null")]
-    pub fn publish<'env>(
-        &self,
-        env: &'env Env,
-        topic: String,
-        payload: Either<&[u8], String>,
-        json: bool,
-        key: Option<String>,
-        headers: Option<HashMap<String, String>>,
-        id: Option<String>,
-        event_type: Option<String>,
-    ) -> error::Result<Option<Object<'env>>> {
-        let payload = match payload {
-            Either::A(bytes) => bytes.to_vec(),
-            Either::B(text) => text.into_bytes(),
-        };
-        let mut message = Message::new(topic, payload);
-        if json {
-            message = message.header("content-type", "application/json");
-        }
-        for (name, value) in headers.into_iter().flatten() {
-            message = message.header(name, value);
-        }
-        if let Some(key) = key {
-            message = message.key(key);
-        }
-        if let Some(id) = id {
-            message = message.id(id);
-        }
-        if let Some(t) = event_type {
-            message = message.event_type(t);
-        }
+    /// Hands `message` to the core: `None` when the backend accepted it at once, else a
+    /// promise settled once it is accepted.
+    fn start<'env>(&self, env: &'env Env, message: Message) -> error::Result<Option<Object<'env>>> {
         match self
             .inner
             .publish_nowait(message)
@@ -97,6 +155,124 @@ impl Bus {
             None => Ok(None),
             Some(pending) => crate::promise(env, pending.wait()).map(Some),
         }
+    }
+}
+
+#[napi]
+impl Bus {
+    /// Starts publishing one event of bytes or text without options: the common case, kept to
+    /// the fewest arguments. Returns `null` when the backend accepted it at once, or a promise
+    /// settled once it is accepted (a subscriber's queue is full, a broker has not acknowledged
+    /// yet). Publishes are accepted in call order, whether or not the promises are awaited.
+    ///
+    /// Throws `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_TOPIC`, `POLYBUS_ERR_TOO_LARGE`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void> | null")]
+    pub fn publish<'env>(
+        &self,
+        env: &'env Env,
+        topic: String,
+        #[napi(ts_arg_type = "Uint8Array | string")] payload: Payload<'_>,
+    ) -> error::Result<Option<Object<'env>>> {
+        self.start(env, message(topic, payload, false, None)?)
+    }
+
+    /// `publish` with a JSON flag and options, each passed as its own argument (cheaper to
+    /// convert than an object): `json` marks a payload that is JSON text, `time` is in
+    /// milliseconds since the Unix epoch (a fraction keeps sub-millisecond precision).
+    ///
+    /// Throws as `publish` does, and `POLYBUS_ERR_INVALID_ARGUMENT` for a bad header, key or
+    /// time.
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind, ts_return_type = "Promise<void> | null")]
+    pub fn publish_with<'env>(
+        &self,
+        env: &'env Env,
+        topic: String,
+        #[napi(ts_arg_type = "Uint8Array | string")] payload: Payload<'_>,
+        json: bool,
+        key: Option<String>,
+        headers: Option<HashMap<String, String>>,
+        id: Option<String>,
+        event_type: Option<String>,
+        time: Option<f64>,
+    ) -> error::Result<Option<Object<'env>>> {
+        let meta = PublishMeta {
+            key,
+            headers,
+            id,
+            event_type,
+            time,
+        };
+        self.start(env, message(topic, payload, json, Some(meta))?)
+    }
+
+    /// Publishes events `from`, `from + 1`, ... of the parallel arrays `topics` (`undefined`
+    /// repeats the topic of the event before, converted once), `payloads` (bytes or text),
+    /// `json` (1 for a payload that is JSON text; `null` for none) and `metas` (a
+    /// `PublishMeta` or `undefined` per event; `null` for none) in order, in one call, until the backend makes one wait. Returns `null` when all were
+    /// accepted, else a promise of the index to continue from once that one is accepted.
+    ///
+    /// Throws, or rejects, as `publish` does; the message names the event's index in the
+    /// batch, `first` being the index of the arrays' first event. The events before it were
+    /// published.
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind, ts_return_type = "Promise<number> | null")]
+    pub fn publish_many<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "Array<string | undefined>")] topics: Array<'env>,
+        #[napi(ts_arg_type = "Array<Uint8Array | string>")] payloads: Array<'env>,
+        json: Option<Uint8ArraySlice<'env>>,
+        #[napi(ts_arg_type = "Array<PublishMeta | undefined> | null")] metas: Option<Array<'env>>,
+        first: u32,
+        from: u32,
+    ) -> error::Result<Option<Object<'env>>> {
+        // The topic events repeat; when resuming, the one last set before `from`.
+        let mut topic = String::new();
+        for j in (0..from).rev() {
+            if let Some(t) = element::<Option<String>>(&topics, j)? {
+                topic = t;
+                break;
+            }
+        }
+        let mut read = |i: u32| -> error::Result<Message> {
+            if let Some(t) = element::<Option<String>>(&topics, i)? {
+                topic = t;
+            }
+            let json = json
+                .as_ref()
+                .is_some_and(|flags| flags.get(i as usize) == Some(&1));
+            // `metas` ends at its last event with options.
+            let meta = match &metas {
+                Some(metas) => metas
+                    .get::<Option<PublishMeta>>(i)
+                    .map_err(error::from_napi)?
+                    .flatten(),
+                None => None,
+            };
+            message(topic.clone(), element(&payloads, i)?, json, meta)
+        };
+        for i in from..topics.len() {
+            let index = first + i;
+            let message = read(i).map_err(|e| {
+                error::Error::new(
+                    e.status,
+                    format!("event {index} of the batch: {}", e.reason),
+                )
+            })?;
+            match self.inner.publish_nowait(message) {
+                Ok(None) => {}
+                Ok(Some(pending)) => {
+                    let accepted = async move {
+                        pending.wait().await.map_err(|e| in_batch(index, e))?;
+                        Ok(i + 1)
+                    };
+                    return crate::promise(env, accepted).map(Some);
+                }
+                Err(e) => return Err(error::from_core(in_batch(index, e))),
+            }
+        }
+        Ok(None)
     }
 
     /// Subscribes to `pattern` with `options` in the core's JSON form

@@ -117,14 +117,17 @@ impl EventBatch {
         Ok(self.event(index)?.source().map(str::to_owned))
     }
 
-    /// When event `index` was published, in milliseconds since the Unix epoch.
+    /// When event `index` was published (or the time its publisher set), in milliseconds since
+    /// the Unix epoch. Whole milliseconds are exact, so a publisher's `Date` reads back equal.
     #[napi(catch_unwind)]
     pub fn time(&self, index: u32) -> error::Result<f64> {
         let since = self
             .event(index)?
             .time()
             .duration_since(std::time::UNIX_EPOCH);
-        Ok(since.map_or(0.0, |d| d.as_secs_f64() * 1000.0))
+        Ok(since.map_or(0.0, |d| {
+            d.as_millis() as f64 + f64::from(d.subsec_nanos() % 1_000_000) / 1e6
+        }))
     }
 
     /// The delivery attempt of event `index`: 1 on first delivery.

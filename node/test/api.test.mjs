@@ -194,3 +194,67 @@ test('close drains queued events through slow handlers', async () => {
   await bus.close()
   assert.equal(handled, 30)
 })
+
+test('a publisher-set time round-trips to the millisecond, as a Date or a number', async () => {
+  const bus = await connect('memory://')
+  const seen = []
+  await bus.subscribe('t.*', (e) => {
+    seen.push(e)
+  })
+  const date = new Date('2024-02-29T23:59:58.123Z')
+  await bus.publish('t.date', 'x', { time: date })
+  await bus.publish('t.ms', Buffer.from('x'), { time: 1_700_000_000_999, key: 'k' })
+  await bus.publish('t.json', { a: 1 }, { time: 0 })
+  await bus.publishMany([
+    { topic: 't.many', payload: 'a', time: date },
+    { topic: 't.many', payload: 'b' },
+    { topic: 't.many', payload: { b: 2 }, time: new Date(1) },
+  ])
+  await bus.close()
+  assert.deepEqual(seen.map((e) => e.time.getTime()).slice(0, 3), [date.getTime(), 1_700_000_000_999, 0])
+  assert.ok(seen.every((e) => e.time instanceof Date))
+  assert.equal(seen[1].key, 'k')
+  assert.deepEqual(seen[2].json(), { a: 1 })
+  assert.equal(seen[2].headers['content-type'], 'application/json')
+  assert.deepEqual(seen.slice(3).map((e) => e.payload.toString()), ['a', 'b', '{"b":2}'])
+  assert.equal(seen[3].time.getTime(), date.getTime())
+  assert.ok(Math.abs(seen[4].time - Date.now()) < 60_000)
+  assert.equal(seen[5].time.getTime(), 1)
+  assert.equal(seen[5].headers['content-type'], 'application/json')
+})
+
+test('a time before 1970, invalid or of the wrong type is POLYBUS_ERR_INVALID_ARGUMENT', async () => {
+  const bus = await connect('memory://')
+  for (const time of [-1, new Date(-1), new Date('not a date'), NaN, Infinity, '2024-01-01', 1n, {}]) {
+    await assert.rejects(bus.publish('a.b', 'x', { time }), (err) => {
+      assert.equal(err.code, 'POLYBUS_ERR_INVALID_ARGUMENT', err.message)
+      assert.match(err.message, /time/)
+      return true
+    })
+  }
+  await assert.rejects(bus.publishMany([{ topic: 'a.b', payload: 'x' }, { topic: 'a.b', payload: 'y', time: -5 }]),
+    (err) => err.code === 'POLYBUS_ERR_INVALID_ARGUMENT' && /event 1 of the batch: time -5 ms is before 1970/.test(err.message))
+  await assert.rejects(bus.publishMany([{ topic: 'a.b', payload: 'x', time: 'soon' }]),
+    (err) => err.code === 'POLYBUS_ERR_INVALID_ARGUMENT' && /event 0 of the batch: time must be/.test(err.message))
+  await bus.close()
+  assert.equal(bus.stats().published, 1)
+})
+
+test('publishMany crosses chunks, repeats topics and resumes after waiting', async () => {
+  const bus = await connect('memory://')
+  const got = []
+  await bus.subscribe('jobs.>', (e) => {
+    got.push(`${e.topic}:${e.payload}:${e.key}`)
+  }, { queueSize: 16 })
+  const messages = Array.from({ length: 2500 }, (_, i) => ({
+    topic: i % 1000 < 500 ? 'jobs.a' : 'jobs.b',
+    payload: String(i),
+    ...(i % 7 === 0 ? { key: `k${i % 3}` } : {}),
+  }))
+  await bus.publishMany(messages)
+  await assert.rejects(bus.publishMany([...messages.slice(0, 1500), { topic: 'jobs..bad', payload: 'x' }]),
+    (err) => err.code === 'POLYBUS_ERR_INVALID_TOPIC' && /event 1500 of the batch/.test(err.message))
+  await bus.close()
+  const expected = messages.map((m) => `${m.topic}:${m.payload}:${m.key ?? null}`)
+  assert.deepEqual(got, [...expected, ...expected.slice(0, 1500)])
+})
