@@ -33,3 +33,6 @@ fi
 # The broker the nats and jetstream backends of every conformance runner use (features.json's
 # default URLs match the harness's default port). Idempotent: an already running one is kept.
 bash "$root/tests/harness/brokers.sh" start nats >/dev/null
+# A server that requires credentials, for every language's wrong-password test
+# (POLYBUS_TEST_NATS_AUTH_URL, default nats://127.0.0.1:4223; user polybus, password secret).
+bash "$root/tests/harness/brokers.sh" start nats-auth >/dev/null
