@@ -1,12 +1,13 @@
 // Events per second from publish to handler: one publisher and one subscriber in one process,
 // 64-byte payloads, the memory backend. Three ways to publish: `await publish` in a loop,
-// un-awaited publishes followed by one wait, and `publishMany`. Prints one JSON line.
+// un-awaited publishes followed by one wait, and `publishMany`. Prints one JSON line per case
+// (the format bench/run.sh collects).
 //
-//   node bench/bench_pubsub.mjs [events per run, default 1000000]
+//   node bench/bench_pubsub.mjs [events per run, default POLYBUS_BENCH_EVENTS or 1000000]
 
 import { connect } from '../index.js'
 
-const events = Number(process.argv[2] ?? 1_000_000)
+const events = Number(process.argv[2] ?? process.env.POLYBUS_BENCH_EVENTS ?? 1_000_000)
 const payload = Buffer.alloc(64, 'x')
 const chunk = 4096
 
@@ -54,9 +55,9 @@ const modes = {
   },
 }
 
-const results = { bench: 'pubsub', backend: 'memory', payload_bytes: payload.length, events }
 for (const [name, publishAll] of Object.entries(modes)) {
   await run(publishAll) // warm-up
-  results[`${name}_events_per_s`] = await run(publishAll)
+  const rate = await run(publishAll)
+  const line = { lang: 'node', case: `node ${name}`, events, seconds: +(events / rate).toFixed(4), events_per_sec: rate }
+  console.log(JSON.stringify(line))
 }
-console.log(JSON.stringify(results))
