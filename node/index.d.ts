@@ -42,7 +42,11 @@ export interface PolybusError extends Error {
  * snake_case (`maxPayload` or `max_payload`); an unknown name is an error.
  */
 export interface Config {
-  /** Where to connect: `memory://` (private to the bus) or `memory://NAME` (shared in the process). */
+  /**
+   * Where to connect: `memory://` (private to the bus), `memory://NAME` (shared in the
+   * process), `nats://host:4222` (NATS core; `nats://user:password@host:4222` carries
+   * credentials) or `jetstream://host:4222` (NATS JetStream).
+   */
   url: string
   /** Namespace for topics on the broker; empty for none. */
   prefix?: string
@@ -56,7 +60,76 @@ export interface Config {
   closeTimeoutMs?: number
   /** The largest payload accepted, in bytes (default 1 MiB). */
   maxPayload?: number
+  /** Connection settings for `nats://` and `jetstream://`. */
+  nats?: NatsConfig
+  /** Stream and consumer settings for `jetstream://`. */
+  jetstream?: JetStreamConfig
 }
+
+/**
+ * The `nats` section of {@link Config}: credentials, TLS and the client name. Names may be
+ * camelCase or snake_case, as in the rest of the config.
+ */
+export interface NatsConfig {
+  /** User name (with `password`). */
+  user?: string | null
+  /** Password (with `user`). */
+  password?: string | null
+  /** Authentication token. */
+  token?: string | null
+  /** NKey seed (`SU...`). */
+  nkeySeed?: string | null
+  /** Path of a `.creds` file (JWT and NKey seed). */
+  credsFile?: string | null
+  /** Path of a PEM file of CA certificates to trust. */
+  tlsCa?: string | null
+  /** Path of the PEM client certificate (with `tlsKey`). */
+  tlsCert?: string | null
+  /** Path of the PEM client private key (with `tlsCert`). */
+  tlsKey?: string | null
+  /** Refuse to connect without TLS (default false). */
+  tlsRequired?: boolean
+  /** The connection name the server shows (default: the bus `name`). */
+  connectionName?: string | null
+}
+
+/**
+ * The `jetstream` section of {@link Config}. The stream is bound when it exists and created
+ * otherwise; the creation settings apply only then.
+ */
+export interface JetStreamConfig {
+  /** The stream name (default `POLYBUS_<PREFIX>`, dots as `_`). */
+  stream?: string | null
+  /** The subjects of a created stream (default `<prefix>.>`). */
+  subjects?: string[]
+  /** Retention of a created stream (default `'limits'`). */
+  retention?: 'limits' | 'interest' | 'workqueue'
+  /** Storage of a created stream (default `'file'`). */
+  storage?: 'file' | 'memory'
+  /** Oldest event kept, in milliseconds; 0 keeps them for ever (default). */
+  maxAgeMs?: number
+  /** Largest stream size in bytes; -1 is unlimited (default). */
+  maxBytes?: number
+  /** Stream replicas (default 1). */
+  replicas?: number
+  /** How long the broker waits for an ack before redelivering, in ms (default 30000, at least 1000). */
+  ackWaitMs?: number
+  /** Events delivered but not acknowledged, per consumer (default 1024). */
+  maxAckPending?: number
+  /** Broker deliveries of one event before the broker gives up on it (default 20; -1 for no limit). */
+  maxDeliver?: number
+  /** How long the consumer of a crashed broadcast subscriber survives, in ms (default 3600000). */
+  inactiveThresholdMs?: number
+  /** Publish acknowledgements awaited at once per bus (default 4096). */
+  maxPendingPublishes?: number
+}
+
+/**
+ * The state of a bus's connection to its broker: `'disconnected'` while the client reconnects
+ * (automatically; subscriptions survive it), `'closed'` after `close`, for good. `memory://`
+ * is connected until closed.
+ */
+export type ConnectionState = 'connected' | 'disconnected' | 'closed'
 
 /** A payload: bytes, text, or any other value, which is published as JSON text. */
 export type Payload = Uint8Array | ArrayBufferView | ArrayBuffer | string | unknown
@@ -182,6 +255,17 @@ export declare class Bus {
   private constructor()
   /** Whether `close` has been called. */
   readonly closed: boolean
+  /** The state of the connection to the broker; readable after `close` (`'closed'`). */
+  readonly connectionState: ConnectionState
+  /**
+   * Calls `callback` on the JavaScript thread with each new connection state, in order (a
+   * change and its reversal may be seen as none); the last call is with `'closed'`. It never
+   * keeps the process alive. A callback that throws or rejects emits a process warning
+   * (`POLYBUS_CALLBACK_FAILED`).
+   * @throws {PolybusError} `POLYBUS_ERR_CLOSED` after `close`, `POLYBUS_ERR_INVALID_ARGUMENT`
+   * when `callback` is not a function.
+   */
+  onConnectionStateChange(callback: (state: ConnectionState) => void | Promise<void>): void
   /**
    * Publishes one event; resolves once the backend accepted it (memory: queued to every
    * matching subscription, waiting while a queue is full). Publishes made without awaiting
@@ -223,6 +307,7 @@ export declare class Bus {
 /**
  * Connects to a bus: a URL such as `'memory://'`, or a {@link Config}.
  * @throws {PolybusError} `POLYBUS_ERR_INVALID_CONFIG` (a bad URL, an unknown setting),
- * `POLYBUS_ERR_TIMEOUT` and `POLYBUS_ERR_CONNECTION` (the backend cannot be reached).
+ * `POLYBUS_ERR_TIMEOUT` and `POLYBUS_ERR_CONNECTION` (the backend cannot be reached),
+ * `POLYBUS_ERR_AUTH` (the broker rejected the credentials).
  */
 export declare function connect(config: string | Config): Promise<Bus>

@@ -26,17 +26,39 @@ function argumentError(err) {
   return polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `invalid argument: ${err?.message}`, err)
 }
 
+/** `connectTimeoutMs` -> `connect_timeout_ms`; snake_case names stay as they are. */
+const snakeCase = (name) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+
+/** Whether `value` is a plain object (not an array, a Date, a Buffer, ...). */
+function isPlainObject(value) {
+  if (value === null || typeof value !== 'object') return false
+  const proto = Object.getPrototypeOf(value)
+  return proto === Object.prototype || proto === null
+}
+
+/**
+ * `value` with the keys of it and of the plain objects nested in it (the config sections
+ * `nats` and `jetstream`) in snake_case, and `undefined` entries left out.
+ */
+function snakeKeys(value) {
+  if (!isPlainObject(value)) return value
+  const out = {}
+  for (const [name, v] of Object.entries(value)) {
+    if (v !== undefined) out[snakeCase(name)] = snakeKeys(v)
+  }
+  return out
+}
+
 /** The core's JSON form of an options object whose keys may be camelCase or snake_case. */
 function coreJson(value, what, code) {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw polybusError(code, `${what} must be an object, got ${inspect(value)}`)
   }
-  const out = {}
-  for (const [name, v] of Object.entries(value)) {
-    if (v !== undefined) out[name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = v
-  }
-  return JSON.stringify(out)
+  return JSON.stringify(snakeKeys(value))
 }
+
+/** The connection states, as `connectionState` and the change callbacks give them. */
+const CONNECTION_STATES = new Set(['connected', 'disconnected', 'closed'])
 
 /** Bytes and text pass as they are; any other value is encoded as JSON text. */
 function encodePayload(payload) {
@@ -279,6 +301,33 @@ class Bus {
   get closed() {
     return this.#native.closed
   }
+
+  get connectionState() {
+    return this.#native.connectionState
+  }
+
+  onConnectionStateChange(callback) {
+    if (typeof callback !== 'function') {
+      throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `callback must be a function, got ${inspect(callback)}`)
+    }
+    this.#native.onConnectionStateChange((state) => {
+      if (!CONNECTION_STATES.has(state)) return
+      try {
+        const result = callback(state)
+        if (typeof result?.then === 'function') result.then(noop, reportCallbackError)
+      } catch (err) {
+        reportCallbackError(err)
+      }
+    })
+  }
+}
+
+/** A connection state callback failed: a warning, not a crash (the bus is fine). */
+function reportCallbackError(err) {
+  process.emitWarning(`polybus: connection state callback failed: ${reasonOf(err)}`, {
+    code: 'POLYBUS_CALLBACK_FAILED',
+    detail: err instanceof Error ? err.stack : undefined,
+  })
 }
 
 async function connect(config) {

@@ -58,6 +58,18 @@ export declare class Bus {
    * within `close_timeout_ms`.
    */
   close(): Promise<void>
+  /**
+   * The state of the connection to the broker: `"connected"`, `"disconnected"` (the client
+   * is reconnecting) or `"closed"`.
+   */
+  get connectionState(): 'connected' | 'disconnected' | 'closed'
+  /**
+   * Calls `callback` on the JavaScript thread with each new connection state, the last
+   * being `"closed"`. The callback does not keep the process alive.
+   *
+   * Throws `POLYBUS_ERR_CLOSED` when the bus is closed.
+   */
+  onConnectionStateChange(callback: (state: 'connected' | 'disconnected' | 'closed') => void): void
   /** Whether `close` has been called. */
   get closed(): boolean
   /** The bus's counters. */

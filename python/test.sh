@@ -11,7 +11,8 @@ root="$(cd "$here/.." && pwd)"
 venv="$root/build/venv-python"
 py="$venv/bin/python"
 
-bash "$here/build.sh" "pytest>=8:pytest" "pytest-timeout:pytest_timeout" "mypy:mypy"
+bash "$here/build.sh" "pytest>=8:pytest" "pytest-timeout:pytest_timeout" "mypy:mypy" \
+    "nats-py>=2.6:nats"
 
 # From tests/, so that `import polybus` finds the installed wheel, not the source tree.
 cd "$here/tests"

@@ -7,10 +7,11 @@ use std::{
 
 use napi::{
     bindgen_prelude::{Array, Either, FromNapiValue, Object, Uint8ArraySlice},
-    Env,
+    threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode},
+    Env, Status,
 };
 use napi_derive::napi;
-use polybus::{ErrorKind, Message, SubscribeOptions};
+use polybus::{ConnectionState, ErrorKind, Message, SubscribeOptions};
 
 use crate::{
     error,
@@ -58,6 +59,10 @@ pub struct PublishMeta {
     /// sub-millisecond precision.
     pub time: Option<f64>,
 }
+
+/// The JavaScript function told of connection state changes: weak (it never keeps the process
+/// alive), called with the state alone (no error argument).
+pub type StateCallback = ThreadsafeFunction<String, (), String, Status, false, true>;
 
 /// A payload as `index.js` passes it: bytes or text.
 type Payload<'a> = Either<&'a [u8], String>;
@@ -306,6 +311,60 @@ impl Bus {
     pub fn close<'env>(&self, env: &'env Env) -> error::Result<Object<'env>> {
         let bus = self.inner.clone();
         crate::promise(env, async move { bus.close().await })
+    }
+
+    /// The state of the connection to the broker: `"connected"`, `"disconnected"` (the client
+    /// is reconnecting) or `"closed"`.
+    #[napi(
+        getter,
+        catch_unwind,
+        ts_return_type = "'connected' | 'disconnected' | 'closed'"
+    )]
+    pub fn connection_state(&self) -> &'static str {
+        self.inner.connection_state().as_str()
+    }
+
+    /// Calls `callback` on the JavaScript thread with each new connection state, the last
+    /// being `"closed"`. The callback does not keep the process alive.
+    ///
+    /// Throws `POLYBUS_ERR_CLOSED` when the bus is closed.
+    #[napi(catch_unwind)]
+    pub fn on_connection_state_change(
+        &self,
+        #[napi(ts_arg_type = "(state: 'connected' | 'disconnected' | 'closed') => void")]
+        callback: StateCallback,
+    ) -> error::Result<()> {
+        if self.inner.is_closed() {
+            return Err(error::new(ErrorKind::Closed, "bus is closed"));
+        }
+        let mut rx = self.inner.watch_connection_state();
+        let mut last = *rx.borrow_and_update();
+        if last == ConnectionState::Closed {
+            // Closed since the check above: report it once.
+            callback.call("closed".to_owned(), ThreadsafeFunctionCallMode::NonBlocking);
+            return Ok(());
+        }
+        polybus::runtime::global().spawn(async move {
+            loop {
+                // A closed channel means the bus is gone: its last state was final.
+                let state = match rx.changed().await {
+                    Ok(()) => *rx.borrow_and_update(),
+                    Err(_) => ConnectionState::Closed,
+                };
+                if state == last {
+                    continue; // changed and changed back before we looked
+                }
+                last = state;
+                let status = callback.call(
+                    state.as_str().to_owned(),
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+                if state == ConnectionState::Closed || status != Status::Ok {
+                    break;
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Whether `close` has been called.

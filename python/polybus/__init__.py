@@ -22,6 +22,8 @@ raises :class:`ClosedError`.
 The asyncio flavour, with the same method names, is :mod:`polybus.aio`.
 """
 
+from typing import Literal
+
 from . import aio
 from ._polybus import (
     AbiMismatchError,
@@ -48,12 +50,17 @@ from ._polybus import (
     connect,
 )
 
+#: The state of a bus's connection: :attr:`Bus.connection_state` and the argument of
+#: :meth:`Bus.on_connection_state` callbacks.
+ConnectionState = Literal["connected", "disconnected", "closed"]
+
 __all__ = [
     "AbiMismatchError",
     "AuthError",
     "BackendError",
     "Bus",
     "ClosedError",
+    "ConnectionState",
     "Event",
     "HandlerError",
     "InternalError",

@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable
 from typing import Any, Callable
 
@@ -67,3 +68,22 @@ async def _run(handler: Callable[[Any], Awaitable[object]], batch: Any, subscrip
             batch.complete(i, log_failure(subscription.pattern, event, exc))
             raise
     batch.complete(None, "")
+
+
+def watch_connection_state(watch: Any, callback: Callable[[str], object]) -> None:
+    """Starts the daemon thread that runs ``callback`` on each connection state change."""
+    thread = threading.Thread(
+        target=_watch_state, args=(watch, callback), name="polybus-connection-state", daemon=True
+    )
+    thread.start()
+
+
+def _watch_state(watch: Any, callback: Callable[[str], object]) -> None:
+    while True:
+        state = watch.next()
+        if state is None:
+            return
+        try:
+            callback(state)
+        except Exception as exc:  # noqa: BLE001 - a failing callback must not end the watch
+            log.error("connection state callback failed on %r: %s", state, exc, exc_info=exc)

@@ -30,6 +30,7 @@ __all__ = [
     "UnsupportedError",
     "_Batch",
     "_PendingPublish",
+    "_StateWatch",
     "__version__",
     "connect",
 ]
@@ -38,6 +39,8 @@ __version__: str
 
 _Handler: TypeAlias = Callable[[Event], Awaitable[object] | object]
 _H = TypeVar("_H", bound=_Handler)
+_ConnectionState: TypeAlias = Literal["connected", "disconnected", "closed"]
+_C = TypeVar("_C", bound=Callable[[_ConnectionState], object])
 
 def connect(config: str | Mapping[str, Any]) -> Bus:
     """Connects to a bus.
@@ -47,8 +50,9 @@ def connect(config: str | Mapping[str, Any]) -> Bus:
     Args:
         config: A URL (``"memory://"``, ``"memory://NAME"`` shared in the process by name), a
             JSON object as text, or a dict with the fields ``url``, ``prefix``, ``name``,
-            ``connect_timeout_ms``, ``publish_timeout_ms``, ``close_timeout_ms`` and
-            ``max_payload``.
+            ``connect_timeout_ms``, ``publish_timeout_ms``, ``close_timeout_ms``,
+            ``max_payload`` and the broker sections ``nats`` (credentials, TLS, client name)
+            and ``jetstream`` (stream and consumer settings), each a dict.
 
     Returns:
         The connected bus.
@@ -57,6 +61,7 @@ def connect(config: str | Mapping[str, Any]) -> Bus:
         InvalidConfigError: The config cannot be parsed or names an unknown field.
         PolybusTimeoutError: Connecting took longer than ``connect_timeout_ms``.
         PolybusConnectionError: The broker cannot be reached.
+        AuthError: The broker rejected the credentials.
         TypeError: ``config`` is neither a string nor a mapping.
 
     Examples:
@@ -81,6 +86,39 @@ class Bus:
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
+
+    @property
+    def connection_state(self) -> _ConnectionState:
+        """The state of the connection to the broker.
+
+        ``"connected"``; ``"disconnected"`` while the client reconnects (automatically:
+        subscriptions survive it, publishes may wait or fail meanwhile); ``"closed"`` after
+        :meth:`close`, for good. ``memory://`` is connected until closed. Readable after close.
+        """
+
+    def on_connection_state(self, callback: _C) -> _C:
+        """Calls ``callback(state)`` whenever the connection state changes.
+
+        The callback runs on a daemon thread owned by Python, one per registration, with the
+        states in order (a change and its reversal may be seen as no change); the last call is
+        ``"closed"``, after which the thread ends. An exception in the callback is logged to
+        the ``polybus`` logger. Returns ``callback`` unchanged, so it works as a decorator.
+
+        Raises:
+            ClosedError: The bus is closed.
+            TypeError: ``callback`` is not callable.
+
+        Examples:
+            >>> import threading
+            >>> closed = threading.Event()
+            >>> with connect("memory://") as bus:
+            ...     @bus.on_connection_state
+            ...     def changed(state: str) -> None:
+            ...         if state == "closed":
+            ...             closed.set()
+            >>> closed.wait(5)
+            True
+        """
 
     def publish(
         self,
@@ -282,6 +320,13 @@ class _PendingPublish:
 
     def wait(self) -> None:
         """Blocks, with the interpreter released, until the backend accepts the event."""
+
+@final
+class _StateWatch:
+    """One registration of :meth:`Bus.on_connection_state` (internal)."""
+
+    def next(self) -> _ConnectionState | None:
+        """Blocks until the state changes; None once ``"closed"`` has been returned."""
 
 @final
 class _Batch:

@@ -25,15 +25,20 @@ import datetime
 import functools
 from collections.abc import Awaitable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Callable, TypeVar, Union, final
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, final
 
-from . import _polybus
+from . import _dispatch, _polybus
 from ._polybus import Event
+
+if TYPE_CHECKING:
+    from . import ConnectionState
 
 __all__ = ["Bus", "Subscription", "connect"]
 
 Handler = Callable[[Event], Union[Awaitable[object], object]]
 H = TypeVar("H", bound=Handler)
+StateCallback = Callable[["ConnectionState"], Union[Awaitable[object], object]]
+C = TypeVar("C", bound=StateCallback)
 
 
 async def connect(config: str | Mapping[str, Any]) -> Bus:
@@ -104,6 +109,53 @@ class Bus:
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
         return self._native.closed
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        """``"connected"``, ``"disconnected"`` (reconnecting) or ``"closed"``."""
+        return self._native.connection_state
+
+    def on_connection_state(self, callback: C) -> C:
+        """Calls ``callback(state)`` on the running event loop whenever the connection state
+        changes; the last call is ``"closed"``. A coroutine function is run as a task.
+
+        Must be called while the event loop runs. Returns ``callback``, so it works as a
+        decorator.
+
+        Raises:
+            ClosedError: The bus is closed.
+            TypeError: ``callback`` is not callable.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Future[object]] = set()
+
+        def run(state: ConnectionState) -> None:
+            try:
+                result = callback(state)
+                if asyncio.iscoroutine(result):
+                    task = asyncio.ensure_future(result)
+                    tasks.add(task)
+                    task.add_done_callback(done)
+            except Exception as exc:  # noqa: BLE001 - logged, like a plain callback's
+                _dispatch.log.error("connection state callback failed on %r: %s", state, exc,
+                                    exc_info=exc)
+
+        def done(task: asyncio.Future[object]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                _dispatch.log.error("connection state callback failed: %s", exc, exc_info=exc)
+
+        def deliver(state: ConnectionState) -> None:
+            try:
+                loop.call_soon_threadsafe(run, state)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is listening any more
+
+        self._native.on_connection_state(deliver)
+        return callback
 
     async def publish(
         self,

@@ -17,6 +17,7 @@ use crate::{
     error::{new_error, to_py},
     message::{self, Meta},
     py_bool,
+    state::StateWatch,
     subscription::{self, Caller, Subscription},
 };
 
@@ -28,7 +29,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Connects to the bus described by `config`: a URL (`"memory://"`), a JSON object as text,
 /// or a dict with the fields `url`, `prefix`, `name`, `connect_timeout_ms`,
-/// `publish_timeout_ms`, `close_timeout_ms` and `max_payload`.
+/// `publish_timeout_ms`, `close_timeout_ms`, `max_payload` and the sections `nats` and
+/// `jetstream` (dicts).
 #[pyfunction]
 pub(crate) fn connect(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Bus> {
     let config = config::from_py(config)?;
@@ -343,6 +345,35 @@ impl Bus {
         dict.set_item("dead_lettered", s.dead_lettered)?;
         dict.set_item("dropped", s.dropped)?;
         Ok(dict)
+    }
+
+    /// The state of the connection to the broker: `"connected"`, `"disconnected"` (the client
+    /// is reconnecting) or `"closed"`. `memory://` is connected until closed.
+    #[getter]
+    fn connection_state(&self) -> &'static str {
+        self.inner.connection_state().as_str()
+    }
+
+    /// Calls `callback(state)` on a Python-owned daemon thread whenever the connection state
+    /// changes; the last call is `"closed"`, after which the thread ends. Returns `callback`,
+    /// so this works as a decorator.
+    fn on_connection_state<'py>(
+        &self,
+        py: Python<'py>,
+        callback: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.check_open(py)?;
+        if !callback.is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "callback must be callable, not {}",
+                callback.get_type().name()?
+            )));
+        }
+        let watch = StateWatch::new(self.inner.watch_connection_state());
+        dispatch_module(py)?
+            .getattr("watch_connection_state")?
+            .call1((watch, &callback))?;
+        Ok(callback)
     }
 
     /// Whether `close()` has been called.

@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod event;
 mod message;
+mod state;
 mod subscription;
 
 /// The longest a blocking call waits before it looks for signals, so Ctrl-C interrupts it.
@@ -74,6 +75,8 @@ mod _polybus {
     use crate::bus::{connect, Bus, PendingPublish};
     #[pymodule_export]
     use crate::event::Event;
+    #[pymodule_export]
+    use crate::state::StateWatch;
     #[pymodule_export]
     use crate::subscription::{Batch, Subscription};
     use pyo3::prelude::*;
