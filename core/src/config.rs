@@ -28,7 +28,9 @@ use crate::error::{Error, ErrorKind, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where to connect: `memory://` (private), `memory://NAME` (shared in the process by name),
-    /// `nats://host:4222` (NATS core), `jetstream://host:4222` (NATS JetStream).
+    /// `nats://host:4222` (NATS core), `jetstream://host:4222` (NATS JetStream),
+    /// `redis://[user:password@]host:6379[/db]` (Redis Streams; `rediss://` with TLS),
+    /// `redis+pubsub://host:6379` (Redis Pub/Sub; `rediss+pubsub://` with TLS).
     pub url: String,
     /// Namespace for topics on the broker (like `due`'s `due:eventbus`); empty for none.
     pub prefix: String,
@@ -46,6 +48,83 @@ pub struct Config {
     pub nats: NatsConfig,
     /// Stream and consumer settings for `jetstream://`.
     pub jetstream: JetStreamConfig,
+    /// Connection, TLS and stream settings for `redis://` and `redis+pubsub://`.
+    pub redis: RedisConfig,
+}
+
+/// Settings for `redis://` (Streams) and `redis+pubsub://` (Pub/Sub): the `redis` section of
+/// [`Config`], with the names Redis users know (`addrs`, `db`, `username`, `password`, the TLS
+/// files, `max_retries`).
+///
+/// Credentials and the database can also travel in the URL:
+/// `redis://user:password@host:6379/2`; a setting here wins over the URL. `rediss://` (or any
+/// TLS file) connects with TLS.
+///
+/// # Examples
+/// ```
+/// use polybus::Config;
+/// let cfg = Config::parse(
+///     r#"{"url":"redis://127.0.0.1:6379","redis":{"username":"svc","password":"secret","db":2}}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(cfg.redis.db, Some(2));
+/// assert_eq!(cfg.redis.max_len, 100_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Servers as `host:port`, tried in order when connecting (the first that answers is
+    /// used); default: the URL's host. A Redis Cluster is not supported.
+    pub addrs: Vec<String>,
+    /// The database number (default: the URL's path, else 0).
+    pub db: Option<i64>,
+    /// ACL user name (default: the URL's, else none: the `default` user).
+    pub username: Option<String>,
+    /// Password (default: the URL's, else none).
+    pub password: Option<String>,
+    /// Path of a PEM file of CA certificates to trust (TLS).
+    pub tls_ca: Option<String>,
+    /// Path of the PEM client certificate (with `tls_key`; TLS).
+    pub tls_cert: Option<String>,
+    /// Path of the PEM client private key (with `tls_cert`; TLS).
+    pub tls_key: Option<String>,
+    /// How long one command may take before it fails with a timeout, in ms (default 5000).
+    pub command_timeout_ms: u64,
+    /// Attempts to re-establish a lost connection before a command fails (default 3).
+    /// Commands themselves are never retried by the backend: a publish is reported once.
+    pub max_retries: usize,
+    /// Approximate length each topic's stream is trimmed to on publish (`XADD MAXLEN ~`);
+    /// 0 keeps everything (default 100000). Streams only.
+    pub max_len: u64,
+    /// How long an event may stay delivered but unacknowledged before another member of the
+    /// group reclaims it (`XAUTOCLAIM`), in ms (default 30000). While a handler runs or a
+    /// retry waits, polybus keeps the event claimed. Streams only.
+    pub claim_idle_ms: u64,
+    /// How long one blocking read waits for new events, in ms (default 1000). Streams only.
+    pub block_ms: u64,
+    /// How often a wildcard subscription looks for new streams whose topic matches
+    /// (`SCAN ... TYPE stream`), in ms (default 1000). Streams only.
+    pub scan_interval_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            addrs: Vec::new(),
+            db: None,
+            username: None,
+            password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            command_timeout_ms: 5_000,
+            max_retries: 3,
+            max_len: 100_000,
+            claim_idle_ms: 30_000,
+            block_ms: 1_000,
+            scan_interval_ms: 1_000,
+        }
+    }
 }
 
 /// Connection settings for `nats://` and `jetstream://` (the `nats` section of [`Config`]).
@@ -167,6 +246,7 @@ impl Default for Config {
             max_payload: 1024 * 1024,
             nats: NatsConfig::default(),
             jetstream: JetStreamConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -179,6 +259,14 @@ const SCHEMES: &[&str] = &[
     "nats",
     #[cfg(feature = "jetstream")]
     "jetstream",
+    #[cfg(feature = "redis")]
+    "redis",
+    #[cfg(feature = "redis")]
+    "rediss",
+    #[cfg(feature = "redis")]
+    "redis+pubsub",
+    #[cfg(feature = "redis")]
+    "rediss+pubsub",
 ];
 
 impl Config {
@@ -266,6 +354,21 @@ impl Config {
         self
     }
 
+    /// Sets the `redis` section (servers, credentials, TLS, stream settings).
+    ///
+    /// ```
+    /// use polybus::{Config, RedisConfig};
+    /// let cfg = Config::new("redis://127.0.0.1:6379").redis(RedisConfig {
+    ///     claim_idle_ms: 60_000,
+    ///     ..RedisConfig::default()
+    /// });
+    /// assert_eq!(cfg.redis.claim_idle_ms, 60_000);
+    /// ```
+    pub fn redis(mut self, redis: RedisConfig) -> Self {
+        self.redis = redis;
+        self
+    }
+
     /// Sets how long `publish` may wait under backpressure.
     pub fn publish_timeout(mut self, d: Duration) -> Self {
         self.publish_timeout_ms = d.as_millis() as u64;
@@ -344,6 +447,26 @@ impl Config {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "nats: user and password go together",
+            ));
+        }
+        let r = &self.redis;
+        if r.tls_cert.is_some() != r.tls_key.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "redis: tls_cert and tls_key go together",
+            ));
+        }
+        if r.command_timeout_ms == 0 || r.block_ms == 0 || r.claim_idle_ms < 100 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "redis: command_timeout_ms and block_ms must be at least 1, claim_idle_ms at \
+                 least 100",
+            ));
+        }
+        if r.db.is_some_and(|d| d < 0) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "redis.db must not be negative",
             ));
         }
         if !self.prefix.is_empty() {

@@ -14,6 +14,8 @@
 //! | in process | `memory://` | in process, backpressure, nothing dropped |
 //! | NATS core | `nats://host:4222` | at most once |
 //! | NATS JetStream | `jetstream://host:4222` | at least once |
+//! | Redis Streams | `redis://host:6379` (`rediss://` with TLS) | at least once |
+//! | Redis Pub/Sub | `redis+pubsub://host:6379` | at most once |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -49,7 +51,7 @@ mod subscription;
 mod topic;
 
 pub use bus::{Bus, IntoConfig, PendingPublish};
-pub use config::{Config, JetStreamConfig, NatsConfig};
+pub use config::{Config, JetStreamConfig, NatsConfig, RedisConfig};
 pub use connection::ConnectionState;
 pub use dispatch::{Handler, Stats};
 pub use error::{BoxError, Error, ErrorKind, Result};

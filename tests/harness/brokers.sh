@@ -2,6 +2,7 @@
 # The broker harness: starts, stops and restarts the test brokers on loopback, idempotently.
 #
 #   eval "$(bash tests/harness/brokers.sh start nats)"   # starts (or finds) nats-server -js
+#   eval "$(bash tests/harness/brokers.sh start redis)"  # starts (or finds) redis-server
 #   bash tests/harness/brokers.sh restart nats           # kill + start, same port, same storage
 #   bash tests/harness/brokers.sh stop nats
 #   bash tests/harness/brokers.sh status
@@ -11,6 +12,11 @@
 #              build/brokers/nats/, monitoring on 127.0.0.1:$POLYBUS_NATS_MONITOR_PORT (8222).
 #   nats-auth  nats-server requiring user "polybus" / password "secret" on
 #              $POLYBUS_NATS_AUTH_PORT (default 4223), no JetStream (authentication tests).
+#   redis      redis-server on $POLYBUS_REDIS_PORT (default 6390), no RDB snapshots, AOF on with
+#              fsync on every write (so `restart` after a kill keeps every accepted event),
+#              data under build/brokers/redis/.
+#   redis-acl  redis-server on $POLYBUS_REDIS_ACL_PORT (default 6391) with the ACL user
+#              "polybus" / password "secret" and the default user disabled (authentication tests).
 #
 # `start` prints `export POLYBUS_TEST_<BACKEND>_URL=...` lines for eval; everything else goes to
 # stderr. The PID, port and log of each broker live in build/brokers/<name>/. A broker that does
@@ -22,6 +28,27 @@ state="$root/build/brokers"
 mkdir -p "$state"
 
 log() { echo "brokers: $*" >&2; }
+
+ensure_redis_server() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  log "installing redis-server and redis-tools (Debian packages)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -qq redis-server redis-tools >/dev/null 2>&1; then
+    apt-get update -qq >&2
+    apt-get install -y -qq redis-server redis-tools >/dev/null
+  fi
+  command -v redis-server >/dev/null || { log "redis-server could not be installed"; exit 1; }
+  # The package may start a system instance (on 6379); ours run on their own ports and are
+  # left alone by it, and it is left alone by us.
+}
+
+is_redis() { case "$1" in redis|redis-acl) return 0 ;; *) return 1 ;; esac; }
+
+redis_ping() { # broker, port
+  local auth=()
+  [ "$1" = redis-acl ] && auth=(--user polybus --pass secret --no-auth-warning)
+  [ "$(redis-cli -h 127.0.0.1 -p "$2" "${auth[@]}" ping 2>/dev/null)" = PONG ]
+}
 
 ensure_nats_server() {
   command -v nats-server >/dev/null && return 0
@@ -38,7 +65,9 @@ port_of() { # broker -> client port
   case "$1" in
     nats) echo "${POLYBUS_NATS_PORT:-4222}" ;;
     nats-auth) echo "${POLYBUS_NATS_AUTH_PORT:-4223}" ;;
-    *) log "unknown broker $1 (known: nats, nats-auth)"; exit 2 ;;
+    redis) echo "${POLYBUS_REDIS_PORT:-6390}" ;;
+    redis-acl) echo "${POLYBUS_REDIS_ACL_PORT:-6391}" ;;
+    *) log "unknown broker $1 (known: nats, nats-auth, redis, redis-acl)"; exit 2 ;;
   esac
 }
 
@@ -63,7 +92,9 @@ wait_ready() { # broker, port, monitor-port-or-empty, pid
       cat "$state/$name/server.log" >&2 || true
       return 1
     fi
-    if [ -n "$mon" ]; then
+    if is_redis "$name"; then
+      if redis_ping "$name" "$port"; then return 0; fi
+    elif [ -n "$mon" ]; then
       # /healthz answers ok once the server (and JetStream) is ready.
       if curl -fsS --max-time 1 "http://127.0.0.1:$mon/healthz" >/dev/null 2>&1; then return 0; fi
     elif tcp_ready "$port"; then
@@ -87,6 +118,15 @@ exports() {
     nats-auth)
       echo "export POLYBUS_TEST_NATS_AUTH_URL=nats://127.0.0.1:$(cat "$state/nats-auth/port")"
       ;;
+    redis)
+      local port
+      port=$(cat "$state/redis/port")
+      echo "export POLYBUS_TEST_REDIS_URL=redis://127.0.0.1:$port"
+      echo "export POLYBUS_TEST_REDIS_PUBSUB_URL=redis+pubsub://127.0.0.1:$port"
+      ;;
+    redis-acl)
+      echo "export POLYBUS_TEST_REDIS_ACL_URL=redis://127.0.0.1:$(cat "$state/redis-acl/port")"
+      ;;
   esac
 }
 
@@ -100,7 +140,7 @@ start() {
     exports "$name"
     return 0
   fi
-  ensure_nats_server
+  if is_redis "$name"; then ensure_redis_server; else ensure_nats_server; fi
   # A restart reuses the recorded port, so clients reconnect to the same address.
   local port
   if [ -f "$dir/port" ] && [ "${2:-}" = keep ]; then port=$(cat "$dir/port"); else port=$(port_of "$name"); fi
@@ -125,8 +165,30 @@ start() {
   esac
   echo "$port" >"$dir/port"
   log "starting $name on 127.0.0.1:$port"
-  # setsid: the broker outlives this shell and is stopped by PID only.
-  setsid nats-server "${args[@]}" >>"$dir/server.log" 2>&1 </dev/null &
+  if is_redis "$name"; then
+    mkdir -p "$dir/data"
+    # Our own instance: loopback only, in the foreground of its own session (stopped by PID),
+    # no RDB snapshots; AOF with an fsync per write, so a killed server loses nothing it
+    # acknowledged and a restart keeps the streams and consumer groups.
+    {
+      echo "bind 127.0.0.1"
+      echo "port $port"
+      echo "daemonize no"
+      echo "dir $dir/data"
+      echo "save \"\""
+      echo "appendonly yes"
+      echo "appendfsync always"
+      echo "protected-mode yes"
+      if [ "$name" = redis-acl ]; then
+        echo "user default off"
+        echo "user polybus on >secret ~* &* +@all"
+      fi
+    } >"$dir/redis.conf"
+    setsid redis-server "$dir/redis.conf" >>"$dir/server.log" 2>&1 </dev/null &
+  else
+    # setsid: the broker outlives this shell and is stopped by PID only.
+    setsid nats-server "${args[@]}" >>"$dir/server.log" 2>&1 </dev/null &
+  fi
   pid=$!
   echo "$pid" >"$dir/pid"
   wait_ready "$name" "$port" "$mon" "$pid" || { kill "$pid" 2>/dev/null || true; rm -f "$dir/pid"; exit 1; }
@@ -153,7 +215,7 @@ stop() {
 
 status() {
   local name pid
-  for name in nats nats-auth; do
+  for name in nats nats-auth redis redis-acl; do
     pid=$(running_pid "$name")
     if [ -n "$pid" ]; then
       echo "$name: running (pid $pid, port $(cat "$state/$name/port"))"
@@ -166,11 +228,11 @@ status() {
 cmd=${1:-status}
 name=${2:-}
 case "$cmd" in
-  start) [ -n "$name" ] || { log "usage: $0 start nats|nats-auth"; exit 2; }; port_of "$name" >/dev/null; start "$name" ;;
-  stop) [ -n "$name" ] || { log "usage: $0 stop nats|nats-auth"; exit 2; }; port_of "$name" >/dev/null; stop "$name" ;;
+  start) [ -n "$name" ] || { log "usage: $0 start nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; start "$name" ;;
+  stop) [ -n "$name" ] || { log "usage: $0 stop nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; stop "$name" ;;
   # A crash and a restart: the process is killed (no clean shutdown), the storage is kept and
   # the server comes back on the same port.
-  restart) [ -n "$name" ] || { log "usage: $0 restart nats|nats-auth"; exit 2; }; port_of "$name" >/dev/null; stop "$name" kill; start "$name" keep ;;
+  restart) [ -n "$name" ] || { log "usage: $0 restart nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; stop "$name" kill; start "$name" keep ;;
   status) status ;;
   *) log "usage: $0 start|stop|restart NAME | status"; exit 2 ;;
 esac

@@ -36,3 +36,8 @@ bash "$root/tests/harness/brokers.sh" start nats >/dev/null
 # A server that requires credentials, for every language's wrong-password test
 # (POLYBUS_TEST_NATS_AUTH_URL, default nats://127.0.0.1:4223; user polybus, password secret).
 bash "$root/tests/harness/brokers.sh" start nats-auth >/dev/null
+# The Redis server of the redis and redis_pubsub backends (POLYBUS_TEST_REDIS_URL, default
+# redis://127.0.0.1:6390) and one with an ACL user for the authentication tests
+# (POLYBUS_TEST_REDIS_ACL_URL, default redis://127.0.0.1:6391; user polybus, password secret).
+bash "$root/tests/harness/brokers.sh" start redis >/dev/null
+bash "$root/tests/harness/brokers.sh" start redis-acl >/dev/null

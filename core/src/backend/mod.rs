@@ -5,8 +5,8 @@
 //! [`dispatch`](crate::dispatch) and are the same for every backend. A backend supplies:
 //!
 //! - `publish`: hand one event to the transport and resolve once the transport has *accepted*
-//!   it (memory: queued to every matching subscription; JetStream: PubAck; Kafka: delivery
-//!   report);
+//!   it (memory: queued to every matching subscription; JetStream: PubAck; Redis: the XADD or
+//!   PUBLISH reply; Kafka: delivery report);
 //! - `subscribe`: a [`Source`] of [`Delivery`]s for a pattern, honouring `group` (competing
 //!   consumers: a NATS queue group, a JetStream durable, a Redis or Kafka consumer group) and
 //!   `start`, or rejecting what it cannot honour with [`ErrorKind::Unsupported`];
@@ -36,12 +36,16 @@ use crate::{
     topic::Pattern,
 };
 
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) mod cetime;
 #[cfg(feature = "jetstream")]
 pub(crate) mod jetstream;
 #[cfg(feature = "memory")]
 pub(crate) mod memory;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 /// A boxed, sendable future.
 pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -56,7 +60,7 @@ pub(crate) enum Publishing {
     /// Handed to the transport, so its order is fixed; only the broker's confirmation is
     /// awaited (JetStream: the PubAck). Later publishes may start at once, so many
     /// confirmations overlap.
-    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "jetstream", feature = "redis")), allow(dead_code))]
     Submitted(BoxFut<'static, Result<()>>),
 }
 
@@ -176,6 +180,14 @@ pub(crate) async fn open(
         #[cfg(feature = "jetstream")]
         "jetstream" => Ok(Box::new(
             jetstream::JetStreamBackend::open(config, state).await?,
+        )),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Box::new(
+            redis::RedisBackend::open(config, state, redis::Mode::Streams).await?,
+        )),
+        #[cfg(feature = "redis")]
+        "redis+pubsub" | "rediss+pubsub" => Ok(Box::new(
+            redis::RedisBackend::open(config, state, redis::Mode::PubSub).await?,
         )),
         other => Err(Error::new(
             ErrorKind::InvalidConfig,

@@ -1,0 +1,645 @@
+//! `redis://` (Redis Streams, at least once) and `redis+pubsub://` (Redis Pub/Sub, at most
+//! once); `rediss://` and `rediss+pubsub://` connect with TLS.
+//!
+//! Both modes name topics on the server `<prefix>.<topic>`; a bus without a `prefix` uses
+//! [`DEFAULT_PREFIX`] (`polybus`), so polybus keys never mix with an application's own keys.
+//!
+//! - **Streams** ([`streams`]): one stream per topic, `XADD` with approximate `MAXLEN`
+//!   trimming, metadata as stream fields (`docs/wire-format.md`). Groups are Redis consumer
+//!   groups; a broadcast subscription gets a consumer group of its own. Events are
+//!   acknowledged (`XACK`) after the handler succeeded; what a dead consumer left pending is
+//!   reclaimed by another member (`XAUTOCLAIM`) after `redis.claim_idle_ms`. Streams have no
+//!   subject wildcards: a pattern would merge several streams and lose the order of a key
+//!   across them, so wildcard patterns are rejected with [`ErrorKind::Unsupported`].
+//! - **Pub/Sub** ([`pubsub`]): `PUBLISH` of a CloudEvents JSON envelope; `SUBSCRIBE`, or
+//!   `PSUBSCRIBE` with a glob that may over-match, filtered by the real pattern. No history,
+//!   no groups.
+//!
+//! Publishes from one bus go through one writer task that pipelines them on one connection
+//! (the order is fixed when [`Backend::publish`] returns, only the replies are awaited). The
+//! backend never retries a command: a failed publish is reported as it happened, and failed
+//! handlers are retried by the dispatcher.
+
+mod pubsub;
+mod streams;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use ::redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
+    RedisError, Value,
+};
+use tokio::sync::{oneshot, watch, Notify};
+
+use super::{Backend, BoxFut, Publishing, Subscribed};
+use crate::{
+    config::{Config, RedisConfig},
+    connection::ConnectionState,
+    error::{Error, ErrorKind, Result},
+    message::Message,
+    subscription::SubscribeOptions,
+    topic::Pattern,
+};
+
+/// The prefix of a bus whose `prefix` is empty.
+pub(crate) const DEFAULT_PREFIX: &str = "polybus";
+
+/// How long a stopped subscription hands over what was already routed to it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Most publishes written in one pipeline.
+const PIPELINE_MAX: usize = 512;
+
+/// Publishes queued for the writer before `publish` has to wait.
+const QUEUE_MAX: usize = 8192;
+
+/// Which Redis data structure carries the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Streams and consumer groups (`redis://`).
+    Streams,
+    /// Pub/Sub channels (`redis+pubsub://`).
+    PubSub,
+}
+
+/// Cleanup tasks still running (a broadcast group being destroyed), awaited by `close`.
+#[derive(Default)]
+struct Cleanups {
+    running: AtomicUsize,
+    done: Notify,
+}
+
+/// What the publisher, the subscriptions and their ackers share.
+pub(crate) struct Shared {
+    client: Client,
+    /// Publishes, acks and administrative commands (reconnects by itself).
+    conn: ConnectionManager,
+    /// The prefix and a dot.
+    wire_prefix: String,
+    /// The URL with any password hidden, for messages.
+    shown_url: String,
+    cfg: RedisConfig,
+    /// The bus name, or `polybus`: the start of consumer names.
+    name: String,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    state: watch::Sender<ConnectionState>,
+    cleanups: Cleanups,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    /// The key (stream) or channel of a topic or pattern.
+    fn key(&self, topic: &str) -> String {
+        let mut s = String::with_capacity(self.wire_prefix.len() + topic.len());
+        s.push_str(&self.wire_prefix);
+        s.push_str(topic);
+        s
+    }
+
+    /// A connection of its own (blocking reads, Pub/Sub), whose replies may take `extra`
+    /// longer than a command.
+    async fn dedicated(
+        &self,
+        extra: Duration,
+    ) -> std::result::Result<MultiplexedConnection, Error> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout + extra));
+        self.client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| redis_error(&format!("connecting to {}", self.shown_url), &e))
+    }
+
+    /// Records whether the server answered: the bus's connection state follows.
+    fn note(&self, e: Option<&RedisError>) {
+        let next = match e {
+            None => ConnectionState::Connected,
+            Some(e) if is_connection_error(e) => ConnectionState::Disconnected,
+            Some(_) => return,
+        };
+        self.state.send_if_modified(|s| {
+            let changed = *s != next && *s != ConnectionState::Closed;
+            if changed {
+                *s = next;
+            }
+            changed
+        });
+    }
+
+    /// Runs `fut` in the background, counted until it ends so `close` can wait for it.
+    fn spawn_cleanup(
+        self: &Arc<Self>,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let shared = self.clone();
+        shared.cleanups.running.fetch_add(1, Ordering::AcqRel);
+        drop(self.runtime.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
+            shared.cleanups.running.fetch_sub(1, Ordering::AcqRel);
+            shared.cleanups.done.notify_waiters();
+        }));
+    }
+}
+
+/// Whether an error means the connection is lost (rather than a refused command).
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// Maps a Redis error onto the polybus kinds: rejected credentials are `Auth`, an unreachable
+/// server `Connection`, no answer in time `Timeout`, anything the server refused `Backend`.
+pub(crate) fn redis_error(what: &str, e: &RedisError) -> Error {
+    let code = e.code().unwrap_or_default();
+    let auth = e.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM");
+    let (kind, hint) = if auth {
+        (
+            ErrorKind::Auth,
+            ": the server rejected the credentials (check redis.username and redis.password, \
+             or the user and password in the URL)",
+        )
+    } else if e.is_timeout() {
+        (ErrorKind::Timeout, ": the server did not answer in time")
+    } else if is_connection_error(e) {
+        (ErrorKind::Connection, ": the server could not be reached")
+    } else {
+        (ErrorKind::Backend, "")
+    };
+    Error::new(kind, format!("{what}{hint} ({e})"))
+}
+
+/// Where to connect and as whom, from the URL.
+#[derive(Debug, Default, PartialEq)]
+struct Target {
+    hosts: Vec<(String, u16)>,
+    tls: bool,
+    username: Option<String>,
+    password: Option<String>,
+    db: Option<i64>,
+    shown: String,
+}
+
+/// Splits `host[:port]` (IPv6 in brackets); the port defaults to 6379.
+fn host_port(s: &str) -> Option<(String, u16)> {
+    let s = s.trim();
+    if s.is_empty() || s.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => 6379,
+            None => return None,
+        };
+        return Some((host.to_owned(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.contains(':') => Some((h.to_owned(), p.parse().ok()?)),
+        Some(_) => None,
+        None => Some((s.to_owned(), 6379)),
+    }
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target> {
+        let shown = redact(url);
+        let bad = |why: &str| Error::new(ErrorKind::InvalidConfig, format!("url {shown:?}: {why}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let tls = scheme.starts_with("rediss");
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        if path.contains(['?', '#']) || authority.contains(['?', '#']) {
+            return Err(bad(
+                "query parameters are not supported (use the redis section)",
+            ));
+        }
+        let mut t = Target {
+            tls,
+            shown: shown.clone(),
+            ..Target::default()
+        };
+        let host = match authority.rsplit_once('@') {
+            Some((auth, host)) => {
+                match auth.split_once(':') {
+                    Some((u, p)) => {
+                        if !u.is_empty() {
+                            t.username = Some(percent_decode(u));
+                        }
+                        t.password = Some(percent_decode(p));
+                    }
+                    None => t.password = Some(percent_decode(auth)),
+                }
+                host
+            }
+            None => authority,
+        };
+        if !host.is_empty() {
+            t.hosts
+                .push(host_port(host).ok_or_else(|| bad("expected host:port"))?);
+        }
+        let path = path.trim_end_matches('/');
+        if !path.is_empty() {
+            t.db =
+                Some(path.parse().map_err(|_| {
+                    bad("the path must be a database number (redis://host:6379/2)")
+                })?);
+        }
+        Ok(t)
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((u, _)) => format!("{scheme}://{u}:***@{host}{path}"),
+            None => format!("{scheme}://***@{host}{path}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn read_file(setting: &str, path: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("redis.{setting} {path:?}: {e}"),
+        )
+    })
+}
+
+/// One publish on its way to the writer.
+struct Outgoing {
+    cmd: ::redis::Cmd,
+    topic: String,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// `redis://` and `redis+pubsub://`.
+pub(crate) struct RedisBackend {
+    shared: Arc<Shared>,
+    mode: Mode,
+    queue: flume::Sender<Outgoing>,
+    writer_busy: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<()>,
+    close_timeout: Duration,
+}
+
+impl RedisBackend {
+    pub(crate) async fn open(
+        config: &Config,
+        state: &watch::Sender<ConnectionState>,
+        mode: Mode,
+    ) -> Result<Self> {
+        let shared = Arc::new(connect(config, state).await?);
+        let (queue, rx) = flume::bounded(QUEUE_MAX);
+        let writer_busy = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(writer(shared.clone(), rx, writer_busy.clone()));
+        Ok(RedisBackend {
+            shared,
+            mode,
+            queue,
+            writer_busy,
+            writer,
+            close_timeout: Config::duration(config.close_timeout_ms),
+        })
+    }
+}
+
+/// Connects to the first server of the list that answers, checking the credentials.
+async fn connect(config: &Config, state: &watch::Sender<ConnectionState>) -> Result<Shared> {
+    let target = Target::parse(&config.url)?;
+    let r = &config.redis;
+    let hosts = if r.addrs.is_empty() {
+        target.hosts.clone()
+    } else {
+        r.addrs
+            .iter()
+            .map(|a| {
+                host_port(a).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidConfig,
+                        format!("redis.addrs: {a:?} is not host:port"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    if hosts.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "url {:?}: no server given (expected e.g. redis://127.0.0.1:6379, or redis.addrs)",
+                target.shown
+            ),
+        ));
+    }
+    let tls = target.tls || r.tls_ca.is_some() || r.tls_cert.is_some();
+    let ca = r
+        .tls_ca
+        .as_deref()
+        .map(|p| read_file("tls_ca", p))
+        .transpose()?;
+    let client_tls = match (&r.tls_cert, &r.tls_key) {
+        (Some(c), Some(k)) => Some((read_file("tls_cert", c)?, read_file("tls_key", k)?)),
+        _ => None,
+    };
+    let mut settings = RedisConnectionInfo::default().set_db(r.db.or(target.db).unwrap_or(0));
+    if let Some(u) = r.username.as_ref().or(target.username.as_ref()) {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = r.password.as_ref().or(target.password.as_ref()) {
+        settings = settings.set_password(p);
+    }
+    let connect_timeout = Config::duration(config.connect_timeout_ms.max(1));
+    let command_timeout = Config::duration(r.command_timeout_ms);
+    let mut last: Option<Error> = None;
+    for (host, port) in hosts {
+        let shown = format!("{}://{host}:{port}", if tls { "rediss" } else { "redis" });
+        let addr = if tls {
+            ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.clone(), port)
+        };
+        let bad = |e: RedisError| redis_error(&format!("redis server {shown}"), &e);
+        let info = addr
+            .into_connection_info()
+            .map_err(bad)?
+            .set_redis_settings(settings.clone());
+        let client = if tls {
+            Client::build_with_tls(
+                info,
+                ::redis::TlsCertificates {
+                    client_tls: client_tls.clone().map(|(client_cert, client_key)| {
+                        ::redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert: ca.clone(),
+                },
+            )
+        } else {
+            Client::open(info)
+        }
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("redis server {shown}: {e}"),
+            )
+        })?;
+        // One plain connection first: it reports a refused password or an unreachable
+        // server at once, where the reconnecting manager would keep trying.
+        let probe = async {
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(command_timeout));
+            let mut c = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
+            ::redis::cmd("PING").query_async::<Value>(&mut c).await?;
+            let manager = ConnectionManager::new_with_config(
+                client.clone(),
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(command_timeout))
+                    .set_number_of_retries(r.max_retries)
+                    .set_max_delay(Duration::from_secs(2)),
+            )
+            .await?;
+            Ok::<_, RedisError>(manager)
+        };
+        match tokio::time::timeout(connect_timeout, probe).await {
+            Ok(Ok(conn)) => {
+                let prefix = if config.prefix.is_empty() {
+                    DEFAULT_PREFIX
+                } else {
+                    config.prefix.as_str()
+                };
+                return Ok(Shared {
+                    client,
+                    conn,
+                    wire_prefix: format!("{prefix}."),
+                    shown_url: shown,
+                    cfg: r.clone(),
+                    name: if config.name.is_empty() {
+                        "polybus".to_owned()
+                    } else {
+                        config.name.clone()
+                    },
+                    connect_timeout,
+                    command_timeout,
+                    state: state.clone(),
+                    cleanups: Cleanups::default(),
+                    runtime: tokio::runtime::Handle::current(),
+                });
+            }
+            Ok(Err(e)) => {
+                let err = redis_error(&format!("cannot connect to {shown}"), &e);
+                if err.kind() == ErrorKind::Auth {
+                    return Err(err);
+                }
+                last = Some(err);
+            }
+            Err(_) => {
+                last = Some(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot connect to {shown}: no answer within {} ms",
+                        connect_timeout.as_millis()
+                    ),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::new(ErrorKind::Connection, "no Redis server to connect to")))
+}
+
+/// Writes queued publishes in pipelines, in order, and answers each with its own reply.
+async fn writer(shared: Arc<Shared>, rx: flume::Receiver<Outgoing>, busy: Arc<AtomicBool>) {
+    let mut conn = shared.conn.clone();
+    while let Ok(first) = rx.recv_async().await {
+        busy.store(true, Ordering::Release);
+        let mut batch = vec![first];
+        while batch.len() < PIPELINE_MAX {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        for o in &mut batch {
+            pipe.add_command(std::mem::replace(&mut o.cmd, ::redis::Cmd::new()));
+        }
+        let result: ::redis::RedisResult<Vec<::redis::RedisResult<Value>>> =
+            pipe.query_async(&mut conn).await;
+        match result {
+            Ok(replies) => {
+                shared.note(None);
+                let mut replies = replies.into_iter();
+                for o in batch {
+                    let r = match replies.next() {
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(e)) => Err(redis_error(&format!("publish on {:?}", o.topic), &e)),
+                        None => Err(Error::new(
+                            ErrorKind::Backend,
+                            format!("publish on {:?}: the server sent no reply", o.topic),
+                        )),
+                    };
+                    let _ = o.reply.send(r);
+                }
+            }
+            Err(e) => {
+                shared.note(Some(&e));
+                for o in batch {
+                    let _ = o
+                        .reply
+                        .send(Err(redis_error(&format!("publish on {:?}", o.topic), &e)));
+                }
+            }
+        }
+        busy.store(false, Ordering::Release);
+    }
+}
+
+impl Backend for RedisBackend {
+    fn publish(&self, message: Arc<Message>) -> Publishing {
+        let cmd = match self.mode {
+            Mode::Streams => streams::xadd(&self.shared, &message),
+            Mode::PubSub => pubsub::publish(&self.shared, &message),
+        };
+        let (reply, rx) = oneshot::channel();
+        let out = Outgoing {
+            cmd,
+            topic: message.topic.clone(),
+            reply,
+        };
+        let replied = async move { rx.await.unwrap_or_else(|_| Err(Error::closed("bus"))) };
+        match self.queue.try_send(out) {
+            Ok(()) => Publishing::Submitted(Box::pin(replied)),
+            Err(flume::TrySendError::Full(out)) => {
+                let queue = self.queue.clone();
+                Publishing::Pending(Box::pin(async move {
+                    queue
+                        .send_async(out)
+                        .await
+                        .map_err(|_| Error::closed("bus"))?;
+                    replied.await
+                }))
+            }
+            Err(flume::TrySendError::Disconnected(_)) => {
+                Publishing::Done(Err(Error::closed("bus")))
+            }
+        }
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        options: &'a SubscribeOptions,
+    ) -> BoxFut<'a, Result<Subscribed>> {
+        Box::pin(async move {
+            match self.mode {
+                Mode::Streams => streams::subscribe(&self.shared, pattern, options).await,
+                Mode::PubSub => pubsub::subscribe(&self.shared, pattern, options).await,
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFut<'_, Result<()>> {
+        Box::pin(async move {
+            let limit = self.close_timeout.min(Duration::from_secs(5));
+            let deadline = tokio::time::Instant::now() + limit;
+            // Replies to what was published (dead letters during the drain among them).
+            while (!self.queue.is_empty() || self.writer_busy.load(Ordering::Acquire))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            self.writer.abort();
+            // Broadcast groups being destroyed, consumers being removed.
+            let c = &self.shared.cleanups;
+            while c.running.load(Ordering::Acquire) > 0 {
+                let wait = c.done.notified();
+                if c.running.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_parsed_and_hidden() {
+        let t = Target::parse("redis://svc:p%40ss@127.0.0.1:6390/2").unwrap();
+        assert_eq!(t.hosts, [("127.0.0.1".to_owned(), 6390)]);
+        assert_eq!(t.username.as_deref(), Some("svc"));
+        assert_eq!(t.password.as_deref(), Some("p@ss"));
+        assert_eq!(t.db, Some(2));
+        assert!(!t.tls);
+        assert_eq!(t.shown, "redis://svc:***@127.0.0.1:6390/2");
+        let t = Target::parse("rediss+pubsub://:secret@example.com").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.hosts, [("example.com".to_owned(), 6379)]);
+        assert_eq!(t.username, None);
+        assert_eq!(t.password.as_deref(), Some("secret"));
+        assert!(Target::parse("redis://h:1/x").is_err());
+        assert!(Target::parse("redis://h:1?db=2").is_err());
+        assert_eq!(Target::parse("redis://").unwrap().hosts, []);
+        assert_eq!(host_port("[::1]:7000"), Some(("::1".to_owned(), 7000)));
+    }
+}

@@ -1,0 +1,447 @@
+//! `redis://` and `redis+pubsub://` against real redis-server processes started by the broker
+//! harness (`tests/harness/brokers.sh`). These tests fail, never skip, when the broker is
+//! missing: start it with `eval "$(bash tests/harness/brokers.sh start redis)"`. The
+//! authentication test starts the `redis-acl` server through the harness itself; the restart
+//! test restarts the shared server, so it holds the broker lock exclusively.
+#![cfg(feature = "redis")]
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use polybus::{Bus, Config, ErrorKind, Event, Message, RedisConfig, SubscribeOptions};
+
+/// Tests that restart the shared broker take it exclusively; the others share it.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn secs(n: u64) -> Duration {
+    let scale: f64 = std::env::var("POLYBUS_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(n as f64 * scale)
+}
+
+/// Runs the broker harness; panics with its output when it fails.
+fn harness(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(root().join("tests/harness/brokers.sh"))
+        .args(args)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "brokers.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn redis_url() -> String {
+    std::env::var("POLYBUS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into())
+}
+
+/// `host` and `port` of the shared server, for redis-cli.
+fn cli_addr() -> (String, String) {
+    let url = redis_url();
+    let hp = url.rsplit('@').next().unwrap_or(&url);
+    let hp = hp.trim_start_matches("redis://").trim_end_matches('/');
+    let (h, p) = hp.split_once(':').unwrap_or((hp, "6379"));
+    (h.to_owned(), p.to_owned())
+}
+
+fn redis_cli(args: &[&str]) -> Vec<u8> {
+    let (h, p) = cli_addr();
+    let out = Command::new("redis-cli")
+        .args(["-h", &h, "-p", &p, "--raw"])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn unique(tag: &str) -> String {
+    format!(
+        "t.{tag}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+fn config(prefix: &str, redis: RedisConfig) -> Config {
+    Config::new(redis_url()).prefix(prefix).redis(redis)
+}
+
+/// Collects events.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Event>>>);
+
+impl Seen {
+    fn handler(&self) -> impl Fn(Event) -> futures::future::Ready<Result<(), String>> + Clone {
+        let me = self.clone();
+        move |e: Event| {
+            me.0.lock().push(e);
+            futures::future::ready(Ok(()))
+        }
+    }
+
+    async fn wait(&self, n: usize, limit: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.0.lock().clone();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_and_the_right_one_works() {
+    let _shared = BROKER.read().await;
+    let out = harness(&["start", "redis-acl"]);
+    let base = out
+        .lines()
+        .find_map(|l| l.strip_prefix("export POLYBUS_TEST_REDIS_ACL_URL="))
+        .expect("the harness prints the ACL server's URL")
+        .to_owned();
+    let wrong = base.replacen("redis://", "redis://polybus:wrong@", 1);
+    let e = Bus::connect(Config::new(&wrong)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert!(e.to_string().contains("credentials"), "{e}");
+    assert!(
+        !e.to_string().contains("wrong"),
+        "the password is not shown: {e}"
+    );
+    // No credentials at all: the default user is disabled.
+    let e = Bus::connect(Config::new(&base)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+
+    let cfg = Config::new(&base).prefix(unique("acl")).redis(RedisConfig {
+        username: Some("polybus".into()),
+        password: Some("secret".into()),
+        ..RedisConfig::default()
+    });
+    let bus = Bus::connect(cfg).await.unwrap();
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe("acl.ok", SubscribeOptions::new(), seen.handler())
+        .await
+        .unwrap();
+    bus.publish(Message::new("acl.ok", "hi")).await.unwrap();
+    assert_eq!(seen.wait(1, secs(10)).await.len(), 1);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_clearly_within_the_connect_timeout() {
+    let started = Instant::now();
+    let cfg = Config::new("redis://127.0.0.1:1").connect_timeout(Duration::from_secs(2));
+    let e = Bus::connect(cfg).await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{e}"
+    );
+    assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn wildcards_on_streams_find_new_topics() {
+    let _shared = BROKER.read().await;
+    let prefix = unique("wild");
+    let bus = Bus::connect(config(
+        &prefix,
+        RedisConfig {
+            scan_interval_ms: 100,
+            ..RedisConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe("orders.*", SubscribeOptions::new(), seen.handler())
+        .await
+        .unwrap();
+    for t in ["orders.created", "orders.created.eu", "orders.paid"] {
+        bus.publish(Message::new(t, t)).await.unwrap();
+    }
+    let got = seen.wait(2, secs(10)).await;
+    let mut topics: Vec<String> = got.iter().map(|e| e.topic().to_owned()).collect();
+    topics.sort();
+    assert_eq!(topics, ["orders.created", "orders.paid"]);
+    bus.close().await.unwrap();
+}
+
+#[test]
+fn a_dead_group_member_s_events_are_reclaimed_by_another() {
+    let prefix = unique("claim");
+    let redis = RedisConfig {
+        claim_idle_ms: 1_000,
+        block_ms: 200,
+        ..RedisConfig::default()
+    };
+    let opts = SubscribeOptions::new().group("workers");
+    // Member A, in a "process" of its own: it takes the event and never finishes it.
+    let dying = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (took_tx, took_rx) = std::sync::mpsc::channel::<String>();
+    let bus_a = dying.block_on(async {
+        let bus = Bus::connect(config(&prefix, redis.clone())).await.unwrap();
+        let took = Mutex::new(took_tx);
+        let sub = bus
+            .subscribe("jobs.run", opts.clone(), move |e: Event| {
+                let _ = took.lock().send(e.id().to_owned());
+                futures::future::pending::<Result<(), String>>()
+            })
+            .await
+            .unwrap();
+        bus.publish(Message::new("jobs.run", "work").id("job-1"))
+            .await
+            .unwrap();
+        (bus, sub)
+    });
+    assert_eq!(took_rx.recv_timeout(secs(10)).unwrap(), "job-1");
+    // A dies: its tasks and connections are gone, its event stays pending on the server.
+    drop(bus_a);
+    dying.shutdown_background();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let _shared = BROKER.read().await;
+        let bus = Bus::connect(config(&prefix, redis)).await.unwrap();
+        let seen = Seen::default();
+        let _sub = bus
+            .subscribe("jobs.run", opts, seen.handler())
+            .await
+            .unwrap();
+        let got = seen.wait(1, secs(15)).await;
+        assert_eq!(
+            got.len(),
+            1,
+            "member B reclaims the event after claim_idle_ms"
+        );
+        assert_eq!(got[0].id(), "job-1");
+        assert_eq!(got[0].attempt(), 2, "the broker's delivery count");
+        bus.close().await.unwrap();
+        // Acknowledged: nothing is pending in the group any more.
+        let key = format!("{prefix}.jobs.run");
+        let pending = redis_cli(&["XPENDING", &key, "workers"]);
+        assert!(
+            String::from_utf8_lossy(&pending).starts_with('0'),
+            "{}",
+            String::from_utf8_lossy(&pending)
+        );
+    });
+}
+
+#[tokio::test]
+async fn a_server_restart_mid_stream_loses_no_event() {
+    let _exclusive = BROKER.write().await;
+    let prefix = unique("restart");
+    let bus = Bus::connect(config(&prefix, RedisConfig::default()))
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe(
+            "orders.created",
+            SubscribeOptions::new().group("billing"),
+            seen.handler(),
+        )
+        .await
+        .unwrap();
+    let publish = |i: usize| {
+        let bus = bus.clone();
+        async move {
+            // A publish that fails during the restart is published again: at least once.
+            let deadline = Instant::now() + secs(20);
+            loop {
+                match bus
+                    .publish(Message::new("orders.created", i.to_string()))
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(e) if Instant::now() < deadline => {
+                        assert!(
+                            matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+                            "{e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("publish {i}: {e}"),
+                }
+            }
+        }
+    };
+    for i in 0..50 {
+        publish(i).await;
+    }
+    tokio::task::spawn_blocking(|| harness(&["restart", "redis"]))
+        .await
+        .unwrap();
+    for i in 50..100 {
+        publish(i).await;
+    }
+    let deadline = Instant::now() + secs(30);
+    let distinct = loop {
+        let got: HashSet<String> = seen
+            .0
+            .lock()
+            .iter()
+            .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
+            .collect();
+        if got.len() >= 100 || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let missing: Vec<usize> = (0..100)
+        .filter(|i| !distinct.contains(&i.to_string()))
+        .collect();
+    assert!(missing.is_empty(), "lost across the restart: {missing:?}");
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_clients_read_and_write_the_documented_stream_fields() {
+    let _shared = BROKER.read().await;
+    let prefix = unique("wire");
+    let bus = Bus::connect(config(&prefix, RedisConfig::default()).name("svc"))
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe("orders.created", SubscribeOptions::new(), seen.handler())
+        .await
+        .unwrap();
+    let key = format!("{prefix}.orders.created");
+
+    // redis-cli writes an event in the documented format.
+    redis_cli(&[
+        "XADD",
+        &key,
+        "*",
+        "payload",
+        "{\"id\":7}",
+        "ce_specversion",
+        "1.0",
+        "ce_id",
+        "from-cli",
+        "ce_type",
+        "order.created",
+        "ce_source",
+        "cli",
+        "ce_time",
+        "2024-05-01T12:00:00.123456Z",
+        "ce_partitionkey",
+        "order-7",
+        "h:tenant",
+        "acme",
+    ]);
+    let got = seen.wait(1, secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let e = &got[0];
+    assert_eq!(e.payload().as_ref(), b"{\"id\":7}");
+    assert_eq!(e.id(), "from-cli");
+    assert_eq!(e.event_type(), "order.created");
+    assert_eq!(e.source(), Some("cli"));
+    assert_eq!(e.key(), Some("order-7"));
+    assert_eq!(e.headers().get("tenant").map(String::as_str), Some("acme"));
+    assert_eq!(
+        e.time(),
+        std::time::UNIX_EPOCH + Duration::new(1_714_564_800, 123_456_000)
+    );
+    assert_eq!(e.attempt(), 1);
+
+    // polybus writes an event redis-cli reads, the payload byte for byte.
+    let payload = "{\"total\": 12.5, \"note\": \"d\u{e9}j\u{e0} vu\"}";
+    bus.publish(
+        Message::new("orders.created", payload)
+            .key("order-8")
+            .id("from-polybus")
+            .header("tenant", "acme"),
+    )
+    .await
+    .unwrap();
+    let out = redis_cli(&["XRANGE", &key, "-", "+"]);
+    let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').collect();
+    let field = |name: &str, skip: usize| -> Vec<u8> {
+        let mut found = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l == name.as_bytes())
+            .map(|(i, _)| lines[i + 1].to_vec());
+        found.nth(skip).unwrap_or_default()
+    };
+    assert_eq!(field("payload", 1), payload.as_bytes());
+    assert_eq!(field("ce_id", 1), b"from-polybus");
+    assert_eq!(field("ce_partitionkey", 1), b"order-8");
+    assert_eq!(field("ce_source", 1), b"svc");
+    assert_eq!(field("ce_type", 1), b"orders.created");
+    assert_eq!(field("h:tenant", 1), b"acme");
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn pubsub_envelopes_are_cloudevents_json() {
+    let _shared = BROKER.read().await;
+    let prefix = unique("ps");
+    let url = redis_url().replacen("redis://", "redis+pubsub://", 1);
+    let bus = Bus::connect(Config::new(url).prefix(&prefix))
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe("orders.>", SubscribeOptions::new(), seen.handler())
+        .await
+        .unwrap();
+    // A plain client publishes a structured-mode CloudEvent with a binary payload.
+    let (h, p) = cli_addr();
+    let out = Command::new("redis-cli")
+        .args(["-h", &h, "-p", &p, "PUBLISH"])
+        .arg(format!("{prefix}.orders.eu.created"))
+        .arg(r#"{"specversion":"1.0","id":"x1","type":"t","source":"cli","data_base64":"AP8="}"#)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    bus.publish(Message::new("orders.paid", "{\"ok\":true}"))
+        .await
+        .unwrap();
+    let got = seen.wait(2, secs(10)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].topic(), "orders.eu.created");
+    assert_eq!(got[0].payload().as_ref(), b"\x00\xff");
+    assert_eq!(got[0].id(), "x1");
+    assert_eq!(got[1].payload().as_ref(), b"{\"ok\":true}");
+    // Groups do not exist in Pub/Sub: refused at subscribe time.
+    let e = bus
+        .subscribe(
+            "orders.paid",
+            SubscribeOptions::new().group("g"),
+            seen.handler(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    bus.close().await.unwrap();
+}
