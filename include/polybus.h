@@ -73,6 +73,23 @@
 #define POLYBUS_START_NEW 0
 
 /**
+ * Connection state: the bus was closed. Final: it never changes again.
+ */
+#define POLYBUS_STATE_CLOSED 2
+
+/**
+ * Connection state: connected, publishes reach the broker (`memory://` always is, until
+ * closed).
+ */
+#define POLYBUS_STATE_CONNECTED 0
+
+/**
+ * Connection state: the connection was lost and polybus is reconnecting; subscriptions survive
+ * it. Publishes may wait or fail meanwhile.
+ */
+#define POLYBUS_STATE_DISCONNECTED 1
+
+/**
  * @brief The result of every fallible call.
  *
  * 0 is success, negative values are errors, positive values are non-error outcomes. Values are
@@ -528,6 +545,49 @@ void polybus_batch_free(struct polybus_batch_t *batch);
 polybus_status_t polybus_close(const struct polybus_t *bus, struct polybus_error_t *err);
 
 /**
+ * @brief Reads the state of the bus's connection to its broker.
+ *
+ * @param bus *borrowed* A bus (open or closed: a closed bus reports POLYBUS_STATE_CLOSED).
+ * @param out *out* POLYBUS_STATE_CONNECTED, POLYBUS_STATE_DISCONNECTED or POLYBUS_STATE_CLOSED.
+ * @param err *out, optional* Error detail on failure.
+ * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+ * @remark Never blocks. Any thread, including a polybus callback.
+ * @sa polybus_connection_state_wait
+ */
+polybus_status_t polybus_connection_state(const struct polybus_t *bus,
+                                          int32_t *out,
+                                          struct polybus_error_t *err);
+
+/**
+ * @brief Waits until the connection state differs from `known`, then reports it.
+ *
+ * Loop on it to follow the connection: pass the state last seen as `known`. States are not
+ * queued: a change and its reversal within one wait may go unseen, but the state returned is
+ * always the current one. POLYBUS_STATE_CLOSED is final, so once the bus is closed a wait with
+ * `known` = POLYBUS_STATE_CLOSED returns POLYBUS_NO_EVENTS at once.
+ *
+ * @param bus *borrowed* A bus (open or closed).
+ * @param known POLYBUS_STATE_CONNECTED, POLYBUS_STATE_DISCONNECTED or POLYBUS_STATE_CLOSED:
+ *        the state the caller knows of.
+ * @param timeout_ms How long to wait: 0 returns at once, a negative value waits until the
+ *        state changes.
+ * @param out *out* The new state, on POLYBUS_OK.
+ * @param err *out, optional* Error detail on failure.
+ * @return POLYBUS_OK (the state differs from `known`; `*out` holds it), POLYBUS_NO_EVENTS
+ *         (timed out, or the bus is closed and `known` is POLYBUS_STATE_CLOSED),
+ *         POLYBUS_ERR_INVALID_ARGUMENT (NULL, or `known` is not a POLYBUS_STATE_* value).
+ * @remark Blocks up to `timeout_ms`; the waiting happens on polybus's runtime. Any thread may
+ *         call it, several at once; from a polybus callback, keep the timeout short (the
+ *         callback's subscription waits meanwhile).
+ * @sa polybus_connection_state
+ */
+polybus_status_t polybus_connection_state_wait(const struct polybus_t *bus,
+                                               int32_t known,
+                                               int32_t timeout_ms,
+                                               int32_t *out,
+                                               struct polybus_error_t *err);
+
+/**
  * @brief Releases a bus handle, closing it first if needed. NULL is a no-op.
  *
  * @param bus *consumed* The handle; invalid after the call. Subscriptions made from it stay
@@ -539,18 +599,22 @@ void polybus_free(struct polybus_t *bus);
 /**
  * @brief Opens a bus.
  *
- * @param config *borrowed* A URL ("memory://") or a JSON object with the fields `url`,
- *        `prefix`, `name`, `connect_timeout_ms`, `publish_timeout_ms`, `close_timeout_ms`,
- *        `max_payload`; NUL-terminated UTF-8.
+ * @param config *borrowed* A URL ("memory://", "memory://NAME", "nats://host:4222",
+ *        "jetstream://host:4222") or a JSON object with the fields `url`, `prefix`, `name`,
+ *        `connect_timeout_ms`, `publish_timeout_ms`, `close_timeout_ms`, `max_payload` and the
+ *        sections `nats` (credentials, TLS, client name) and `jetstream` (stream and consumer
+ *        settings); NUL-terminated UTF-8.
  * @param out *out* The new handle; set to NULL on failure.
  * @param err *out, optional* Error detail on failure.
  * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_INVALID_CONFIG,
  *         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CONNECTION, POLYBUS_ERR_AUTH.
- * @remark Blocks until connected, at most `connect_timeout_ms` (default 5000).
+ * @remark Blocks until connected, at most `connect_timeout_ms` (default 5000). Once open, a
+ *         broker connection that drops is re-established automatically (see
+ *         polybus_connection_state()).
  *
  * Topics are dot-separated tokens of ASCII letters, digits, '_' and '-', at most 249 bytes
  * ("orders.created"). Patterns may also use '*' for one token and, last, '>' for the rest.
- * @sa polybus_close, polybus_free
+ * @sa polybus_close, polybus_free, polybus_connection_state
  */
 polybus_status_t polybus_open(const char *config,
                               struct polybus_t **out,

@@ -18,10 +18,13 @@ import (
 
 // Config is the bus configuration, the same structure in every language. Its JSON form, which
 // the C API takes, uses the names url, prefix, name, connect_timeout_ms, publish_timeout_ms,
-// close_timeout_ms and max_payload. Zero fields take the core's defaults.
+// close_timeout_ms and max_payload, and the sections nats and jetstream. Zero fields take the
+// core's defaults.
 type Config struct {
 	// URL says where to connect: "memory://" is a private in-process bus, "memory://NAME" one
-	// shared in the process by name.
+	// shared in the process by name, "nats://host:4222" a NATS server (at most once) and
+	// "jetstream://host:4222" NATS JetStream (at least once). Credentials may travel in a NATS
+	// URL ("nats://user:password@host:4222"); several servers are separated by commas.
 	URL string
 	// Prefix namespaces every topic on the broker (like due's "due:eventbus"); empty for none.
 	Prefix string
@@ -36,37 +39,182 @@ type Config struct {
 	CloseTimeout time.Duration
 	// MaxPayload is the largest payload accepted, in bytes (default 1 MiB).
 	MaxPayload int
+	// NATS holds the connection settings of nats:// and jetstream:// URLs (credentials, TLS,
+	// client name); nil for the defaults.
+	NATS *NATSConfig
+	// JetStream holds the stream and consumer settings of jetstream:// URLs; nil for the
+	// defaults.
+	JetStream *JetStreamConfig
+}
+
+// NATSConfig is the nats section of Config: how a nats:// or jetstream:// bus connects. Empty
+// fields are not set. Its JSON form uses the core's names (user, password, token, nkey_seed,
+// creds_file, tls_ca, tls_cert, tls_key, tls_required, connection_name).
+type NATSConfig struct {
+	// User is the user name, with Password.
+	User string `json:"user,omitempty"`
+	// Password goes with User.
+	Password string `json:"password,omitempty"`
+	// Token is an authentication token.
+	Token string `json:"token,omitempty"`
+	// NKeySeed is an NKey seed ("SU...").
+	NKeySeed string `json:"nkey_seed,omitempty"`
+	// CredsFile is the path of a .creds file (JWT and NKey seed).
+	CredsFile string `json:"creds_file,omitempty"`
+	// TLSCA is the path of a PEM file of CA certificates to trust.
+	TLSCA string `json:"tls_ca,omitempty"`
+	// TLSCert is the path of the PEM client certificate, with TLSKey.
+	TLSCert string `json:"tls_cert,omitempty"`
+	// TLSKey is the path of the PEM client private key, with TLSCert.
+	TLSKey string `json:"tls_key,omitempty"`
+	// TLSRequired refuses to connect without TLS.
+	TLSRequired bool `json:"tls_required,omitempty"`
+	// ConnectionName is the name the server shows for the connection (default: Config.Name).
+	ConnectionName string `json:"connection_name,omitempty"`
+}
+
+// JetStreamConfig is the jetstream section of Config: the stream a jetstream:// bus binds (or
+// creates when it does not exist) and its consumers' settings. Zero fields take the core's
+// defaults. Its JSON form uses the core's names (stream, subjects, retention, storage,
+// max_age_ms, max_bytes, replicas, ack_wait_ms, max_ack_pending, max_deliver,
+// inactive_threshold_ms, max_pending_publishes).
+type JetStreamConfig struct {
+	// Stream is the stream name (default "POLYBUS_" and the prefix in upper case, dots as '_').
+	Stream string
+	// Subjects are the subjects the stream covers when it is created (default "<prefix>.>").
+	Subjects []string
+	// Retention applies when the stream is created: "limits" (default), "interest" or
+	// "workqueue".
+	Retention string
+	// Storage applies when the stream is created: "file" (default) or "memory".
+	Storage string
+	// MaxAge is the age of the oldest event kept; 0 keeps events for ever (the default).
+	MaxAge time.Duration
+	// MaxBytes is the largest stream size in bytes; 0 or -1 is unlimited (the default).
+	MaxBytes int64
+	// Replicas is the number of stream replicas (default 1).
+	Replicas int
+	// AckWait is how long the broker waits for an acknowledgement before redelivering
+	// (default 30s). While a handler runs or a retry waits, the bus tells the broker it is
+	// still working.
+	AckWait time.Duration
+	// MaxAckPending is how many events a consumer may have delivered but unacknowledged
+	// (default 1024).
+	MaxAckPending int64
+	// MaxDeliver is how many times the broker delivers one event before giving up on it, a
+	// safety net for events that crash their consumer beyond the MaxAttempts option (default
+	// 20; -1 for no limit).
+	MaxDeliver int64
+	// InactiveThreshold is how long the consumer of a broadcast subscription survives its
+	// subscriber going away without unsubscribing, for example in a crash (default 1h).
+	InactiveThreshold time.Duration
+	// MaxPendingPublishes is how many publish acknowledgements the bus awaits at once
+	// (default 4096).
+	MaxPendingPublishes int
 }
 
 // configJSON is the JSON form of Config.
 type configJSON struct {
-	URL              string `json:"url"`
-	Prefix           string `json:"prefix,omitempty"`
-	Name             string `json:"name,omitempty"`
-	ConnectTimeoutMS int64  `json:"connect_timeout_ms,omitempty"`
-	PublishTimeoutMS int64  `json:"publish_timeout_ms,omitempty"`
-	CloseTimeoutMS   int64  `json:"close_timeout_ms,omitempty"`
-	MaxPayload       int    `json:"max_payload,omitempty"`
+	URL              string         `json:"url"`
+	Prefix           string         `json:"prefix,omitempty"`
+	Name             string         `json:"name,omitempty"`
+	ConnectTimeoutMS int64          `json:"connect_timeout_ms,omitempty"`
+	PublishTimeoutMS int64          `json:"publish_timeout_ms,omitempty"`
+	CloseTimeoutMS   int64          `json:"close_timeout_ms,omitempty"`
+	MaxPayload       int            `json:"max_payload,omitempty"`
+	NATS             *NATSConfig    `json:"nats,omitempty"`
+	JetStream        *jetStreamJSON `json:"jetstream,omitempty"`
+}
+
+// jetStreamJSON is the JSON form of JetStreamConfig.
+type jetStreamJSON struct {
+	Stream              string   `json:"stream,omitempty"`
+	Subjects            []string `json:"subjects,omitempty"`
+	Retention           string   `json:"retention,omitempty"`
+	Storage             string   `json:"storage,omitempty"`
+	MaxAgeMS            int64    `json:"max_age_ms,omitempty"`
+	MaxBytes            int64    `json:"max_bytes,omitempty"`
+	Replicas            int      `json:"replicas,omitempty"`
+	AckWaitMS           int64    `json:"ack_wait_ms,omitempty"`
+	MaxAckPending       int64    `json:"max_ack_pending,omitempty"`
+	MaxDeliver          int64    `json:"max_deliver,omitempty"`
+	InactiveThresholdMS int64    `json:"inactive_threshold_ms,omitempty"`
+	MaxPendingPublishes int      `json:"max_pending_publishes,omitempty"`
+}
+
+// msField is a duration to write into a JSON field of whole milliseconds.
+type msField struct {
+	name string // the Go field, for the error
+	in   time.Duration
+	out  *int64
+}
+
+// toMillis converts each duration to whole milliseconds, rounding up, or returns an
+// ErrInvalidConfig error naming the first negative one.
+func toMillis(fields ...msField) error {
+	for _, f := range fields {
+		ms, err := millis(f.name, f.in)
+		if err != nil {
+			return &Error{Code: StatusInvalidConfig, Message: "invalid config: " + err.Error()}
+		}
+		*f.out = int64(ms)
+	}
+	return nil
+}
+
+// toJSON returns the JSON form of the section, nil for nil.
+func (j *JetStreamConfig) toJSON() (*jetStreamJSON, error) {
+	if j == nil {
+		return nil, nil
+	}
+	out := &jetStreamJSON{
+		Stream:              j.Stream,
+		Subjects:            j.Subjects,
+		Retention:           j.Retention,
+		Storage:             j.Storage,
+		MaxBytes:            j.MaxBytes,
+		Replicas:            j.Replicas,
+		MaxAckPending:       j.MaxAckPending,
+		MaxDeliver:          j.MaxDeliver,
+		MaxPendingPublishes: j.MaxPendingPublishes,
+	}
+	err := toMillis(
+		msField{"JetStream.MaxAge", j.MaxAge, &out.MaxAgeMS},
+		msField{"JetStream.AckWait", j.AckWait, &out.AckWaitMS},
+		msField{"JetStream.InactiveThreshold", j.InactiveThreshold, &out.InactiveThresholdMS},
+	)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// MarshalJSON returns the JSON form of the section, with the core's names. Durations are
+// rounded up to whole milliseconds.
+func (j JetStreamConfig) MarshalJSON() ([]byte, error) {
+	out, err := j.toJSON()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(out)
 }
 
 // MarshalJSON returns the JSON form of the configuration, as the C API takes it. Durations
 // are rounded up to whole milliseconds.
 func (c Config) MarshalJSON() ([]byte, error) {
-	j := configJSON{URL: c.URL, Prefix: c.Prefix, Name: c.Name, MaxPayload: c.MaxPayload}
-	for _, d := range []struct {
-		name string
-		in   time.Duration
-		out  *int64
-	}{
-		{"ConnectTimeout", c.ConnectTimeout, &j.ConnectTimeoutMS},
-		{"PublishTimeout", c.PublishTimeout, &j.PublishTimeoutMS},
-		{"CloseTimeout", c.CloseTimeout, &j.CloseTimeoutMS},
-	} {
-		ms, err := millis(d.name, d.in)
-		if err != nil {
-			return nil, &Error{Code: StatusInvalidConfig, Message: "invalid config: " + err.Error()}
-		}
-		*d.out = int64(ms)
+	j := configJSON{URL: c.URL, Prefix: c.Prefix, Name: c.Name, MaxPayload: c.MaxPayload, NATS: c.NATS}
+	js, err := c.JetStream.toJSON()
+	if err != nil {
+		return nil, err
+	}
+	j.JetStream = js
+	err = toMillis(
+		msField{"ConnectTimeout", c.ConnectTimeout, &j.ConnectTimeoutMS},
+		msField{"PublishTimeout", c.PublishTimeout, &j.PublishTimeoutMS},
+		msField{"CloseTimeout", c.CloseTimeout, &j.CloseTimeoutMS},
+	)
+	if err != nil {
+		return nil, err
 	}
 	if c.MaxPayload < 0 {
 		return nil, newError(StatusInvalidConfig, "MaxPayload is negative (%d)", c.MaxPayload)

@@ -11,6 +11,30 @@
 //	bus, err := polybus.Open(ctx, "memory://")
 //	bus, err := polybus.OpenConfig(ctx, polybus.Config{URL: "memory://", Prefix: "app", Name: "billing"})
 //
+// The URL picks the backend:
+//
+//   - "memory://" is a bus private to the Bus value, "memory://NAME" one shared in the process
+//     by name: nothing is lost in the process, and publishers wait when a queue is full.
+//   - "nats://host:4222" is NATS core, at most once: groups are queue groups and patterns are
+//     native subject wildcards.
+//   - "jetstream://host:4222" is NATS JetStream, at least once: events are acknowledged to the
+//     broker only after their handler succeeded, a publish waits for the broker's
+//     acknowledgement, and a group is one durable consumer. The stream "POLYBUS_<PREFIX>" over
+//     "<prefix>.>" is created when it does not exist (without a Prefix, "polybus" is used).
+//
+// Config.NATS carries the credentials (user and password, token, NKey seed, creds file), the
+// TLS files and the client name; Config.JetStream the stream and consumer settings:
+//
+//	bus, err := polybus.OpenConfig(ctx, polybus.Config{
+//		URL:       "jetstream://127.0.0.1:4222",
+//		Prefix:    "app",
+//		NATS:      &polybus.NATSConfig{User: "app", Password: "secret"},
+//		JetStream: &polybus.JetStreamConfig{MaxAge: 24 * time.Hour},
+//	})
+//
+// Open blocks until connected, at most Config.ConnectTimeout: a server that refuses the
+// credentials gives ErrAuth, one that cannot be reached ErrConnection or ErrTimeout.
+//
 // A Bus is safe for concurrent use. Users of due's eventbus can set a default bus once and use
 // the package-level functions:
 //
@@ -60,6 +84,21 @@
 // Stats. All of this is done by the core; the package never retries by itself. The handler's
 // context derives from the context given to Subscribe and is cancelled once the subscription
 // has closed.
+//
+// # Connection state
+//
+// Once open, a bus on a broker reconnects by itself when the connection drops, and its
+// subscriptions survive the reconnection. ConnectionState reports StateConnected,
+// StateDisconnected or, after Close, StateClosed (a memory:// bus is connected until closed).
+// WatchConnectionState returns a channel that receives the current state and then every
+// change, until the bus is closed or the context is done:
+//
+//	for s := range bus.WatchConnectionState(ctx) {
+//		log.Printf("polybus: %s", s)
+//	}
+//
+// The channel is served by a goroutine of its own, which waits for changes in the core; a
+// reader that falls behind sees the latest state.
 //
 // # Close
 //

@@ -199,3 +199,25 @@ func ExampleError() {
 	// true
 	// POLYBUS_ERR_CLOSED
 }
+
+func ExampleBus_WatchConnectionState() {
+	ctx := context.Background()
+	bus, err := polybus.Open(ctx, "memory://")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(bus.ConnectionState())
+	states := bus.WatchConnectionState(ctx)
+	fmt.Println("watching:", <-states)
+	if err := bus.Close(); err != nil {
+		panic(err)
+	}
+	// The channel reports the close, then ends.
+	for s := range states {
+		fmt.Println("watching:", s)
+	}
+	// Output:
+	// connected
+	// watching: connected
+	// watching: closed
+}

@@ -48,18 +48,22 @@ pub(crate) unsafe fn bus_ref<'a>(bus: *const polybus_t) -> Result<&'a Bus, Error
 
 /// @brief Opens a bus.
 ///
-/// @param config *borrowed* A URL ("memory://") or a JSON object with the fields `url`,
-///        `prefix`, `name`, `connect_timeout_ms`, `publish_timeout_ms`, `close_timeout_ms`,
-///        `max_payload`; NUL-terminated UTF-8.
+/// @param config *borrowed* A URL ("memory://", "memory://NAME", "nats://host:4222",
+///        "jetstream://host:4222") or a JSON object with the fields `url`, `prefix`, `name`,
+///        `connect_timeout_ms`, `publish_timeout_ms`, `close_timeout_ms`, `max_payload` and the
+///        sections `nats` (credentials, TLS, client name) and `jetstream` (stream and consumer
+///        settings); NUL-terminated UTF-8.
 /// @param out *out* The new handle; set to NULL on failure.
 /// @param err *out, optional* Error detail on failure.
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_INVALID_CONFIG,
 ///         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CONNECTION, POLYBUS_ERR_AUTH.
-/// @remark Blocks until connected, at most `connect_timeout_ms` (default 5000).
+/// @remark Blocks until connected, at most `connect_timeout_ms` (default 5000). Once open, a
+///         broker connection that drops is re-established automatically (see
+///         polybus_connection_state()).
 ///
 /// Topics are dot-separated tokens of ASCII letters, digits, '_' and '-', at most 249 bytes
 /// ("orders.created"). Patterns may also use '*' for one token and, last, '>' for the rest.
-/// @sa polybus_close, polybus_free
+/// @sa polybus_close, polybus_free, polybus_connection_state
 #[no_mangle]
 pub unsafe extern "C" fn polybus_open(
     config: *const c_char,

@@ -11,12 +11,14 @@
 #[macro_use]
 mod guard;
 mod bus;
+mod connection;
 mod error;
 mod status;
 mod subscription;
 mod types;
 
 pub use bus::*;
+pub use connection::*;
 pub use error::*;
 pub use status::*;
 pub use subscription::*;

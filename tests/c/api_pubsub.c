@@ -238,6 +238,64 @@ static void test_pull_subscription(void) {
   polybus_free(bus);
 }
 
+static void test_connection_state(void) {
+  polybus_t *bus = NULL;
+  polybus_error_t err;
+  CHECK_STATUS(polybus_open("memory://", &bus, &err), POLYBUS_OK);
+  int32_t state = -1;
+  CHECK_STATUS(polybus_connection_state(bus, &state, &err), POLYBUS_OK);
+  CHECK(state == POLYBUS_STATE_CONNECTED);
+  /* Nothing changes on memory://: the wait times out, at once or after the timeout. */
+  state = -1;
+  CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_CONNECTED, 0, &state, &err),
+               POLYBUS_NO_EVENTS);
+  CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_CONNECTED, 50, &state, &err),
+               POLYBUS_NO_EVENTS);
+  CHECK(state == -1);
+  /* A state other than the current one returns at once. */
+  CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_DISCONNECTED, -1, &state, &err),
+               POLYBUS_OK);
+  CHECK(state == POLYBUS_STATE_CONNECTED);
+
+  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_connection_state(bus, &state, &err), POLYBUS_OK);
+  CHECK(state == POLYBUS_STATE_CLOSED);
+  CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_CONNECTED, 5000, &state, &err),
+               POLYBUS_OK);
+  CHECK(state == POLYBUS_STATE_CLOSED);
+  /* Closed is final: waiting on it returns at once, even without a timeout. */
+  CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_CLOSED, -1, &state, &err),
+               POLYBUS_NO_EVENTS);
+  polybus_free(bus);
+}
+
+/* A waiter blocked on "connected" is woken by polybus_close() on another thread. */
+typedef struct {
+  const polybus_t *bus;
+  polybus_status_t status;
+  int32_t state;
+} waiter_t;
+
+static void *wait_for_change(void *arg) {
+  waiter_t *w = (waiter_t *)arg;
+  w->status = polybus_connection_state_wait(w->bus, POLYBUS_STATE_CONNECTED, 10000, &w->state, NULL);
+  return NULL;
+}
+
+static void test_connection_state_wakes_on_close(void) {
+  polybus_t *bus = NULL;
+  polybus_error_t err;
+  CHECK_STATUS(polybus_open("memory://", &bus, &err), POLYBUS_OK);
+  waiter_t w = {bus, POLYBUS_ERR_INTERNAL, -1};
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, wait_for_change, &w) == 0);
+  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  pthread_join(t, NULL);
+  CHECK(w.status == POLYBUS_OK);
+  CHECK(w.state == POLYBUS_STATE_CLOSED);
+  polybus_free(bus);
+}
+
 static void test_misuse(void) {
   polybus_error_t err;
   polybus_t *bus = (polybus_t *)1;
@@ -255,9 +313,21 @@ static void test_misuse(void) {
   CHECK(strstr(err.message, "bus is NULL") != NULL);
   CHECK_STATUS(polybus_stats(NULL, NULL, NULL), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(polybus_close(NULL, NULL), POLYBUS_ERR_INVALID_ARGUMENT);
+  int32_t state = -1;
+  CHECK_STATUS(polybus_connection_state(NULL, &state, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(err.message, "bus is NULL") != NULL);
+  CHECK_STATUS(polybus_connection_state_wait(NULL, POLYBUS_STATE_CONNECTED, 0, &state, &err),
+               POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK(state == -1);
 
   CHECK_STATUS(polybus_open("{\"url\":\"memory://\",\"max_payload\":4}", &bus, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_publish(bus, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_connection_state(bus, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(err.message, "out is NULL") != NULL);
+  CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_CONNECTED, 0, NULL, NULL),
+               POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_connection_state_wait(bus, 3, 0, &state, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(err.message, "POLYBUS_STATE_") != NULL);
   polybus_message_t bad = message("a..b", "x");
   CHECK_STATUS(polybus_publish(bus, &bad, &err), POLYBUS_ERR_INVALID_TOPIC);
   CHECK(strstr(err.message, "empty token") != NULL);
@@ -324,6 +394,8 @@ int main(void) {
   test_versions();
   test_callback_subscription();
   test_pull_subscription();
+  test_connection_state();
+  test_connection_state_wakes_on_close();
   test_misuse();
   if (failures) {
     fprintf(stderr, "api_pubsub: %d check(s) failed\n", failures);

@@ -10,6 +10,8 @@ int main(void) {
     (fn_t)&polybus_batch_ack,
     (fn_t)&polybus_batch_free,
     (fn_t)&polybus_close,
+    (fn_t)&polybus_connection_state,
+    (fn_t)&polybus_connection_state_wait,
     (fn_t)&polybus_free,
     (fn_t)&polybus_open,
     (fn_t)&polybus_publish,

@@ -2,6 +2,9 @@
 # Builds and runs the C tests against the static libpolybus; see tests/c/README in SCHEMA terms:
 #   api_*    the API on the memory backend      build_*  header and link checks
 #   int_*    needs brokers                      leak_*   run under valgrind (no leaks allowed)
+# The int_* tests need the brokers of tests/harness/setup.sh (a missing broker fails them); they
+# read POLYBUS_TEST_NATS_URL, POLYBUS_TEST_JETSTREAM_URL and POLYBUS_TEST_NATS_AUTH_URL, whose
+# defaults are the harness's ports.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -35,8 +38,7 @@ if [ -n "$missing" ]; then echo "build_symbols.c misses: $missing" >&2; failed=$
 for src in "$here"/*.c; do
   name=$(basename "$src" .c)
   case "$name" in
-    api_* | build_* | leak_*) ;;
-    int_*) continue ;; # broker tests run from the broker suites
+    api_* | build_* | int_* | leak_*) ;;
     *) echo "tests/c/$name.c: unknown prefix (use api_, int_, build_ or leak_)" >&2; exit 1 ;;
   esac
   if ! gcc "${cflags[@]}" -D_POSIX_C_SOURCE=200809L "$src" "${link[@]}" -o "$out/$name"; then
