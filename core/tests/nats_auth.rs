@@ -222,3 +222,108 @@ async fn tls_with_a_private_ca_and_mutual_tls() {
         "{err}"
     );
 }
+
+/// Base64url without padding, as JWTs encode their parts.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) for `subject` with the `nats` claims, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("POLYBUS{}X{id}", std::process::id()),
+        "iat": issued_at,
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": nats,
+    });
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let signed = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", base64url(&signature))
+}
+
+/// An account JWT without limits, signed by the operator.
+fn account_jwt(operator: &nkeys::KeyPair, account: &nkeys::KeyPair) -> String {
+    let limits = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+    });
+    let claims = serde_json::json!({"type": "account", "version": 2, "limits": limits});
+    nats_jwt(operator, &account.public_key(), claims)
+}
+
+/// A `.creds` file for a new user whose JWT is signed by `account`.
+fn write_creds(path: &Path, account: &nkeys::KeyPair) {
+    let user = nkeys::KeyPair::new_user();
+    let claims = serde_json::json!({
+        "type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1,
+    });
+    let jwt = nats_jwt(account, &user.public_key(), claims);
+    let seed = user.seed().unwrap();
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+         *************************************************************\n"
+    );
+    std::fs::write(path, creds).unwrap();
+}
+
+#[tokio::test]
+async fn creds_file_authentication() {
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let server = start("creds", |dir| {
+        let operator_claims = serde_json::json!({
+            "type": "operator", "version": 2, "system_account": system.public_key(),
+        });
+        let operator_jwt = nats_jwt(&operator, &operator.public_key(), operator_claims);
+        write_creds(&dir.join("user.creds"), &account);
+        // A user of an account the operator never signed.
+        write_creds(&dir.join("stranger.creds"), &nkeys::KeyPair::new_account());
+        format!(
+            "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {}\n  {}: {}\n}}\n",
+            system.public_key(),
+            system.public_key(),
+            account_jwt(&operator, &system),
+            account.public_key(),
+            account_jwt(&operator, &account),
+        )
+    });
+    let dir = server._dir.0.clone();
+    let creds = |name: &str| serde_json::json!({"creds_file": pem(&dir, name)});
+    round_trip(config(&server, creds("user.creds")))
+        .await
+        .unwrap();
+    let err = round_trip(config(&server, creds("stranger.creds")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    let err = round_trip(config(&server, creds("missing.creds")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+}
