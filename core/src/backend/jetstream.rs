@@ -387,10 +387,9 @@ impl Pump {
                 Some(Ok(msg)) => msg,
             };
             let d = self.delivery(msg, &mut last_seq);
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|s| *s) => break,
-                r = tx.send_async(d) => if r.is_err() { break },
+            // Never drop a delivery in hand: the lanes keep draining while stopping.
+            if tx.send_async(d).await.is_err() {
+                break;
             }
         }
         // Stopped: hand over what the stream held for this consumer when it stopped (the

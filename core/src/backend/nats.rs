@@ -461,16 +461,20 @@ impl Backend for NatsBackend {
                         m = sub.next() => m,
                     };
                     let Some(msg) = msg else { return };
-                    tokio::select! {
-                        biased;
-                        _ = stop.wait_for(|s| *s) => break,
-                        r = tx.send_async(forward(msg)) => if r.is_err() { return },
+                    // Never drop a message in hand: the lanes keep draining while stopping.
+                    if tx.send_async(forward(msg)).await.is_err() {
+                        return;
                     }
                 }
                 // Stopped: unsubscribe with a round trip, so events the server routed to this
                 // subscription before (among them everything this connection published before
                 // the stop) are still handed over; then the source drains and ends.
                 let drained = async {
+                    // A round trip first: the server answers the PING only after it has sent
+                    // this connection every message it routed before, and the client hands
+                    // those to the subscription before the answer. Unsubscribing before that
+                    // could drop messages still on the wire.
+                    let _ = conn.client.flush().await;
                     if sub.drain().await.is_err() {
                         return;
                     }
