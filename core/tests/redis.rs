@@ -5,9 +5,12 @@
 //! test restarts the shared server, so it holds the broker lock exclusively.
 #![cfg(feature = "redis")]
 
+mod common;
+
+use common::{harness, secs};
+
 use std::{
     collections::HashSet,
-    path::PathBuf,
     process::Command,
     sync::Arc,
     time::{Duration, Instant},
@@ -18,34 +21,6 @@ use polybus::{Bus, Config, ErrorKind, Event, Message, RedisConfig, SubscribeOpti
 
 /// Tests that restart the shared broker take it exclusively; the others share it.
 static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn secs(n: u64) -> Duration {
-    let scale: f64 = std::env::var("POLYBUS_TEST_TIMEOUT_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    Duration::from_secs_f64(n as f64 * scale)
-}
-
-/// Runs the broker harness; panics with its output when it fails.
-fn harness(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(root().join("tests/harness/brokers.sh"))
-        .args(args)
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "brokers.sh {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn redis_url() -> String {
     std::env::var("POLYBUS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into())
