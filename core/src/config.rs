@@ -50,6 +50,147 @@ pub struct Config {
     pub jetstream: JetStreamConfig,
     /// Connection, TLS and stream settings for `redis://` and `redis+pubsub://`.
     pub redis: RedisConfig,
+    /// Client, security, topic and consumer settings for `kafka://`.
+    pub kafka: KafkaConfig,
+}
+
+/// Settings for `kafka://host:9092[,host:9092...]` (the `kafka` section of [`Config`]).
+///
+/// The URL lists the bootstrap servers. Topics are created through the admin API the first
+/// time the bus publishes to or subscribes to them, with `partitions` and `replication_factor`.
+/// Anything not covered here can be set as a raw librdkafka property in `properties` (applied
+/// last, to the producer, the consumers and the admin client alike).
+///
+/// # Examples
+/// ```
+/// use polybus::Config;
+/// let cfg = Config::parse(
+///     r#"{"url":"kafka://127.0.0.1:9092","kafka":{"sasl_mechanism":"SCRAM-SHA-256",
+///         "username":"svc","password":"secret","partitions":6,
+///         "properties":{"fetch.wait.max.ms":"50"}}}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(cfg.kafka.partitions, 6);
+/// assert_eq!(cfg.kafka.compression, "none");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// The client id the brokers see (default: the bus `name`, else `polybus`).
+    pub client_id: Option<String>,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (default: `sasl_ssl` with credentials
+    /// and a TLS file, `sasl_plaintext` with credentials, `ssl` with a TLS file, else
+    /// `plaintext`).
+    pub security_protocol: Option<String>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (default `PLAIN` when a username is set).
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name (with `password`).
+    pub username: Option<String>,
+    /// SASL password (with `username`).
+    pub password: Option<String>,
+    /// Path of a PEM file of CA certificates to trust (TLS).
+    pub tls_ca: Option<String>,
+    /// Path of the PEM client certificate (with `tls_key`; TLS).
+    pub tls_cert: Option<String>,
+    /// Path of the PEM client private key (with `tls_cert`; TLS).
+    pub tls_key: Option<String>,
+    /// Partitions of the topics the bus creates (default 1, which keeps every event of a topic
+    /// in publish order; raise it to spread a group's work, order then holds per key).
+    pub partitions: i32,
+    /// Replicas of the topics the bus creates (default 1).
+    pub replication_factor: i32,
+    /// Producer compression: `none` (default), `gzip`, `snappy` or `lz4`.
+    pub compression: String,
+    /// How long the producer waits to fill a batch, in ms (default 0: lowest latency; raise it
+    /// for throughput).
+    pub linger_ms: u64,
+    /// How long the group coordinator waits for a silent consumer before giving its
+    /// partitions to other members, in ms (default 45000).
+    pub session_timeout_ms: u64,
+    /// How often the offsets of handled events are committed, in ms (default 1000). Offsets are
+    /// also committed when a subscription ends and when partitions are revoked.
+    pub commit_interval_ms: u64,
+    /// How often a wildcard subscription looks for new topics that match, in ms (default 1000).
+    pub metadata_refresh_ms: u64,
+    /// Raw librdkafka properties, applied last (for example `{"fetch.wait.max.ms": "50"}`).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::new(ErrorKind::InvalidConfig, m));
+        if let Some(p) = &self.security_protocol {
+            if !matches!(
+                p.as_str(),
+                "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+            ) {
+                return bad(format!(
+                    "kafka.security_protocol {p:?}: expected \"plaintext\", \"ssl\", \
+                     \"sasl_plaintext\" or \"sasl_ssl\""
+                ));
+            }
+        }
+        if let Some(m) = &self.sasl_mechanism {
+            if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+                return bad(format!(
+                    "kafka.sasl_mechanism {m:?}: expected \"PLAIN\", \"SCRAM-SHA-256\" or \
+                     \"SCRAM-SHA-512\""
+                ));
+            }
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return bad("kafka: username and password go together".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("kafka: tls_cert and tls_key go together".into());
+        }
+        if !matches!(
+            self.compression.as_str(),
+            "none" | "gzip" | "snappy" | "lz4"
+        ) {
+            return bad(format!(
+                "kafka.compression {:?}: expected \"none\", \"gzip\", \"snappy\" or \"lz4\"",
+                self.compression
+            ));
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            return bad("kafka: partitions and replication_factor must be at least 1".into());
+        }
+        if self.session_timeout_ms < 1
+            || self.commit_interval_ms < 1
+            || self.metadata_refresh_ms < 1
+        {
+            return bad(
+                "kafka: session_timeout_ms, commit_interval_ms and metadata_refresh_ms must be \
+                 at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            client_id: None,
+            security_protocol: None,
+            sasl_mechanism: None,
+            username: None,
+            password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            partitions: 1,
+            replication_factor: 1,
+            compression: "none".to_owned(),
+            linger_ms: 0,
+            session_timeout_ms: 45_000,
+            commit_interval_ms: 1_000,
+            metadata_refresh_ms: 1_000,
+            properties: Default::default(),
+        }
+    }
 }
 
 /// Settings for `redis://` (Streams) and `redis+pubsub://` (Pub/Sub): the `redis` section of
@@ -247,6 +388,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             jetstream: JetStreamConfig::default(),
             redis: RedisConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -267,6 +409,8 @@ const SCHEMES: &[&str] = &[
     "redis+pubsub",
     #[cfg(feature = "redis")]
     "rediss+pubsub",
+    #[cfg(feature = "kafka")]
+    "kafka",
 ];
 
 impl Config {
@@ -366,6 +510,21 @@ impl Config {
     /// ```
     pub fn redis(mut self, redis: RedisConfig) -> Self {
         self.redis = redis;
+        self
+    }
+
+    /// Sets the `kafka` section (client, security, topic and consumer settings).
+    ///
+    /// ```
+    /// use polybus::{Config, KafkaConfig};
+    /// let cfg = Config::new("kafka://127.0.0.1:9092").kafka(KafkaConfig {
+    ///     partitions: 6,
+    ///     ..KafkaConfig::default()
+    /// });
+    /// assert_eq!(cfg.kafka.partitions, 6);
+    /// ```
+    pub fn kafka(mut self, kafka: KafkaConfig) -> Self {
+        self.kafka = kafka;
         self
     }
 
@@ -469,6 +628,7 @@ impl Config {
                 "redis.db must not be negative",
             ));
         }
+        self.kafka.validate()?;
         if !self.prefix.is_empty() {
             crate::topic::validate_topic(&self.prefix).map_err(|e| {
                 Error::new(ErrorKind::InvalidConfig, format!("prefix: {}", e.message()))

@@ -51,7 +51,7 @@ mod subscription;
 mod topic;
 
 pub use bus::{Bus, IntoConfig, PendingPublish};
-pub use config::{Config, JetStreamConfig, NatsConfig, RedisConfig};
+pub use config::{Config, JetStreamConfig, KafkaConfig, NatsConfig, RedisConfig};
 pub use connection::ConnectionState;
 pub use dispatch::{Handler, Stats};
 pub use error::{BoxError, Error, ErrorKind, Result};

@@ -36,10 +36,12 @@ use crate::{
     topic::Pattern,
 };
 
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(feature = "nats", feature = "redis", feature = "kafka"))]
 pub(crate) mod cetime;
 #[cfg(feature = "jetstream")]
 pub(crate) mod jetstream;
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 #[cfg(feature = "memory")]
 pub(crate) mod memory;
 #[cfg(feature = "nats")]
@@ -60,7 +62,10 @@ pub(crate) enum Publishing {
     /// Handed to the transport, so its order is fixed; only the broker's confirmation is
     /// awaited (JetStream: the PubAck). Later publishes may start at once, so many
     /// confirmations overlap.
-    #[cfg_attr(not(any(feature = "jetstream", feature = "redis")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "jetstream", feature = "redis", feature = "kafka")),
+        allow(dead_code)
+    )]
     Submitted(BoxFut<'static, Result<()>>),
 }
 
@@ -189,6 +194,8 @@ pub(crate) async fn open(
         "redis+pubsub" | "rediss+pubsub" => Ok(Box::new(
             redis::RedisBackend::open(config, state, redis::Mode::PubSub).await?,
         )),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Box::new(kafka::KafkaBackend::open(config, state).await?)),
         other => Err(Error::new(
             ErrorKind::InvalidConfig,
             format!(
