@@ -17,6 +17,8 @@
 #              data under build/brokers/redis/.
 #   redis-acl  redis-server on $POLYBUS_REDIS_ACL_PORT (default 6391) with the ACL user
 #              "polybus" / password "secret" and the default user disabled (authentication tests).
+#   kafka      Apache Kafka (KRaft) on $POLYBUS_KAFKA_PORT (default 9092), SASL on 9093: see
+#              tests/harness/kafka-broker.sh, which brokers.sh hands `kafka` to.
 #
 # `start` prints `export POLYBUS_TEST_<BACKEND>_URL=...` lines for eval; everything else goes to
 # stderr. The PID, port and log of each broker live in build/brokers/<name>/. A broker that does
@@ -227,12 +229,14 @@ status() {
 
 cmd=${1:-status}
 name=${2:-}
+# Kafka has a script of its own (a JVM broker from Maven Central's jars).
+if [ "$name" = kafka ]; then exec bash "$root/tests/harness/kafka-broker.sh" "$cmd"; fi
 case "$cmd" in
   start) [ -n "$name" ] || { log "usage: $0 start nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; start "$name" ;;
   stop) [ -n "$name" ] || { log "usage: $0 stop nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; stop "$name" ;;
   # A crash and a restart: the process is killed (no clean shutdown), the storage is kept and
   # the server comes back on the same port.
   restart) [ -n "$name" ] || { log "usage: $0 restart nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; stop "$name" kill; start "$name" keep ;;
-  status) status ;;
+  status) status; bash "$root/tests/harness/kafka-broker.sh" status ;;
   *) log "usage: $0 start|stop|restart NAME | status"; exit 2 ;;
 esac

@@ -13,6 +13,9 @@ command -v valgrind >/dev/null || need_apt+=(valgrind)
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# librdkafka (built from source by the kafka feature) links OpenSSL and zlib.
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+[ -f /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -20,7 +23,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-for tool in cargo go python3 node npm; do
+for tool in cargo go python3 node npm java javac mvn; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is required but not installed" >&2; exit 1; }
 done
 
@@ -41,3 +44,7 @@ bash "$root/tests/harness/brokers.sh" start nats-auth >/dev/null
 # (POLYBUS_TEST_REDIS_ACL_URL, default redis://127.0.0.1:6391; user polybus, password secret).
 bash "$root/tests/harness/brokers.sh" start redis >/dev/null
 bash "$root/tests/harness/brokers.sh" start redis-acl >/dev/null
+# Apache Kafka in KRaft mode from Maven Central's jars (fetched once into build/kafka/libs), for
+# the kafka backend (POLYBUS_TEST_KAFKA_URL, default kafka://127.0.0.1:9092) and its SASL tests
+# (POLYBUS_TEST_KAFKA_SASL_URL, default kafka://127.0.0.1:9093; user polybus, password secret).
+bash "$root/tests/harness/brokers.sh" start kafka >/dev/null

@@ -138,7 +138,12 @@ impl ClientContext for Ctx {
                     }
                 });
             }
-            *self.last_error.lock() = Some((code, reason.to_owned()));
+            let mut last = self.last_error.lock();
+            // "All brokers are down" follows the reason they are (refused credentials, a
+            // refused connection): keep the reason.
+            if code != RDKafkaErrorCode::AllBrokersDown || last.is_none() {
+                *last = Some((code, reason.to_owned()));
+            }
         }
     }
 }
@@ -848,7 +853,7 @@ async fn subscribe(
         })?;
     // The subscription is in place once the group assigned this member its partitions (none
     // when the group has more members than partitions, or no topic matches a wildcard yet).
-    let wait = shared.timeout.max(Duration::from_secs(10));
+    let wait = shared.timeout.max(Duration::from_secs(30));
     if any_partition
         && tokio::time::timeout(wait, assigned.wait_for(|a| *a))
             .await
