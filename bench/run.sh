@@ -19,7 +19,7 @@ POLYBUS_BENCH_EVENTS=$n cargo bench --quiet -p polybus --bench pubsub 2>/dev/nul
 
 echo "== c"
 cargo build --quiet --release -p polybus-ffi
-gcc -O2 -std=c11 -Iinclude bench/c/pubsub.c target/release/libpolybus.a -lm -ldl -lpthread -o "$out/c-pubsub"
+gcc -O2 -std=c11 -Iinclude bench/c/pubsub.c target/release/libpolybus.a -lssl -lcrypto -lz -lm -ldl -lpthread -o "$out/c-pubsub"
 POLYBUS_BENCH_EVENTS=$n "$out/c-pubsub" | tee -a "$results"
 
 echo "== go"

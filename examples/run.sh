@@ -11,7 +11,7 @@ bash tests/harness/setup.sh
 echo "== building (first run takes a few minutes)"
 cargo build --quiet --release -p polybus-ffi -p polybus --example demo
 mkdir -p build/demo
-gcc -O2 -std=c11 -Wall -Iinclude examples/c/demo.c target/release/libpolybus.a -lm -ldl -lpthread -o build/demo/c-demo
+gcc -O2 -std=c11 -Wall -Iinclude examples/c/demo.c target/release/libpolybus.a -lssl -lcrypto -lz -lm -ldl -lpthread -o build/demo/c-demo
 (source bindings/go/cgo-env.sh && cd examples/go && go build -o "$root/build/demo/go-demo" .)
 quiet() { "$@" >build/demo/build.log 2>&1 || { cat build/demo/build.log >&2; return 1; }; }
 quiet bash python/build.sh

@@ -18,13 +18,16 @@ import (
 
 // Config is the bus configuration, the same structure in every language. Its JSON form, which
 // the C API takes, uses the names url, prefix, name, connect_timeout_ms, publish_timeout_ms,
-// close_timeout_ms and max_payload, and the sections nats and jetstream. Zero fields take the
+// close_timeout_ms and max_payload, and the sections nats, jetstream and kafka. Zero fields take the
 // core's defaults.
 type Config struct {
 	// URL says where to connect: "memory://" is a private in-process bus, "memory://NAME" one
-	// shared in the process by name, "nats://host:4222" a NATS server (at most once) and
-	// "jetstream://host:4222" NATS JetStream (at least once). Credentials may travel in a NATS
-	// URL ("nats://user:password@host:4222"); several servers are separated by commas.
+	// shared in the process by name, "nats://host:4222" a NATS server (at most once),
+	// "jetstream://host:4222" NATS JetStream (at least once), "redis://host:6379" Redis
+	// Streams (at least once), "redis+pubsub://host:6379" Redis Pub/Sub (at most once) and
+	// "kafka://host:9092,host:9092" Apache Kafka (at least once). Credentials may travel in a
+	// NATS or Redis URL ("nats://user:password@host:4222"); several servers are separated by
+	// commas.
 	URL string
 	// Prefix namespaces every topic on the broker (like due's "due:eventbus"); empty for none.
 	Prefix string
@@ -45,6 +48,9 @@ type Config struct {
 	// JetStream holds the stream and consumer settings of jetstream:// URLs; nil for the
 	// defaults.
 	JetStream *JetStreamConfig
+	// Kafka holds the client, security, topic and consumer settings of kafka:// URLs; nil for
+	// the defaults.
+	Kafka *KafkaConfig
 }
 
 // NATSConfig is the nats section of Config: how a nats:// or jetstream:// bus connects. Empty
@@ -124,6 +130,7 @@ type configJSON struct {
 	MaxPayload       int            `json:"max_payload,omitempty"`
 	NATS             *NATSConfig    `json:"nats,omitempty"`
 	JetStream        *jetStreamJSON `json:"jetstream,omitempty"`
+	Kafka            *kafkaJSON     `json:"kafka,omitempty"`
 }
 
 // jetStreamJSON is the JSON form of JetStreamConfig.
@@ -208,6 +215,9 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		return nil, err
 	}
 	j.JetStream = js
+	if j.Kafka, err = c.Kafka.toJSON(); err != nil {
+		return nil, err
+	}
 	err = toMillis(
 		msField{"ConnectTimeout", c.ConnectTimeout, &j.ConnectTimeoutMS},
 		msField{"PublishTimeout", c.PublishTimeout, &j.PublishTimeoutMS},

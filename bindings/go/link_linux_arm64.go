@@ -6,5 +6,5 @@ package polybus
 // libpolybus.so when both are in target/release. Build it with
 // `cargo build --release -p polybus-ffi` from the repository root.
 
-// #cgo LDFLAGS: ${SRCDIR}/../../target/release/libpolybus.a -lm -ldl -lpthread
+// #cgo LDFLAGS: ${SRCDIR}/../../target/release/libpolybus.a -lssl -lcrypto -lz -lm -ldl -lpthread
 import "C"

@@ -49,10 +49,13 @@ pub(crate) unsafe fn bus_ref<'a>(bus: *const polybus_t) -> Result<&'a Bus, Error
 /// @brief Opens a bus.
 ///
 /// @param config *borrowed* A URL ("memory://", "memory://NAME", "nats://host:4222",
-///        "jetstream://host:4222") or a JSON object with the fields `url`, `prefix`, `name`,
-///        `connect_timeout_ms`, `publish_timeout_ms`, `close_timeout_ms`, `max_payload` and the
-///        sections `nats` (credentials, TLS, client name) and `jetstream` (stream and consumer
-///        settings); NUL-terminated UTF-8.
+///        "jetstream://host:4222", "redis://host:6379", "redis+pubsub://host:6379",
+///        "kafka://host:9092,host:9092") or a JSON object with the fields `url`, `prefix`,
+///        `name`, `connect_timeout_ms`, `publish_timeout_ms`, `close_timeout_ms`, `max_payload`
+///        and the sections `nats` (credentials, TLS, client name), `jetstream` (stream and
+///        consumer settings), `redis` (servers, credentials, TLS, stream settings) and `kafka`
+///        (client id, SASL, TLS, topic and consumer settings, raw librdkafka properties);
+///        NUL-terminated UTF-8.
 /// @param out *out* The new handle; set to NULL on failure.
 /// @param err *out, optional* Error detail on failure.
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_INVALID_CONFIG,

@@ -12,12 +12,13 @@ lib="${CARGO_TARGET_DIR:-$root/target}/release/libpolybus.a"
 # The leak tests link a build on the system allocator, so valgrind sees every allocation.
 leak_target="$root/build/target-leak"
 leak_lib="$leak_target/release/libpolybus.a"
-cargo build --quiet --locked --release -p polybus-ffi --no-default-features --target-dir "$leak_target"
+cargo build --quiet --locked --release -p polybus-ffi --no-default-features --features polybus_core/memory \
+  --target-dir "$leak_target"
 out="$root/build/c-tests"
 mkdir -p "$out"
 [ -f "$lib" ] || { echo "missing $lib: run cargo build --release -p polybus-ffi" >&2; exit 1; }
 cflags=(-std=c11 -Wall -Wextra -Werror -pedantic -I"$root/include")
-link=("$lib" -lm -ldl -lpthread)
+link=("$lib" -lssl -lcrypto -lz -lm -ldl -lpthread)
 passed=0 failed=0
 
 run() { # name, command...
