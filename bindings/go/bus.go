@@ -18,8 +18,8 @@ import (
 
 // Config is the bus configuration, the same structure in every language. Its JSON form, which
 // the C API takes, uses the names url, prefix, name, connect_timeout_ms, publish_timeout_ms,
-// close_timeout_ms and max_payload, and the sections nats, jetstream and kafka. Zero fields take the
-// core's defaults.
+// close_timeout_ms and max_payload, and the sections nats, jetstream, redis and kafka. Zero
+// fields take the core's defaults.
 type Config struct {
 	// URL says where to connect: "memory://" is a private in-process bus, "memory://NAME" one
 	// shared in the process by name, "nats://host:4222" a NATS server (at most once),
@@ -48,6 +48,9 @@ type Config struct {
 	// JetStream holds the stream and consumer settings of jetstream:// URLs; nil for the
 	// defaults.
 	JetStream *JetStreamConfig
+	// Redis holds the connection, TLS and stream settings of redis:// and redis+pubsub:// URLs;
+	// nil for the defaults.
+	Redis *RedisConfig
 	// Kafka holds the client, security, topic and consumer settings of kafka:// URLs; nil for
 	// the defaults.
 	Kafka *KafkaConfig
@@ -130,6 +133,7 @@ type configJSON struct {
 	MaxPayload       int            `json:"max_payload,omitempty"`
 	NATS             *NATSConfig    `json:"nats,omitempty"`
 	JetStream        *jetStreamJSON `json:"jetstream,omitempty"`
+	Redis            *redisJSON     `json:"redis,omitempty"`
 	Kafka            *kafkaJSON     `json:"kafka,omitempty"`
 }
 
@@ -215,6 +219,9 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		return nil, err
 	}
 	j.JetStream = js
+	if j.Redis, err = c.Redis.toJSON(); err != nil {
+		return nil, err
+	}
 	if j.Kafka, err = c.Kafka.toJSON(); err != nil {
 		return nil, err
 	}
