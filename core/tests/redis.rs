@@ -124,6 +124,65 @@ async fn wrong_password_is_an_auth_error_and_the_right_one_works() {
 }
 
 #[tokio::test]
+async fn tls_with_the_harness_ca_works_and_an_untrusted_server_is_refused() {
+    let out = harness(&["start", "redis-tls"]);
+    let var = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("the harness prints {name}"))
+            .to_owned()
+    };
+    let (url, dir) = (
+        var("POLYBUS_TEST_REDIS_TLS_URL"),
+        var("POLYBUS_TEST_REDIS_TLS_DIR"),
+    );
+    let file = |f: &str| Some(format!("{dir}/{f}"));
+    // Server authentication with the CA, then mutual TLS with a client certificate.
+    for client_cert in [false, true] {
+        let redis = RedisConfig {
+            tls_ca: file("ca.crt"),
+            tls_cert: client_cert.then(|| format!("{dir}/client.crt")),
+            tls_key: client_cert.then(|| format!("{dir}/client.key")),
+            ..RedisConfig::default()
+        };
+        let bus = Bus::connect(Config::new(&url).prefix(unique("tls")).redis(redis))
+            .await
+            .unwrap();
+        let seen = Seen::default();
+        let _sub = bus
+            .subscribe("tls.ok", SubscribeOptions::new(), seen.handler())
+            .await
+            .unwrap();
+        bus.publish(Message::new("tls.ok", "secret payload"))
+            .await
+            .unwrap();
+        let got = seen.wait(1, secs(10)).await;
+        assert_eq!(got.len(), 1, "client certificate: {client_cert}");
+        assert_eq!(got[0].payload().as_ref(), b"secret payload");
+        bus.close().await.unwrap();
+    }
+    // Without the CA the server's certificate is not trusted: a clear error, not a hang.
+    let started = Instant::now();
+    let e = Bus::connect(Config::new(&url).connect_timeout(Duration::from_secs(3)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6), "{e}");
+    // A plain connection to the TLS port fails too.
+    let plain = url.replacen("rediss://", "redis://", 1);
+    let e = Bus::connect(Config::new(&plain).connect_timeout(Duration::from_secs(3)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_server_fails_clearly_within_the_connect_timeout() {
     let started = Instant::now();
     let cfg = Config::new("redis://127.0.0.1:1").connect_timeout(Duration::from_secs(2));

@@ -17,6 +17,9 @@
 #              data under build/brokers/redis/.
 #   redis-acl  redis-server on $POLYBUS_REDIS_ACL_PORT (default 6391) with the ACL user
 #              "polybus" / password "secret" and the default user disabled (authentication tests).
+#   redis-tls  redis-server speaking only TLS on $POLYBUS_REDIS_TLS_PORT (default 6392), with a CA,
+#              a server and a client certificate generated once under build/brokers/redis-tls/tls
+#              (ca.crt, client.crt, client.key); client certificates are optional.
 #   kafka      Apache Kafka (KRaft) on $POLYBUS_KAFKA_PORT (default 9092), SASL on 9093: see
 #              tests/harness/kafka-broker.sh, which brokers.sh hands `kafka` to.
 #
@@ -44,11 +47,39 @@ ensure_redis_server() {
   # left alone by it, and it is left alone by us.
 }
 
-is_redis() { case "$1" in redis|redis-acl) return 0 ;; *) return 1 ;; esac; }
+is_redis() { case "$1" in redis|redis-acl|redis-tls) return 0 ;; *) return 1 ;; esac; }
+
+# The certificates of redis-tls: a CA, a server certificate for 127.0.0.1 and localhost, and a
+# client certificate, made once with openssl.
+redis_tls_files() {
+  local d="$state/redis-tls/tls"
+  [ -f "$d/client.key" ] && return 0
+  mkdir -p "$d"
+  log "generating the TLS certificates of redis-tls in $d"
+  (
+    cd "$d"
+    # Version 3 certificates with the extensions rustls requires.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=polybus test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=polybus client" -keyout client.key -out client.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=clientAuth" >client.ext
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile client.ext -out client.crt 2>/dev/null
+    rm -f ./*.csr ./*.ext
+  )
+}
 
 redis_ping() { # broker, port
   local auth=()
   [ "$1" = redis-acl ] && auth=(--user polybus --pass secret --no-auth-warning)
+  [ "$1" = redis-tls ] && auth=(--tls --cacert "$state/redis-tls/tls/ca.crt")
   [ "$(redis-cli -h 127.0.0.1 -p "$2" "${auth[@]}" ping 2>/dev/null)" = PONG ]
 }
 
@@ -69,7 +100,8 @@ port_of() { # broker -> client port
     nats-auth) echo "${POLYBUS_NATS_AUTH_PORT:-4223}" ;;
     redis) echo "${POLYBUS_REDIS_PORT:-6390}" ;;
     redis-acl) echo "${POLYBUS_REDIS_ACL_PORT:-6391}" ;;
-    *) log "unknown broker $1 (known: nats, nats-auth, redis, redis-acl)"; exit 2 ;;
+    redis-tls) echo "${POLYBUS_REDIS_TLS_PORT:-6392}" ;;
+    *) log "unknown broker $1 (known: nats, nats-auth, redis, redis-acl, redis-tls, kafka)"; exit 2 ;;
   esac
 }
 
@@ -129,6 +161,10 @@ exports() {
     redis-acl)
       echo "export POLYBUS_TEST_REDIS_ACL_URL=redis://127.0.0.1:$(cat "$state/redis-acl/port")"
       ;;
+    redis-tls)
+      echo "export POLYBUS_TEST_REDIS_TLS_URL=rediss://127.0.0.1:$(cat "$state/redis-tls/port")"
+      echo "export POLYBUS_TEST_REDIS_TLS_DIR=$state/redis-tls/tls"
+      ;;
   esac
 }
 
@@ -169,6 +205,7 @@ start() {
   log "starting $name on 127.0.0.1:$port"
   if is_redis "$name"; then
     mkdir -p "$dir/data"
+    [ "$name" = redis-tls ] && redis_tls_files
     # Our own instance: loopback only, in the foreground of its own session (stopped by PID),
     # no RDB snapshots; AOF with an fsync per write, so a killed server loses nothing it
     # acknowledged and a restart keeps the streams and consumer groups.
@@ -176,6 +213,15 @@ start() {
       echo "bind 127.0.0.1"
       echo "port $port"
       echo "daemonize no"
+      if [ "$name" = redis-tls ]; then
+        # TLS only: no plain port.
+        echo "port 0"
+        echo "tls-port $port"
+        echo "tls-cert-file $dir/tls/server.crt"
+        echo "tls-key-file $dir/tls/server.key"
+        echo "tls-ca-cert-file $dir/tls/ca.crt"
+        echo "tls-auth-clients optional"
+      fi
       echo "dir $dir/data"
       echo "save \"\""
       echo "appendonly yes"
@@ -217,7 +263,7 @@ stop() {
 
 status() {
   local name pid
-  for name in nats nats-auth redis redis-acl; do
+  for name in nats nats-auth redis redis-acl redis-tls; do
     pid=$(running_pid "$name")
     if [ -n "$pid" ]; then
       echo "$name: running (pid $pid, port $(cat "$state/$name/port"))"
@@ -232,11 +278,11 @@ name=${2:-}
 # Kafka has a script of its own (a JVM broker from Maven Central's jars).
 if [ "$name" = kafka ]; then exec bash "$root/tests/harness/kafka-broker.sh" "$cmd"; fi
 case "$cmd" in
-  start) [ -n "$name" ] || { log "usage: $0 start nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; start "$name" ;;
-  stop) [ -n "$name" ] || { log "usage: $0 stop nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; stop "$name" ;;
+  start) [ -n "$name" ] || { log "usage: $0 start nats|nats-auth|redis|redis-acl|redis-tls|kafka"; exit 2; }; port_of "$name" >/dev/null; start "$name" ;;
+  stop) [ -n "$name" ] || { log "usage: $0 stop nats|nats-auth|redis|redis-acl|redis-tls|kafka"; exit 2; }; port_of "$name" >/dev/null; stop "$name" ;;
   # A crash and a restart: the process is killed (no clean shutdown), the storage is kept and
   # the server comes back on the same port.
-  restart) [ -n "$name" ] || { log "usage: $0 restart nats|nats-auth|redis|redis-acl"; exit 2; }; port_of "$name" >/dev/null; stop "$name" kill; start "$name" keep ;;
+  restart) [ -n "$name" ] || { log "usage: $0 restart nats|nats-auth|redis|redis-acl|redis-tls|kafka"; exit 2; }; port_of "$name" >/dev/null; stop "$name" kill; start "$name" keep ;;
   status) status; bash "$root/tests/harness/kafka-broker.sh" status ;;
   *) log "usage: $0 start|stop|restart NAME | status"; exit 2 ;;
 esac

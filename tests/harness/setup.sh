@@ -44,6 +44,9 @@ bash "$root/tests/harness/brokers.sh" start nats-auth >/dev/null
 # (POLYBUS_TEST_REDIS_ACL_URL, default redis://127.0.0.1:6391; user polybus, password secret).
 bash "$root/tests/harness/brokers.sh" start redis >/dev/null
 bash "$root/tests/harness/brokers.sh" start redis-acl >/dev/null
+# Redis over TLS only, with certificates generated once (POLYBUS_TEST_REDIS_TLS_URL, default
+# rediss://127.0.0.1:6392; POLYBUS_TEST_REDIS_TLS_DIR holds ca.crt, client.crt, client.key).
+bash "$root/tests/harness/brokers.sh" start redis-tls >/dev/null
 # Apache Kafka in KRaft mode from Maven Central's jars (fetched once into build/kafka/libs), for
 # the kafka backend (POLYBUS_TEST_KAFKA_URL, default kafka://127.0.0.1:9092) and its SASL tests
 # (POLYBUS_TEST_KAFKA_SASL_URL, default kafka://127.0.0.1:9093; user polybus, password secret).
