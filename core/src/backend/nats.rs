@@ -435,8 +435,16 @@ impl Backend for NatsBackend {
                     format!("subscribe to {subject:?} on {}: {e}", self.conn.shown_url),
                 )
             })?;
-            // Make sure the server knows the subscription before events are published.
+            // Make sure the server knows the subscription before events are published (by this
+            // or any other connection): a flush only empties the socket buffer, so a request
+            // nobody answers makes the round trip. The server handles a connection's commands
+            // in order, so once its "no responders" reply is back the subscription is in place.
             let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.request(client.new_inbox(), bytes::Bytes::new()),
+            )
+            .await;
             let (tx, rx) = flume::bounded(options.queue_size as usize);
             let (stop_tx, mut stop) = watch::channel(false);
             let conn = self.conn.clone();
