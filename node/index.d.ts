@@ -45,7 +45,9 @@ export interface Config {
   /**
    * Where to connect: `memory://` (private to the bus), `memory://NAME` (shared in the
    * process), `nats://host:4222` (NATS core; `nats://user:password@host:4222` carries
-   * credentials) or `jetstream://host:4222` (NATS JetStream).
+   * credentials), `jetstream://host:4222` (NATS JetStream), `redis://host:6379` (Redis
+   * Streams), `redis+pubsub://host:6379` (Redis Pub/Sub) or `kafka://host:9092,host:9092`
+   * (Apache Kafka).
    */
   url: string
   /** Namespace for topics on the broker; empty for none. */
@@ -64,6 +66,83 @@ export interface Config {
   nats?: NatsConfig
   /** Stream and consumer settings for `jetstream://`. */
   jetstream?: JetStreamConfig
+  /** Connection, TLS and stream settings for `redis://` and `redis+pubsub://`. */
+  redis?: RedisConfig
+  /** Client, security, topic and consumer settings for `kafka://`. */
+  kafka?: KafkaConfig
+}
+
+/**
+ * The `redis` section of {@link Config}, with the names Redis users know. Credentials and the
+ * database may also travel in the URL (`redis://user:password@host:6379/2`); a setting here
+ * wins. Names may be camelCase or snake_case, as in the rest of the config.
+ */
+export interface RedisConfig {
+  /** Servers as `host:port`, tried in order when connecting (default: the URL's host). */
+  addrs?: string[]
+  /** The database number (default: the URL's path, else 0). */
+  db?: number
+  /** ACL user name (default: the URL's, else the `default` user). */
+  username?: string
+  /** Password (default: the URL's, else none). */
+  password?: string
+  /** Path of a PEM file of CA certificates to trust (TLS; `rediss://`). */
+  tlsCa?: string
+  /** Path of the PEM client certificate (with `tlsKey`). */
+  tlsCert?: string
+  /** Path of the PEM client private key (with `tlsCert`). */
+  tlsKey?: string
+  /** How long one command may take, in ms (default 5000). */
+  commandTimeoutMs?: number
+  /** Attempts to re-establish a lost connection before a command fails (default 3). */
+  maxRetries?: number
+  /** Approximate length each stream is trimmed to on publish; 0 keeps everything (default 100000). */
+  maxLen?: number
+  /** How long an unacknowledged event stays with a member before another reclaims it, in ms (default 30000). */
+  claimIdleMs?: number
+  /** How long one blocking read waits, in ms (default 1000). */
+  blockMs?: number
+  /** How often a wildcard subscription looks for new streams, in ms (default 1000). */
+  scanIntervalMs?: number
+}
+
+/**
+ * The `kafka` section of {@link Config}. Topics are created through the admin API the first
+ * time the bus uses them. Names may be camelCase or snake_case, as in the rest of the config.
+ */
+export interface KafkaConfig {
+  /** The client id the brokers see (default: the bus `name`, else `polybus`). */
+  clientId?: string
+  /** `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (default: from the settings below). */
+  securityProtocol?: 'plaintext' | 'ssl' | 'sasl_plaintext' | 'sasl_ssl'
+  /** `PLAIN` (the default with a username), `SCRAM-SHA-256` or `SCRAM-SHA-512`. */
+  saslMechanism?: 'PLAIN' | 'SCRAM-SHA-256' | 'SCRAM-SHA-512'
+  /** SASL user name (with `password`). */
+  username?: string
+  /** SASL password (with `username`). */
+  password?: string
+  /** Path of a PEM file of CA certificates to trust (TLS). */
+  tlsCa?: string
+  /** Path of the PEM client certificate (with `tlsKey`). */
+  tlsCert?: string
+  /** Path of the PEM client private key (with `tlsCert`). */
+  tlsKey?: string
+  /** Partitions of the topics the bus creates (default 1: a topic's events stay in order). */
+  partitions?: number
+  /** Replicas of the topics the bus creates (default 1). */
+  replicationFactor?: number
+  /** Producer compression (default `none`). */
+  compression?: 'none' | 'gzip' | 'snappy' | 'lz4'
+  /** How long the producer waits to fill a batch, in ms (default 0). */
+  lingerMs?: number
+  /** How long a silent group member keeps its partitions, in ms (default 45000). */
+  sessionTimeoutMs?: number
+  /** How often the offsets of handled events are committed, in ms (default 1000). */
+  commitIntervalMs?: number
+  /** How often a wildcard subscription looks for new topics, in ms (default 1000). */
+  metadataRefreshMs?: number
+  /** Raw librdkafka properties, applied last (for example `{'fetch.wait.max.ms': '50'}`). */
+  properties?: Record<string, string>
 }
 
 /**

