@@ -30,7 +30,9 @@ pub struct Config {
     /// Where to connect: `memory://` (private), `memory://NAME` (shared in the process by name),
     /// `nats://host:4222` (NATS core), `jetstream://host:4222` (NATS JetStream),
     /// `redis://[user:password@]host:6379[/db]` (Redis Streams; `rediss://` with TLS),
-    /// `redis+pubsub://host:6379` (Redis Pub/Sub; `rediss+pubsub://` with TLS).
+    /// `redis+pubsub://host:6379` (Redis Pub/Sub; `rediss+pubsub://` with TLS),
+    /// `redis+cluster://host:7000,host:7001` (Redis Streams on a Redis Cluster; `rediss+cluster://`
+    /// with TLS), `kafka://host:9092,host:9092` (Apache Kafka).
     pub url: String,
     /// Namespace for topics on the broker (like `due`'s `due:eventbus`); empty for none.
     pub prefix: String,
@@ -215,7 +217,8 @@ impl Default for KafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Servers as `host:port`, tried in order when connecting (the first that answers is
-    /// used); default: the URL's host. A Redis Cluster is not supported.
+    /// used); default: the URL's hosts. With `redis+cluster://` they are the cluster's seed
+    /// nodes.
     pub addrs: Vec<String>,
     /// The database number (default: the URL's path, else 0).
     pub db: Option<i64>,
@@ -409,6 +412,10 @@ const SCHEMES: &[&str] = &[
     "redis+pubsub",
     #[cfg(feature = "redis")]
     "rediss+pubsub",
+    #[cfg(feature = "redis")]
+    "redis+cluster",
+    #[cfg(feature = "redis")]
+    "rediss+cluster",
     #[cfg(feature = "kafka")]
     "kafka",
 ];

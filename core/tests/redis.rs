@@ -182,6 +182,91 @@ async fn tls_with_the_harness_ca_works_and_an_untrusted_server_is_refused() {
     );
 }
 
+/// The node (port) of the cluster that holds `key`: the one that answers `EXISTS` without
+/// redirecting.
+fn cluster_node_of(ports: &[String], key: &str) -> Option<String> {
+    ports.iter().find_map(|p| {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", p, "--raw", "EXISTS", key])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == "1").then(|| p.clone())
+    })
+}
+
+#[tokio::test]
+async fn a_redis_cluster_carries_wildcards_across_nodes_and_shares_a_group() {
+    let out = harness(&["start", "redis-cluster"]);
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("export POLYBUS_TEST_REDIS_CLUSTER_URL="))
+        .expect("the harness prints the cluster's URL")
+        .to_owned();
+    let ports: Vec<String> = url
+        .trim_start_matches("redis+cluster://")
+        .split(',')
+        .map(|hp| hp.rsplit(':').next().unwrap().to_owned())
+        .collect();
+    let prefix = unique("cluster");
+    let cfg = || Config::new(&url).prefix(&prefix);
+    let a = Bus::connect(cfg()).await.unwrap();
+    let b = Bus::connect(cfg()).await.unwrap();
+    // A wildcard subscriber, and a group of two members on the same pattern.
+    let all = Seen::default();
+    let _all = a
+        .subscribe("w.*", SubscribeOptions::new(), all.handler())
+        .await
+        .unwrap();
+    let (ga, gb) = (Seen::default(), Seen::default());
+    let opts = || SubscribeOptions::new().group("workers");
+    let _ga = a.subscribe("w.*", opts(), ga.handler()).await.unwrap();
+    let _gb = b.subscribe("w.*", opts(), gb.handler()).await.unwrap();
+    let topics: Vec<String> = (0..12).map(|i| format!("w.t{i}")).collect();
+    for round in 0..10 {
+        for t in &topics {
+            a.publish(Message::new(t.as_str(), format!("{t}/{round}")))
+                .await
+                .unwrap();
+        }
+    }
+    // The streams live on more than one node.
+    let nodes: HashSet<String> = topics
+        .iter()
+        .filter_map(|t| cluster_node_of(&ports, &format!("{prefix}.{t}")))
+        .collect();
+    assert!(nodes.len() >= 2, "all streams on {nodes:?}");
+    let got = all.wait(120, secs(20)).await;
+    assert_eq!(got.len(), 120);
+    for t in &topics {
+        let rounds: Vec<String> = got
+            .iter()
+            .filter(|e| e.topic() == t)
+            .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
+            .collect();
+        let want: Vec<String> = (0..10).map(|r| format!("{t}/{r}")).collect();
+        assert_eq!(rounds, want, "{t} out of order");
+    }
+    // The group handles each event once, between its members.
+    let deadline = Instant::now() + secs(20);
+    while ga.0.lock().len() + gb.0.lock().len() < 120 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let handled: Vec<String> =
+        ga.0.lock()
+            .iter()
+            .chain(gb.0.lock().iter())
+            .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
+            .collect();
+    assert_eq!(handled.len(), 120);
+    assert_eq!(
+        handled.iter().collect::<HashSet<_>>().len(),
+        120,
+        "handled twice"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_unreachable_server_fails_clearly_within_the_connect_timeout() {
     let started = Instant::now();

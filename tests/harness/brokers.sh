@@ -20,6 +20,8 @@
 #   redis-tls  redis-server speaking only TLS on $POLYBUS_REDIS_TLS_PORT (default 6392), with a CA,
 #              a server and a client certificate generated once under build/brokers/redis-tls/tls
 #              (ca.crt, client.crt, client.key); client certificates are optional.
+#   redis-cluster  a 3-node Redis Cluster on $POLYBUS_REDIS_CLUSTER_PORT (default 7001) and the next
+#              two ports: see tests/harness/redis-cluster.sh.
 #   kafka      Apache Kafka (KRaft) on $POLYBUS_KAFKA_PORT (default 9092), SASL on 9093: see
 #              tests/harness/kafka-broker.sh, which brokers.sh hands `kafka` to.
 #
@@ -277,12 +279,17 @@ cmd=${1:-status}
 name=${2:-}
 # Kafka has a script of its own (a JVM broker from Maven Central's jars).
 if [ "$name" = kafka ]; then exec bash "$root/tests/harness/kafka-broker.sh" "$cmd"; fi
+# So has the 3-node Redis Cluster.
+if [ "$name" = redis-cluster ]; then exec bash "$root/tests/harness/redis-cluster.sh" "$cmd"; fi
 case "$cmd" in
   start) [ -n "$name" ] || { log "usage: $0 start nats|nats-auth|redis|redis-acl|redis-tls|kafka"; exit 2; }; port_of "$name" >/dev/null; start "$name" ;;
   stop) [ -n "$name" ] || { log "usage: $0 stop nats|nats-auth|redis|redis-acl|redis-tls|kafka"; exit 2; }; port_of "$name" >/dev/null; stop "$name" ;;
   # A crash and a restart: the process is killed (no clean shutdown), the storage is kept and
   # the server comes back on the same port.
   restart) [ -n "$name" ] || { log "usage: $0 restart nats|nats-auth|redis|redis-acl|redis-tls|kafka"; exit 2; }; port_of "$name" >/dev/null; stop "$name" kill; start "$name" keep ;;
-  status) status; bash "$root/tests/harness/kafka-broker.sh" status ;;
+  status)
+    status
+    bash "$root/tests/harness/redis-cluster.sh" status
+    bash "$root/tests/harness/kafka-broker.sh" status ;;
   *) log "usage: $0 start|stop|restart NAME | status"; exit 2 ;;
 esac

@@ -47,6 +47,9 @@ bash "$root/tests/harness/brokers.sh" start redis-acl >/dev/null
 # Redis over TLS only, with certificates generated once (POLYBUS_TEST_REDIS_TLS_URL, default
 # rediss://127.0.0.1:6392; POLYBUS_TEST_REDIS_TLS_DIR holds ca.crt, client.crt, client.key).
 bash "$root/tests/harness/brokers.sh" start redis-tls >/dev/null
+# A 3-node Redis Cluster for redis+cluster:// (POLYBUS_TEST_REDIS_CLUSTER_URL, default
+# redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003).
+bash "$root/tests/harness/brokers.sh" start redis-cluster >/dev/null
 # Apache Kafka in KRaft mode from Maven Central's jars (fetched once into build/kafka/libs), for
 # the kafka backend (POLYBUS_TEST_KAFKA_URL, default kafka://127.0.0.1:9092) and its SASL tests
 # (POLYBUS_TEST_KAFKA_SASL_URL, default kafka://127.0.0.1:9093; user polybus, password secret).

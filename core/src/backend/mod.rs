@@ -191,6 +191,10 @@ pub(crate) async fn open(
             redis::RedisBackend::open(config, state, redis::Mode::Streams).await?,
         )),
         #[cfg(feature = "redis")]
+        "redis+cluster" | "rediss+cluster" => Ok(Box::new(
+            redis::RedisBackend::open(config, state, redis::Mode::ClusterStreams).await?,
+        )),
+        #[cfg(feature = "redis")]
         "redis+pubsub" | "rediss+pubsub" => Ok(Box::new(
             redis::RedisBackend::open(config, state, redis::Mode::PubSub).await?,
         )),

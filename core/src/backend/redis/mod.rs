@@ -9,8 +9,11 @@
 //!   groups; a broadcast subscription gets a consumer group of its own. Events are
 //!   acknowledged (`XACK`) after the handler succeeded; what a dead consumer left pending is
 //!   reclaimed by another member (`XAUTOCLAIM`) after `redis.claim_idle_ms`. Streams have no
-//!   subject wildcards: a pattern would merge several streams and lose the order of a key
-//!   across them, so wildcard patterns are rejected with [`ErrorKind::Unsupported`].
+//!   subject wildcards: a wildcard pattern reads every stream whose topic matches, found with
+//!   `SCAN` (a key's order across topics is best effort).
+//! - **Streams on a Redis Cluster** (`redis+cluster://`): the same, with a cluster client that
+//!   sends each command to the node of its key; wildcard discovery scans every primary and
+//!   reads each stream on its own (one command cannot span slots).
 //! - **Pub/Sub** ([`pubsub`]): `PUBLISH` of a CloudEvents JSON envelope; `SUBSCRIBE`, or
 //!   `PSUBSCRIBE` with a glob that may over-match, filtered by the real pattern. No history,
 //!   no groups.
@@ -32,9 +35,11 @@ use std::{
 };
 
 use ::redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
-    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
-    RedisError, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline,
+    RedisConnectionInfo, RedisError, RedisFuture, Value,
 };
 use tokio::sync::{oneshot, watch, Notify};
 
@@ -65,8 +70,65 @@ const QUEUE_MAX: usize = 8192;
 pub(crate) enum Mode {
     /// Streams and consumer groups (`redis://`).
     Streams,
+    /// Streams and consumer groups on a Redis Cluster (`redis+cluster://`).
+    ClusterStreams,
     /// Pub/Sub channels (`redis+pubsub://`).
     PubSub,
+}
+
+/// A connection to one server or to a cluster; commands go to the node of their key.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// A connection of its own to one server.
+    Single(MultiplexedConnection),
+    /// The bus's shared, reconnecting connection to one server.
+    Managed(ConnectionManager),
+    /// Connections to every node of a cluster.
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Managed(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How new connections are made: to one server, or to a cluster. Made once per bus.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Connector {
+    Single(Client),
+    Cluster(ClusterClient),
 }
 
 /// Cleanup tasks still running (a broadcast group being destroyed), awaited by `close`.
@@ -78,9 +140,9 @@ struct Cleanups {
 
 /// What the publisher, the subscriptions and their ackers share.
 pub(crate) struct Shared {
-    client: Client,
+    client: Connector,
     /// Publishes, acks and administrative commands (reconnects by itself).
-    conn: ConnectionManager,
+    conn: Conn,
     /// The prefix and a dot.
     wire_prefix: String,
     /// The URL with any password hidden, for messages.
@@ -106,17 +168,35 @@ impl Shared {
 
     /// A connection of its own (blocking reads, Pub/Sub), whose replies may take `extra`
     /// longer than a command.
-    async fn dedicated(
-        &self,
-        extra: Duration,
-    ) -> std::result::Result<MultiplexedConnection, Error> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout + extra));
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| redis_error(&format!("connecting to {}", self.shown_url), &e))
+    async fn dedicated(&self, extra: Duration) -> std::result::Result<Conn, Error> {
+        let fail = |e: RedisError| redis_error(&format!("connecting to {}", self.shown_url), &e);
+        match &self.client {
+            Connector::Single(client) => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.command_timeout + extra));
+                client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await
+                    .map(Conn::Single)
+                    .map_err(fail)
+            }
+            // Blocking reads on a cluster wait at most `extra` (see `streams`): the cluster
+            // client's response timeout covers them.
+            Connector::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(Conn::Cluster)
+                .map_err(fail),
+        }
+    }
+
+    /// The client of Pub/Sub connections (one server only).
+    fn single_client(&self) -> Option<&Client> {
+        match &self.client {
+            Connector::Single(c) => Some(c),
+            Connector::Cluster(_) => None,
+        }
     }
 
     /// Records whether the server answered: the bus's connection state follows.
@@ -246,8 +326,10 @@ impl Target {
             None => authority,
         };
         if !host.is_empty() {
-            t.hosts
-                .push(host_port(host).ok_or_else(|| bad("expected host:port"))?);
+            for h in host.split(',') {
+                t.hosts
+                    .push(host_port(h).ok_or_else(|| bad("expected host:port[,host:port...]"))?);
+            }
         }
         let path = path.trim_end_matches('/');
         if !path.is_empty() {
@@ -331,7 +413,11 @@ impl RedisBackend {
         state: &watch::Sender<ConnectionState>,
         mode: Mode,
     ) -> Result<Self> {
-        let shared = Arc::new(connect(config, state).await?);
+        let shared = Arc::new(if mode == Mode::ClusterStreams {
+            connect_cluster(config, state).await?
+        } else {
+            connect(config, state).await?
+        });
         let (queue, rx) = flume::bounded(QUEUE_MAX);
         let writer_busy = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(writer(shared.clone(), rx, writer_busy.clone()));
@@ -346,44 +432,207 @@ impl RedisBackend {
     }
 }
 
-/// Connects to the first server of the list that answers, checking the credentials.
-async fn connect(config: &Config, state: &watch::Sender<ConnectionState>) -> Result<Shared> {
-    let target = Target::parse(&config.url)?;
-    let r = &config.redis;
-    let hosts = if r.addrs.is_empty() {
-        target.hosts.clone()
-    } else {
-        r.addrs
-            .iter()
-            .map(|a| {
-                host_port(a).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidConfig,
-                        format!("redis.addrs: {a:?} is not host:port"),
-                    )
+/// The servers of the URL (or of `redis.addrs`), the TLS files and the credentials.
+struct Endpoints {
+    target: Target,
+    hosts: Vec<(String, u16)>,
+    tls: bool,
+    ca: Option<Vec<u8>>,
+    client_tls: Option<(Vec<u8>, Vec<u8>)>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl Endpoints {
+    fn of(config: &Config) -> Result<Endpoints> {
+        let target = Target::parse(&config.url)?;
+        let r = &config.redis;
+        let hosts = if r.addrs.is_empty() {
+            target.hosts.clone()
+        } else {
+            r.addrs
+                .iter()
+                .map(|a| {
+                    host_port(a).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::InvalidConfig,
+                            format!("redis.addrs: {a:?} is not host:port"),
+                        )
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>>>()?
+        };
+        if hosts.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "url {:?}: no server given (expected e.g. redis://127.0.0.1:6379, or \
+                     redis.addrs)",
+                    target.shown
+                ),
+            ));
+        }
+        let ca = r
+            .tls_ca
+            .as_deref()
+            .map(|p| read_file("tls_ca", p))
+            .transpose()?;
+        let client_tls = match (&r.tls_cert, &r.tls_key) {
+            (Some(c), Some(k)) => Some((read_file("tls_cert", c)?, read_file("tls_key", k)?)),
+            _ => None,
+        };
+        Ok(Endpoints {
+            tls: target.tls || r.tls_ca.is_some() || r.tls_cert.is_some(),
+            username: r.username.clone().or(target.username.clone()),
+            password: r.password.clone().or(target.password.clone()),
+            target,
+            hosts,
+            ca,
+            client_tls,
+        })
+    }
+
+    fn addr(&self, host: &str, port: u16) -> ConnectionAddr {
+        if self.tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        }
+    }
+
+    fn certificates(&self) -> ::redis::TlsCertificates {
+        ::redis::TlsCertificates {
+            client_tls: self.client_tls.clone().map(|(client_cert, client_key)| {
+                ::redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.ca.clone(),
+        }
+    }
+}
+
+/// The shared state of a connected bus.
+fn shared(
+    config: &Config,
+    state: &watch::Sender<ConnectionState>,
+    client: Connector,
+    conn: Conn,
+    shown_url: String,
+) -> Shared {
+    let prefix = if config.prefix.is_empty() {
+        DEFAULT_PREFIX
+    } else {
+        config.prefix.as_str()
     };
-    if hosts.is_empty() {
+    Shared {
+        client,
+        conn,
+        wire_prefix: format!("{prefix}."),
+        shown_url,
+        cfg: config.redis.clone(),
+        name: if config.name.is_empty() {
+            "polybus".to_owned()
+        } else {
+            config.name.clone()
+        },
+        connect_timeout: Config::duration(config.connect_timeout_ms.max(1)),
+        command_timeout: Config::duration(config.redis.command_timeout_ms),
+        state: state.clone(),
+        cleanups: Cleanups::default(),
+        runtime: tokio::runtime::Handle::current(),
+    }
+}
+
+/// Connects to a Redis Cluster through any of the listed nodes, checking the credentials.
+/// Commands go to the node of their key; the cluster's topology is followed as it changes.
+async fn connect_cluster(
+    config: &Config,
+    state: &watch::Sender<ConnectionState>,
+) -> Result<Shared> {
+    let ep = Endpoints::of(config)?;
+    let r = &config.redis;
+    if r.db.or(ep.target.db).is_some_and(|d| d != 0) {
         return Err(Error::new(
             ErrorKind::InvalidConfig,
-            format!(
-                "url {:?}: no server given (expected e.g. redis://127.0.0.1:6379, or redis.addrs)",
-                target.shown
-            ),
+            "redis.db: a Redis Cluster has only database 0",
         ));
     }
-    let tls = target.tls || r.tls_ca.is_some() || r.tls_cert.is_some();
-    let ca = r
-        .tls_ca
-        .as_deref()
-        .map(|p| read_file("tls_ca", p))
-        .transpose()?;
-    let client_tls = match (&r.tls_cert, &r.tls_key) {
-        (Some(c), Some(k)) => Some((read_file("tls_cert", c)?, read_file("tls_key", k)?)),
-        _ => None,
+    let hosts: Vec<String> = ep.hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+    let shown = format!(
+        "{}://{}",
+        if ep.tls {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        },
+        hosts.join(",")
+    );
+    let bad = |e: RedisError| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("redis cluster {shown}: {e}"),
+        )
     };
+    let mut nodes = Vec::new();
+    for (h, p) in &ep.hosts {
+        nodes.push(ep.addr(h, *p).into_connection_info().map_err(bad)?);
+    }
+    let connect_timeout = Config::duration(config.connect_timeout_ms.max(1));
+    // Blocking stream reads wait up to `block_ms` for an answer.
+    let response_timeout = Config::duration(r.command_timeout_ms + r.block_ms);
+    let mut builder = ClusterClient::builder(nodes)
+        .connection_timeout(connect_timeout)
+        .response_timeout(response_timeout)
+        .retries(u32::try_from(r.max_retries).unwrap_or(u32::MAX));
+    if let Some(u) = &ep.username {
+        builder = builder.username(u);
+    }
+    if let Some(p) = &ep.password {
+        builder = builder.password(p);
+    }
+    if ep.tls {
+        builder = builder
+            .tls(::redis::TlsMode::Secure)
+            .certs(ep.certificates());
+    }
+    let client = builder.build().map_err(bad)?;
+    let probe = async {
+        let mut c = client.get_async_connection().await?;
+        ::redis::cmd("PING").query_async::<Value>(&mut c).await?;
+        Ok::<_, RedisError>(c)
+    };
+    match tokio::time::timeout(connect_timeout, probe).await {
+        Ok(Ok(conn)) => Ok(shared(
+            config,
+            state,
+            Connector::Cluster(client),
+            Conn::Cluster(conn),
+            shown,
+        )),
+        Ok(Err(e)) => Err(redis_error(&format!("cannot connect to {shown}"), &e)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "cannot connect to {shown}: no answer within {} ms",
+                connect_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Connects to the first server of the list that answers, checking the credentials.
+async fn connect(config: &Config, state: &watch::Sender<ConnectionState>) -> Result<Shared> {
+    let ep = Endpoints::of(config)?;
+    let target = &ep.target;
+    let r = &config.redis;
+    let (tls, ca, client_tls) = (ep.tls, ep.ca.clone(), ep.client_tls.clone());
     let mut settings = RedisConnectionInfo::default().set_db(r.db.or(target.db).unwrap_or(0));
     if let Some(u) = r.username.as_ref().or(target.username.as_ref()) {
         settings = settings.set_username(u);
@@ -394,7 +643,7 @@ async fn connect(config: &Config, state: &watch::Sender<ConnectionState>) -> Res
     let connect_timeout = Config::duration(config.connect_timeout_ms.max(1));
     let command_timeout = Config::duration(r.command_timeout_ms);
     let mut last: Option<Error> = None;
-    for (host, port) in hosts {
+    for (host, port) in ep.hosts.clone() {
         let shown = format!("{}://{host}:{port}", if tls { "rediss" } else { "redis" });
         let addr = if tls {
             ConnectionAddr::TcpTls {
@@ -456,28 +705,13 @@ async fn connect(config: &Config, state: &watch::Sender<ConnectionState>) -> Res
         };
         match tokio::time::timeout(connect_timeout, probe).await {
             Ok(Ok(conn)) => {
-                let prefix = if config.prefix.is_empty() {
-                    DEFAULT_PREFIX
-                } else {
-                    config.prefix.as_str()
-                };
-                return Ok(Shared {
-                    client,
-                    conn,
-                    wire_prefix: format!("{prefix}."),
-                    shown_url: shown,
-                    cfg: r.clone(),
-                    name: if config.name.is_empty() {
-                        "polybus".to_owned()
-                    } else {
-                        config.name.clone()
-                    },
-                    connect_timeout,
-                    command_timeout,
-                    state: state.clone(),
-                    cleanups: Cleanups::default(),
-                    runtime: tokio::runtime::Handle::current(),
-                });
+                return Ok(shared(
+                    config,
+                    state,
+                    Connector::Single(client),
+                    Conn::Managed(conn),
+                    shown,
+                ));
             }
             Ok(Err(e)) => {
                 let err = redis_error(&format!("cannot connect to {shown}"), &e);
@@ -512,13 +746,22 @@ async fn writer(shared: Arc<Shared>, rx: flume::Receiver<Outgoing>, busy: Arc<At
                 Err(_) => break,
             }
         }
-        let mut pipe = ::redis::pipe();
-        pipe.ignore_errors();
-        for o in &mut batch {
-            pipe.add_command(std::mem::replace(&mut o.cmd, ::redis::Cmd::new()));
-        }
-        let result: ::redis::RedisResult<Vec<::redis::RedisResult<Value>>> =
-            pipe.query_async(&mut conn).await;
+        let result: ::redis::RedisResult<Vec<::redis::RedisResult<Value>>> = if conn.is_cluster() {
+            // A pipeline goes to one node; each XADD goes to the node of its stream. They are
+            // sent in order (each node's share keeps it) and answered together.
+            let sends = batch.iter().map(|o| {
+                let mut c = conn.clone();
+                async move { o.cmd.query_async::<Value>(&mut c).await }
+            });
+            Ok(futures::future::join_all(sends).await)
+        } else {
+            let mut pipe = ::redis::pipe();
+            pipe.ignore_errors();
+            for o in &mut batch {
+                pipe.add_command(std::mem::replace(&mut o.cmd, ::redis::Cmd::new()));
+            }
+            pipe.query_async(&mut conn).await
+        };
         match result {
             Ok(replies) => {
                 shared.note(None);
@@ -551,7 +794,7 @@ async fn writer(shared: Arc<Shared>, rx: flume::Receiver<Outgoing>, busy: Arc<At
 impl Backend for RedisBackend {
     fn publish(&self, message: Arc<Message>) -> Publishing {
         let cmd = match self.mode {
-            Mode::Streams => streams::xadd(&self.shared, &message),
+            Mode::Streams | Mode::ClusterStreams => streams::xadd(&self.shared, &message),
             Mode::PubSub => pubsub::publish(&self.shared, &message),
         };
         let (reply, rx) = oneshot::channel();
@@ -586,7 +829,9 @@ impl Backend for RedisBackend {
     ) -> BoxFut<'a, Result<Subscribed>> {
         Box::pin(async move {
             match self.mode {
-                Mode::Streams => streams::subscribe(&self.shared, pattern, options).await,
+                Mode::Streams | Mode::ClusterStreams => {
+                    streams::subscribe(&self.shared, pattern, options).await
+                }
                 Mode::PubSub => pubsub::subscribe(&self.shared, pattern, options).await,
             }
         })

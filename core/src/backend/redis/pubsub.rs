@@ -218,7 +218,13 @@ impl Target {
             self.channel, self.shared.shown_url
         );
         let open = async {
-            let mut ps = self.shared.client.get_async_pubsub().await?;
+            let client = self.shared.single_client().ok_or_else(|| {
+                ::redis::RedisError::from((
+                    ::redis::ErrorKind::Client,
+                    "Pub/Sub mode needs one server, not a cluster",
+                ))
+            })?;
+            let mut ps = client.get_async_pubsub().await?;
             if self.glob {
                 ps.psubscribe(&self.channel).await?;
             } else {

@@ -30,11 +30,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ::redis::{aio::MultiplexedConnection, Cmd, RedisError, Value};
+use ::redis::{
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
+    Cmd, RedisError, Value,
+};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::{redis_error, Shared, DRAIN_LIMIT};
+use super::{redis_error, Conn, Shared, DRAIN_LIMIT};
 use crate::{
     backend::{
         cetime::{format_time, parse_time},
@@ -332,7 +335,7 @@ impl Consumer {
     /// Finds the streams to read: the topic's (created if missing), or, for a wildcard, the
     /// streams whose topic matches that are not read yet. Streams found after the first
     /// search are read from their start; the first search starts where `start` says.
-    async fn discover(&self, conn: &mut MultiplexedConnection, first: bool) -> Result<()> {
+    async fn discover(&self, conn: &mut Conn, first: bool) -> Result<()> {
         let Some(glob) = &self.glob else {
             if first {
                 let key = self.shared.key(self.pattern.as_str());
@@ -341,25 +344,48 @@ impl Consumer {
             }
             return Ok(());
         };
-        let mut cursor = 0u64;
         let mut found = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(glob)
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("stream")
-                .query_async(conn)
+        let nodes = match conn {
+            // Every primary holds its own part of the keyspace.
+            Conn::Cluster(c) => primaries(c)
                 .await
-                .map_err(|e| redis_error(&format!("SCAN for streams matching {glob:?}"), &e))?;
-            found.extend(keys);
-            if next == 0 {
-                break;
+                .map_err(|e| redis_error("listing the cluster's primaries", &e))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            _ => vec![None],
+        };
+        for node in nodes {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = ::redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(glob)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("TYPE")
+                    .arg("stream");
+                let reply = match (&node, &mut *conn) {
+                    (Some((host, port)), Conn::Cluster(c)) => {
+                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        });
+                        c.route_command(scan, route)
+                            .await
+                            .and_then(|v| ::redis::from_redis_value(v).map_err(Into::into))
+                    }
+                    _ => scan.query_async(&mut *conn).await,
+                };
+                let (next, keys): (u64, Vec<String>) = reply
+                    .map_err(|e| redis_error(&format!("SCAN for streams matching {glob:?}"), &e))?;
+                found.extend(keys);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
         found.sort();
         found.dedup();
@@ -383,7 +409,7 @@ impl Consumer {
     /// was).
     async fn ensure_group(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         key: &str,
         start: Start,
         mkstream: bool,
@@ -418,7 +444,7 @@ impl Consumer {
 
     /// Makes the groups again after they were lost (a server restarted without its data, an
     /// operator deleted them): existing ones are kept as they are.
-    async fn ensure_groups(&self, conn: &mut MultiplexedConnection) -> Result<()> {
+    async fn ensure_groups(&self, conn: &mut Conn) -> Result<()> {
         for key in self.keys() {
             let start = if self.glob.is_some() {
                 Start::Earliest
@@ -461,6 +487,36 @@ impl Consumer {
             .collect()
     }
 
+    /// New events for this consumer on every stream, as one `XREADGROUP` reply. On a cluster
+    /// the streams of a wildcard live in different slots, which one command cannot span: each
+    /// is read without blocking, and when all were empty the read pauses (at most 100 ms).
+    async fn read(
+        &self,
+        conn: &mut Conn,
+        keys: &[Arc<str>],
+        count: usize,
+        block: Option<Duration>,
+    ) -> ::redis::RedisResult<Value> {
+        if !conn.is_cluster() || keys.len() <= 1 {
+            return self.read_cmd(keys, count, block).query_async(conn).await;
+        }
+        let mut out = Vec::new();
+        for k in keys {
+            let v: Value = self
+                .read_cmd(std::slice::from_ref(k), count, None)
+                .query_async(&mut *conn)
+                .await?;
+            out.extend(items(v));
+        }
+        if out.is_empty() {
+            if let Some(b) = block {
+                tokio::time::sleep(b.min(Duration::from_millis(100))).await;
+            }
+            return Ok(Value::Nil);
+        }
+        Ok(Value::Array(out))
+    }
+
     /// `XREADGROUP ... >`: new events for this consumer on every stream.
     fn read_cmd(&self, keys: &[Arc<str>], count: usize, block: Option<Duration>) -> Cmd {
         let mut c = ::redis::cmd("XREADGROUP");
@@ -486,7 +542,7 @@ impl Consumer {
     /// the delivery counts.
     async fn reclaim(
         self: &Arc<Self>,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         room: usize,
     ) -> ::redis::RedisResult<Vec<Delivery>> {
         let mut out = Vec::new();
@@ -501,7 +557,7 @@ impl Consumer {
 
     async fn reclaim_from(
         self: &Arc<Self>,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         key: Arc<str>,
         room: usize,
     ) -> ::redis::RedisResult<Vec<Delivery>> {
@@ -555,7 +611,7 @@ impl Consumer {
     /// Delivery counts of claimed entries (`XPENDING` over their id range, for this consumer).
     async fn delivery_counts(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         key: &str,
         claimed: &[(String, Fields)],
     ) -> HashMap<String, u32> {
@@ -695,7 +751,11 @@ pub(super) async fn subscribe(
     ))
 }
 
-async fn client_id(conn: &mut MultiplexedConnection) -> Option<i64> {
+async fn client_id(conn: &mut Conn) -> Option<i64> {
+    // On a cluster a blocked read sits on the node of its key; it ends within `block_ms`.
+    if conn.is_cluster() {
+        return None;
+    }
     ::redis::cmd("CLIENT")
         .arg("ID")
         .query_async::<i64>(conn)
@@ -713,7 +773,7 @@ fn room(tx: &flume::Sender<Delivery>) -> usize {
 /// what the group still holds for it (bounded in time).
 async fn pump(
     consumer: Arc<Consumer>,
-    conn: MultiplexedConnection,
+    conn: Conn,
     mut client_id: Option<i64>,
     tx: flume::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
@@ -799,10 +859,9 @@ async fn pump(
             }
             continue;
         }
-        let cmd = consumer.read_cmd(&keys, room(&tx), Some(wait));
         let mut stopped = false;
         let result = {
-            let mut read = std::pin::pin!(cmd.query_async::<Value>(c));
+            let mut read = std::pin::pin!(consumer.read(c, &keys, room(&tx), Some(wait)));
             let first = tokio::select! {
                 biased;
                 r = &mut read => Some(r),
@@ -858,10 +917,7 @@ async fn pump(
                 return;
             }
             loop {
-                let r: ::redis::RedisResult<Value> = consumer
-                    .read_cmd(&keys, room(&tx), None)
-                    .query_async(c)
-                    .await;
+                let r = consumer.read(c, &keys, room(&tx), None).await;
                 let Ok(v) = r else { return };
                 let got = consumer.deliveries(v);
                 if got.is_empty() {
@@ -876,6 +932,30 @@ async fn pump(
         };
         let _ = tokio::time::timeout(DRAIN_LIMIT, drained).await;
     }
+}
+
+/// The addresses of a cluster's primaries (`CLUSTER NODES`).
+async fn primaries(
+    c: &mut ::redis::cluster_async::ClusterConnection,
+) -> ::redis::RedisResult<Vec<(String, u16)>> {
+    let text: String = ::redis::cmd("CLUSTER").arg("NODES").query_async(c).await?;
+    Ok(parse_primaries(&text))
+}
+
+/// `<id> <host:port@cport[,hostname]> <flags> ...` lines; primaries have the flag `master`.
+fn parse_primaries(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_id, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            if !flags.split(',').any(|x| x == "master") || flags.contains("fail") {
+                return None;
+            }
+            let hp = addr.split(['@', ',']).next()?;
+            let (h, p) = hp.rsplit_once(':')?;
+            Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -938,5 +1018,20 @@ mod tests {
             assert_eq!(got[0].1[0].0, "1-0");
         }
         assert!(read_reply(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn cluster_nodes_list_their_primaries() {
+        let text = "a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460\n\
+                    b2 127.0.0.1:7002@17002,host master - 0 1 2 connected 5461-10922\n\
+                    c3 127.0.0.1:7004@17004 slave a1 0 1 1 connected\n\
+                    d4 127.0.0.1:7003@17003 master,fail - 0 1 3 disconnected\n";
+        assert_eq!(
+            parse_primaries(text),
+            [
+                ("127.0.0.1".to_owned(), 7001),
+                ("127.0.0.1".to_owned(), 7002)
+            ]
+        );
     }
 }
