@@ -185,6 +185,59 @@ async fn sasl_plain_and_scram_work_and_a_wrong_password_is_an_auth_error() {
 }
 
 #[tokio::test]
+async fn tls_with_the_harness_ca_works_and_an_untrusted_broker_is_refused() {
+    let _shared = BROKER.read().await;
+    let url = std::env::var("POLYBUS_TEST_KAFKA_SSL_URL")
+        .unwrap_or_else(|_| "kafka://127.0.0.1:9095".into());
+    let dir = std::env::var("POLYBUS_TEST_KAFKA_TLS_DIR")
+        .unwrap_or_else(|_| root().join("build/brokers/kafka/tls").display().to_string());
+    for client_cert in [false, true] {
+        let kafka = KafkaConfig {
+            tls_ca: Some(format!("{dir}/ca.crt")),
+            tls_cert: client_cert.then(|| format!("{dir}/client.crt")),
+            tls_key: client_cert.then(|| format!("{dir}/client.key")),
+            ..KafkaConfig::default()
+        };
+        let bus = Bus::connect(Config::new(&url).prefix(unique("tls")).kafka(kafka))
+            .await
+            .unwrap();
+        let seen = Seen::default();
+        let _sub = bus
+            .subscribe("tls.ok", SubscribeOptions::new(), seen.handler())
+            .await
+            .unwrap();
+        bus.publish(Message::new("tls.ok", "over tls"))
+            .await
+            .unwrap();
+        let got = seen.wait(1, secs(15)).await;
+        assert_eq!(got.len(), 1, "client certificate: {client_cert}");
+        assert_eq!(got[0].payload().as_ref(), b"over tls");
+        bus.close().await.unwrap();
+    }
+    // Without the CA the broker's certificate is not trusted: a clear error in bounded time.
+    let started = Instant::now();
+    let e = Bus::connect(
+        Config::new(&url)
+            .connect_timeout(Duration::from_secs(3))
+            .kafka(KafkaConfig {
+                security_protocol: Some("ssl".into()),
+                ..KafkaConfig::default()
+            }),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("SSL") || e.to_string().contains("ssl"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8), "{e}");
+}
+
+#[tokio::test]
 async fn an_unreachable_broker_fails_clearly_within_the_connect_timeout() {
     let started = Instant::now();
     let cfg = Config::new("kafka://127.0.0.1:1").connect_timeout(Duration::from_secs(2));

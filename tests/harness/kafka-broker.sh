@@ -12,6 +12,9 @@
 #   SASL_PLAINTEXT  $POLYBUS_KAFKA_SASL_PORT (default 9093): user "polybus", password "secret",
 #                   mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
 #   CONTROLLER      $POLYBUS_KAFKA_CONTROLLER_PORT (default 9094)
+#   SSL             $POLYBUS_KAFKA_SSL_PORT (default 9095): TLS with a certificate for 127.0.0.1
+#                   signed by a CA generated once (build/brokers/kafka/tls/ca.crt); client
+#                   certificates are requested, not required (client.crt, client.key)
 # Jars: build/kafka/libs (tests/harness/kafka/pom.xml, re-fetched when the pom changes).
 # State: build/brokers/kafka/ (pid, server.properties, server.log, data/).
 # `start` prints `export POLYBUS_TEST_KAFKA_URL=...`, `POLYBUS_TEST_KAFKA_SASL_URL=...` and
@@ -26,6 +29,7 @@ dir="$root/build/brokers/kafka"
 port=${POLYBUS_KAFKA_PORT:-9092}
 sasl_port=${POLYBUS_KAFKA_SASL_PORT:-9093}
 ctl_port=${POLYBUS_KAFKA_CONTROLLER_PORT:-9094}
+ssl_port=${POLYBUS_KAFKA_SSL_PORT:-9095}
 
 log() { echo "kafka: $*" >&2; }
 
@@ -53,6 +57,34 @@ fetch_jars() {
   echo "$stamp" >"$libs/.stamp"
 }
 
+# A CA, a broker certificate for 127.0.0.1 (key and chain in one PEM file, as Kafka's PEM
+# keystore takes it) and a client certificate, made once with openssl.
+tls_files() {
+  local d="$dir/tls"
+  [ -f "$d/client.key" ] && return 0
+  command -v openssl >/dev/null || { log "openssl is required for the SSL listener"; exit 1; }
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=polybus kafka test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key -out broker.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile broker.ext -out broker.crt 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8 2>/dev/null
+    cat broker.pk8 broker.crt >broker.pem
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=polybus client" -keyout client.key -out client.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=clientAuth" >client.ext
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile client.ext -out client.crt 2>/dev/null
+    rm -f ./*.csr ./*.ext broker.pk8
+  )
+}
+
 write_config() {
   mkdir -p "$dir/data"
   cat >"$dir/server.properties" <<EOF
@@ -60,11 +92,16 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$ctl_port
-listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,CONTROLLER://127.0.0.1:$ctl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port,CONTROLLER://127.0.0.1:$ctl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,CONTROLLER:PLAINTEXT
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$dir/tls/broker.pem
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=$dir/tls/ca.crt
+listener.name.ssl.ssl.client.auth=requested
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_polybus="secret";
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
@@ -108,6 +145,8 @@ format_storage() {
 exports() {
   echo "export POLYBUS_TEST_KAFKA_URL=kafka://127.0.0.1:$port"
   echo "export POLYBUS_TEST_KAFKA_SASL_URL=kafka://127.0.0.1:$sasl_port"
+  echo "export POLYBUS_TEST_KAFKA_SSL_URL=kafka://127.0.0.1:$ssl_port"
+  echo "export POLYBUS_TEST_KAFKA_TLS_DIR=$dir/tls"
   echo "export POLYBUS_KAFKA_LIBS=$libs"
 }
 
@@ -115,13 +154,14 @@ start() {
   mkdir -p "$dir"
   if [ -n "$(running_pid)" ]; then exports; return 0; fi
   local p
-  for p in "$port" "$sasl_port" "$ctl_port"; do
+  for p in "$port" "$sasl_port" "$ssl_port" "$ctl_port"; do
     if tcp_ready "$p"; then
-      log "port $p is already taken by another process; set POLYBUS_KAFKA_PORT, POLYBUS_KAFKA_SASL_PORT, POLYBUS_KAFKA_CONTROLLER_PORT"
+      log "port $p is already taken by another process; set POLYBUS_KAFKA_PORT, POLYBUS_KAFKA_SASL_PORT, POLYBUS_KAFKA_SSL_PORT, POLYBUS_KAFKA_CONTROLLER_PORT"
       exit 1
     fi
   done
   fetch_jars
+  tls_files
   write_config
   format_storage
   log "starting kafka on 127.0.0.1:$port (SASL $sasl_port)"
