@@ -15,7 +15,9 @@ results="$out/results.jsonl"
 
 bash tests/harness/setup.sh
 echo "== rust"
-POLYBUS_BENCH_EVENTS=$n cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
+# Also kafka:// beside rdkafka used directly, on the harness's broker.
+POLYBUS_BENCH_EVENTS=$n POLYBUS_BENCH_KAFKA_URL=${POLYBUS_TEST_KAFKA_URL:-kafka://127.0.0.1:9092} \
+  cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
 
 echo "== c"
 cargo build --quiet --release -p polybus-ffi

@@ -1,6 +1,10 @@
 //! Events per second from publish to handler on `memory://`: 64-byte payloads, one publisher,
 //! one subscriber, one process. Prints one JSON line per case. Run with
 //! `cargo bench -p polybus --bench pubsub` (`POLYBUS_BENCH_EVENTS` sets the count).
+//!
+//! With `POLYBUS_BENCH_KAFKA_URL` (`kafka://host:port`) it also measures `kafka://` beside
+//! librdkafka used directly (rdkafka's producer and consumer, the same settings):
+//! `POLYBUS_BENCH_KAFKA_EVENTS` events (default 200,000), each published and handled once.
 
 use std::{
     sync::{
@@ -82,6 +86,113 @@ async fn channel_case(n: u64) {
     report("rust tokio::mpsc (peer)", n, start.elapsed().as_secs_f64());
 }
 
+/// `kafka://`: pipelined publishes (`publish_batch`), one subscriber; from the first publish to
+/// the last event handled.
+async fn kafka_polybus_case(url: &str, n: u64) {
+    let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
+    let bus = Bus::connect(polybus::Config::new(url).prefix(prefix))
+        .await
+        .unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (s, d) = (seen.clone(), done.clone());
+    let _sub = bus
+        .subscribe("bench.events", SubscribeOptions::new(), move |_e: Event| {
+            if s.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                d.notify_one();
+            }
+            std::future::ready(Ok::<(), polybus::Error>(()))
+        })
+        .await
+        .unwrap();
+    let payload = bytes::Bytes::from(vec![7u8; 64]);
+    let start = Instant::now();
+    let chunk = 4096;
+    let mut sent = 0;
+    while sent < n {
+        let k = chunk.min(n - sent);
+        bus.publish_batch((0..k).map(|_| Message::new("bench.events", payload.clone())))
+            .await
+            .unwrap();
+        sent += k;
+    }
+    done.notified().await;
+    report(
+        "rust kafka:// publish_batch",
+        n,
+        start.elapsed().as_secs_f64(),
+    );
+    bus.close().await.unwrap();
+}
+
+/// The peer: rdkafka directly (idempotent producer with acks=all, a consumer group reading
+/// from the start), with 64-byte values and the same CloudEvents-free records.
+async fn kafka_rdkafka_case(url: &str, n: u64) {
+    use rdkafka::{
+        admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+        consumer::{Consumer, StreamConsumer},
+        producer::{FutureProducer, FutureRecord},
+        ClientConfig,
+    };
+    let servers = url.trim_start_matches("kafka://");
+    let topic = format!("bench{}.events", uuid::Uuid::new_v4().simple());
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", servers);
+    let admin: AdminClient<_> = base.create().unwrap();
+    admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let producer: FutureProducer = base
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let consumer: StreamConsumer = base
+        .clone()
+        .set("group.id", format!("{topic}-g"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let payload = vec![7u8; 64];
+    let start = Instant::now();
+    let reader = async {
+        let mut got = 0;
+        while got < n {
+            consumer.recv().await.unwrap();
+            got += 1;
+        }
+    };
+    let writer = async {
+        let mut pending = Vec::with_capacity(4096);
+        for _ in 0..n {
+            let record = FutureRecord::<(), [u8]>::to(&topic).payload(&payload);
+            match producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => panic!("{e}"),
+            }
+            if pending.len() == 4096 {
+                for f in pending.drain(..) {
+                    f.await.unwrap().unwrap();
+                }
+            }
+        }
+        for f in pending {
+            f.await.unwrap().unwrap();
+        }
+    };
+    tokio::join!(reader, writer);
+    report("rust rdkafka (peer)", n, start.elapsed().as_secs_f64());
+}
+
 fn report(name: &str, n: u64, secs: f64) {
     println!(
         "{{\"lang\":\"rust\",\"case\":\"{name}\",\"events\":{n},\"seconds\":{secs:.4},\"events_per_sec\":{:.0}}}",
@@ -111,6 +222,18 @@ fn main() {
         }
         if run("peer") {
             channel_case(n).await;
+        }
+        if let Ok(url) = std::env::var("POLYBUS_BENCH_KAFKA_URL") {
+            let k = std::env::var("POLYBUS_BENCH_KAFKA_EVENTS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200_000);
+            if run("kafka") {
+                kafka_polybus_case(&url, k).await;
+            }
+            if run("kafka-peer") {
+                kafka_rdkafka_case(&url, k).await;
+            }
         }
     });
 }

@@ -449,9 +449,10 @@ impl Bus {
                 failed = Some((i, e));
             }
         };
+        // Bounded: a broker client allows only so many confirmations in flight.
+        let window = self.inner.shared.backend.publish_window();
         for (i, m) in messages.into_iter().enumerate() {
-            // Bounded: a broker client allows only so many confirmations in flight.
-            if pending.len() >= 1024 {
+            if pending.len() >= window {
                 if let Some((j, p)) = pending.pop_front() {
                     if let Err(e) = p.wait().await {
                         note(j, e);

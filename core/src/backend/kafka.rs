@@ -543,6 +543,11 @@ impl Backend for KafkaBackend {
         Box::pin(subscribe(&self.shared, pattern, options))
     }
 
+    /// librdkafka queues up to 100,000 records; a wide window lets its batches fill.
+    fn publish_window(&self) -> usize {
+        16_384
+    }
+
     fn close(&self) -> BoxFut<'_, Result<()>> {
         Box::pin(async move {
             let s = self.shared.clone();

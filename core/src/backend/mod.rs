@@ -123,6 +123,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Releases the connection. Subscriptions are already closed when this runs.
     fn close(&self) -> BoxFut<'_, Result<()>>;
+
+    /// How many publishes of one `publish_batch` may await their confirmation at once.
+    fn publish_window(&self) -> usize {
+        1024
+    }
 }
 
 /// Future adapter: the next delivery of a source.
