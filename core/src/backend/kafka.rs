@@ -592,8 +592,10 @@ struct Part {
     inflight: BTreeSet<i64>,
     /// The offset after the highest one handed over.
     next: i64,
-    /// The offset stored for the next commit.
+    /// The frontier: the offset the next commit may carry.
     stored: i64,
+    /// The frontier moved since it was last handed to librdkafka.
+    dirty: bool,
 }
 
 type PartKey = (Arc<str>, i32);
@@ -624,10 +626,24 @@ impl Tracker {
         let frontier = p.inflight.first().copied().unwrap_or(p.next);
         if frontier > p.stored {
             p.stored = frontier;
+            p.dirty = true;
             Some(frontier)
         } else {
             None
         }
+    }
+
+    /// The frontiers that moved since the last call (`only`: of these partitions).
+    fn take_moved(&self, only: Option<&TopicPartitionList>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, n), p) in self.parts.lock().iter_mut() {
+            if !p.dirty || only.is_some_and(|o| o.find_partition(t, *n).is_none()) {
+                continue;
+            }
+            p.dirty = false;
+            let _ = tpl.add_partition_offset(t, *n, Offset::Offset(p.stored));
+        }
+        tpl
     }
 
     fn forget(&self, topic: &str, partition: i32) {
@@ -664,8 +680,11 @@ impl ClientContext for SubCtx {
 }
 
 impl ConsumerContext for SubCtx {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // What was handled on these partitions is stored now, so the commit made on
+            // revocation carries it.
+            store(consumer, self.tracker.take_moved(Some(tpl)));
             let mut revoked = self.revoked.lock();
             for e in tpl.elements() {
                 // Acks of these partitions' events can no longer be stored: the new owner
@@ -700,26 +719,30 @@ struct Sub {
 }
 
 impl Sub {
+    /// Settles one record. Its partition's frontier is handed to librdkafka by the consumer
+    /// thread (at every poll, before a revocation and at the end), not per event.
     fn settle(&self, topic: &Arc<str>, partition: i32, offset: i64) {
-        let key = (topic.clone(), partition);
-        let Some(frontier) = self.tracker.settle(&key, offset) else {
-            return;
-        };
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(topic, partition, Offset::Offset(frontier))
-            .is_ok()
-        {
-            if let Err(e) = self.consumer.store_offsets(&tpl) {
-                // The partition was revoked meanwhile: its new owner handles it again.
-                tracing::debug!(target: "polybus::kafka", topic = %topic, partition, error = %e,
-                    "offset not stored");
-            }
-        }
+        self.tracker.settle(&(topic.clone(), partition), offset);
+    }
+
+    /// Hands the frontiers that moved to librdkafka for the next commit.
+    fn store_moved(&self) {
+        store(&self.consumer, self.tracker.take_moved(None));
     }
 }
 
-/// Settles one record: stores the partition's new frontier.
+/// Stores offsets for the next commit.
+fn store(consumer: &BaseConsumer<SubCtx>, tpl: TopicPartitionList) {
+    if tpl.count() == 0 {
+        return;
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // A partition was revoked meanwhile: its new owner handles it again.
+        tracing::debug!(target: "polybus::kafka", error = %e, "offsets not stored");
+    }
+}
+
+/// Settles one record: moves its partition's frontier.
 struct KafkaAcker {
     sub: Arc<Sub>,
     topic: Arc<str>,
@@ -968,6 +991,7 @@ impl Thread {
         let mut paused = false;
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
         while !self.stop.load(Ordering::Acquire) {
+            self.sub.store_moved();
             if !self.hand_over(&mut pending, POLL) {
                 return self.finish();
             }
@@ -1216,8 +1240,10 @@ impl Thread {
             && Arc::strong_count(&sub) > 1
             && Instant::now() < deadline
         {
+            sub.store_moved();
             let _ = c.poll(POLL);
         }
+        sub.store_moved();
         if let Err(e) = c.commit_consumer_state(CommitMode::Sync) {
             if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
                 tracing::debug!(target: "polybus::kafka", error = %e, "final commit failed");
