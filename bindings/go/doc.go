@@ -21,6 +21,14 @@
 //     broker only after their handler succeeded, a publish waits for the broker's
 //     acknowledgement, and a group is one durable consumer. The stream "POLYBUS_<PREFIX>" over
 //     "<prefix>.>" is created when it does not exist (without a Prefix, "polybus" is used).
+//   - "redis://host:6379" is Redis Streams, at least once (consumer groups, XACK after the
+//     handler); "redis+cluster://host:7000,host:7001" the same on a Redis Cluster;
+//     "redis+pubsub://host:6379" Redis Pub/Sub, at most once. Config.Redis carries the servers,
+//     database, ACL credentials, TLS files and stream settings.
+//   - "kafka://host:9092,host:9092" is Apache Kafka, at least once: an idempotent producer, a
+//     group is a Kafka consumer group, and offsets are committed only up to the lowest event
+//     still in flight. Config.Kafka carries SASL, TLS, topic settings and raw librdkafka
+//     properties.
 //
 // Config.NATS carries the credentials (user and password, token, NKey seed, creds file), the
 // TLS files and the client name; Config.JetStream the stream and consumer settings:
