@@ -40,7 +40,7 @@
  * The version of the C ABI described by this header. Bumped on any incompatible change;
  * compare it with polybus_abi_version() at load time.
  */
-#define POLYBUS_ABI_VERSION 1
+#define POLYBUS_ABI_VERSION 2
 
 /**
  * Bytes in polybus_error_t::message, including the terminating NUL.
@@ -48,19 +48,11 @@
 #define POLYBUS_ERROR_MESSAGE_SIZE 512
 
 /**
- * Result code for polybus_batch_ack(): the event was handled.
+ * polybus_message_t flag: the payload is JSON text the caller encoded from a value; the core
+ * marks it as such on the wire (`content-type: application/json`, unless a `content-type`
+ * header is given), the same for every language.
  */
-#define POLYBUS_RESULT_ACK 0
-
-/**
- * Result code for polybus_batch_ack(): the handler failed; retry or dead-letter it.
- */
-#define POLYBUS_RESULT_NACK 1
-
-/**
- * Result code for polybus_batch_ack(): the event was not run; deliver it again.
- */
-#define POLYBUS_RESULT_SKIPPED 2
+#define POLYBUS_MESSAGE_JSON 1
 
 /**
  * `start` value: every event the backend still holds.
@@ -182,14 +174,23 @@ typedef int32_t polybus_status_t;
 #endif // __cplusplus
 
 /**
- * @brief A pulled batch (opaque); acknowledge it with polybus_batch_ack() or release it with
+ * @brief A pulled batch (opaque); report it with polybus_batch_complete() or release it with
  * polybus_batch_free().
  */
 typedef struct polybus_batch_t polybus_batch_t;
 
 /**
- * @brief A subscription (opaque): made by polybus_subscribe() or polybus_subscribe_pull(),
- * released by polybus_subscription_free().
+ * @brief A delivery queue (opaque): many subscriptions feed it, a few threads drain it with
+ * polybus_queue_next_batch(). Made by polybus_queue_new(), released by polybus_queue_free().
+ *
+ * This is how the Go, Python and Node bindings serve every subscription of a bus with a
+ * small fixed set of threads, woken when a batch arrives (no polling).
+ */
+typedef struct polybus_queue_t polybus_queue_t;
+
+/**
+ * @brief A subscription (opaque): made by polybus_subscribe(), polybus_subscribe_pull() or
+ * polybus_subscribe_queue(), released by polybus_subscription_free().
  */
 typedef struct polybus_subscription_t polybus_subscription_t;
 
@@ -197,20 +198,6 @@ typedef struct polybus_subscription_t polybus_subscription_t;
  * @brief An open bus (opaque). Made by polybus_open(), released by polybus_free().
  */
 typedef struct polybus_t polybus_t;
-
-/**
- * @brief The outcome of one event of a batch.
- */
-typedef struct polybus_result_t {
-  /**
-   * POLYBUS_RESULT_ACK, POLYBUS_RESULT_NACK or POLYBUS_RESULT_SKIPPED.
-   */
-  int32_t code;
-  /**
-   * Why it failed (NUL-terminated, borrowed for the call), or NULL.
-   */
-  const char *reason;
-} polybus_result_t;
 
 /**
  * @brief Error detail, written by a failing call into a struct the caller owns.
@@ -314,7 +301,89 @@ typedef struct polybus_message_t {
    * The event time in nanoseconds since the Unix epoch, or 0 for now.
    */
   int64_t time_unix_ns;
+  /**
+   * POLYBUS_MESSAGE_* flags, or 0.
+   */
+  uint32_t flags;
 } polybus_message_t;
+
+/**
+ * @brief A delivered event: views valid until the callback returns, or until its batch is
+ * acknowledged or freed.
+ */
+typedef struct polybus_event_t {
+  /**
+   * The topic it was published on.
+   */
+  struct polybus_str_t topic;
+  /**
+   * The payload.
+   */
+  struct polybus_bytes_t payload;
+  /**
+   * The ordering key; `ptr` is NULL when there is none.
+   */
+  struct polybus_str_t key;
+  /**
+   * The event id.
+   */
+  struct polybus_str_t id;
+  /**
+   * The event type.
+   */
+  struct polybus_str_t type;
+  /**
+   * The publishing service's name; `ptr` is NULL when unknown (as for `key`).
+   */
+  struct polybus_str_t source;
+  /**
+   * The headers.
+   */
+  const struct polybus_header_t *headers;
+  /**
+   * Number of headers.
+   */
+  size_t headers_len;
+  /**
+   * Publish time, nanoseconds since the Unix epoch.
+   */
+  int64_t time_unix_ns;
+  /**
+   * Delivery attempt: 1 on first delivery.
+   */
+  uint32_t attempt;
+} polybus_event_t;
+
+/**
+ * @brief The events of one pulled batch.
+ *
+ * The events belong to one *lane*: handle them in order and stop at the first failure, then
+ * report how far you got with polybus_batch_complete(). Different batches may be handled
+ * concurrently. The views are valid until the batch is completed or freed.
+ */
+typedef struct polybus_event_batch_t {
+  /**
+   * The handle to complete.
+   */
+  struct polybus_batch_t *batch;
+  /**
+   * The events, `len` of them.
+   */
+  const struct polybus_event_t *events;
+  /**
+   * Number of events (at least 1).
+   */
+  size_t len;
+  /**
+   * The lane the batch belongs to.
+   */
+  uint32_t lane;
+  /**
+   * The token of the subscription it belongs to (polybus_subscribe_queue()); 0 for
+   * polybus_subscribe_pull().
+   */
+  uint64_t token;
+} polybus_event_batch_t;
 
 /**
  * @brief A bus's counters, cumulative since it was opened.
@@ -397,53 +466,6 @@ typedef struct polybus_subscribe_options_t {
 } polybus_subscribe_options_t;
 
 /**
- * @brief A delivered event: views valid until the callback returns, or until its batch is
- * acknowledged or freed.
- */
-typedef struct polybus_event_t {
-  /**
-   * The topic it was published on.
-   */
-  struct polybus_str_t topic;
-  /**
-   * The payload.
-   */
-  struct polybus_bytes_t payload;
-  /**
-   * The ordering key; `ptr` is NULL when there is none.
-   */
-  struct polybus_str_t key;
-  /**
-   * The event id.
-   */
-  struct polybus_str_t id;
-  /**
-   * The event type.
-   */
-  struct polybus_str_t type;
-  /**
-   * The publishing service's name; `len` is 0 when unknown.
-   */
-  struct polybus_str_t source;
-  /**
-   * The headers.
-   */
-  const struct polybus_header_t *headers;
-  /**
-   * Number of headers.
-   */
-  size_t headers_len;
-  /**
-   * Publish time, nanoseconds since the Unix epoch.
-   */
-  int64_t time_unix_ns;
-  /**
-   * Delivery attempt: 1 on first delivery.
-   */
-  uint32_t attempt;
-} polybus_event_t;
-
-/**
  * @brief A callback handler: `{context, call, drop}`.
  *
  * - `call(event, context)` handles one event and returns 0 to acknowledge it, anything else
@@ -473,33 +495,6 @@ typedef struct polybus_handler_t {
   void (*drop)(void *context);
 } polybus_handler_t;
 
-/**
- * @brief The events of one pulled batch.
- *
- * The events belong to one *lane*: handle them in order and stop at the first failure
- * (report it as POLYBUS_RESULT_NACK and the rest as POLYBUS_RESULT_SKIPPED). Different
- * batches may be handled concurrently. The views are valid until the batch is acknowledged
- * or freed.
- */
-typedef struct polybus_event_batch_t {
-  /**
-   * The handle to acknowledge.
-   */
-  struct polybus_batch_t *batch;
-  /**
-   * The events, `len` of them.
-   */
-  const struct polybus_event_t *events;
-  /**
-   * Number of events (at least 1).
-   */
-  size_t len;
-  /**
-   * The lane the batch belongs to.
-   */
-  uint32_t lane;
-} polybus_event_batch_t;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -510,22 +505,29 @@ extern "C" {
 uint32_t polybus_abi_version(void);
 
 /**
- * @brief Reports the outcome of every event of a batch and releases it.
+ * @brief Reports how a batch went and releases it: the first `handled` events succeeded, and
+ * `reason`, if not NULL, is why the next one failed.
  *
- * @param batch *consumed* The batch from polybus_subscription_next_batch(); invalid after.
- * @param results *borrowed, optional* One result per event, in order; NULL acknowledges all.
- * @param len Number of results; missing ones count as failures.
+ * The core does the rest, the same for every language: events before `handled` are
+ * acknowledged; the failed one is retried with backoff (or dead-lettered after
+ * `max_attempts`, with `reason` in a header); every event after it was not run and is
+ * delivered again with the same attempt. With `reason` NULL and `handled` short of the
+ * batch's length, the events from `handled` on are delivered again, none counted as failed.
+ *
+ * @param batch *consumed* The batch from a next_batch call; invalid after.
+ * @param handled How many events, from the first, succeeded (`len` or more: all of them).
+ * @param reason *borrowed, optional* NUL-terminated UTF-8 (invalid bytes are replaced).
  * @param err *out, optional* Error detail on failure.
- * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL batch, an unknown result code: the
- *         batch is still consumed, and the unknown ones count as failures).
+ * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL batch).
  */
-polybus_status_t polybus_batch_ack(struct polybus_batch_t *batch,
-                                   const struct polybus_result_t *results,
-                                   size_t len,
-                                   struct polybus_error_t *err);
+polybus_status_t polybus_batch_complete(struct polybus_batch_t *batch,
+                                        size_t handled,
+                                        const char *reason,
+                                        struct polybus_error_t *err);
 
 /**
- * @brief Releases a batch without results: every event counts as failed. NULL is a no-op.
+ * @brief Releases a batch without a result: its first event counts as failed, the rest are
+ * delivered again. NULL is a no-op.
  */
 void polybus_batch_free(struct polybus_batch_t *batch);
 
@@ -644,8 +646,8 @@ polybus_status_t polybus_publish(const struct polybus_t *bus,
 /**
  * @brief Publishes many events in order and waits until all are accepted (the pipelined path).
  *
- * Every event is handed to the backend before any is waited on, so a broker sees them all in
- * flight at once; they are accepted in order.
+ * As many events as the backend allows are in flight at once, started in order, and their
+ * confirmations are awaited together (the core's publish_batch, the same in every language).
  *
  * @param bus *borrowed* An open bus.
  * @param messages *borrowed* An array of `len` events.
@@ -660,6 +662,47 @@ polybus_status_t polybus_publish_batch(const struct polybus_t *bus,
                                        size_t len,
                                        size_t *published,
                                        struct polybus_error_t *err);
+
+/**
+ * @brief Closes a queue to new subscriptions. Once the subscriptions feeding it have ended
+ * (closed, or their bus closed) and their batches are taken, polybus_queue_next_batch()
+ * returns POLYBUS_ERR_CLOSED, which ends the threads serving it. Idempotent; NULL is a no-op.
+ */
+void polybus_queue_close(const struct polybus_queue_t *queue);
+
+/**
+ * @brief Releases a queue (closing it first). NULL is a no-op.
+ *
+ * @param queue *consumed* The queue; no thread may be waiting in polybus_queue_next_batch().
+ */
+void polybus_queue_free(struct polybus_queue_t *queue);
+
+/**
+ * @brief Makes a delivery queue.
+ *
+ * @param out *out* The queue.
+ * @param err *out, optional* Error detail on failure.
+ * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+ */
+polybus_status_t polybus_queue_new(struct polybus_queue_t **out, struct polybus_error_t *err);
+
+/**
+ * @brief Pulls the next batch of any subscription feeding a queue.
+ *
+ * @param queue *borrowed* The queue.
+ * @param timeout_ms How long to wait: 0 returns at once, a negative value waits until a batch
+ *        comes or the queue ends.
+ * @param out *out* The batch, on POLYBUS_OK; its `token` names the subscription.
+ * @param err *out, optional* Error detail on failure.
+ * @return POLYBUS_OK (a batch), POLYBUS_NO_EVENTS (timed out), POLYBUS_ERR_CLOSED (the queue
+ *         is closed and every subscription feeding it has drained: stop pulling),
+ *         POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+ * @remark Blocks up to `timeout_ms`, woken as soon as a batch comes (no polling).
+ */
+polybus_status_t polybus_queue_next_batch(const struct polybus_queue_t *queue,
+                                          int32_t timeout_ms,
+                                          struct polybus_event_batch_t *out,
+                                          struct polybus_error_t *err);
 
 /**
  * @brief Reads the bus's counters.
@@ -706,6 +749,9 @@ struct polybus_str_t polybus_str_from_cstr(const char *s);
  * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL, bad option), POLYBUS_ERR_INVALID_PATTERN,
  *         POLYBUS_ERR_INVALID_TOPIC (bad dead_letter), POLYBUS_ERR_CLOSED,
  *         POLYBUS_ERR_UNSUPPORTED (the backend cannot honour an option).
+ * @remark The callback subscriptions of one bus share a pool of dispatcher threads, as many
+ *         as the largest `concurrency` asked for: thousands of subscriptions cost no more
+ *         threads than one.
  * @warning The callbacks run on polybus dispatcher threads; see polybus_handler_t.
  * @sa polybus_subscription_close, polybus_subscription_free
  */
@@ -722,8 +768,8 @@ polybus_status_t polybus_subscribe(const struct polybus_t *bus,
 void polybus_subscribe_options_default(struct polybus_subscribe_options_t *out);
 
 /**
- * @brief Subscribes without a callback: events are pulled in batches with
- * polybus_subscription_next_batch(). This is what the Go, Python and Node bindings use.
+ * @brief Subscribes without a callback: events are pulled in batches from a queue of the
+ * subscription's own with polybus_subscription_next_batch().
  *
  * @param bus *borrowed* An open bus.
  * @param pattern *borrowed* A topic pattern, NUL-terminated.
@@ -731,6 +777,7 @@ void polybus_subscribe_options_default(struct polybus_subscribe_options_t *out);
  * @param out *out* The subscription; NULL on failure.
  * @param err *out, optional* Error detail on failure.
  * @return As polybus_subscribe().
+ * @sa polybus_subscribe_queue, to serve many subscriptions from one queue.
  */
 polybus_status_t polybus_subscribe_pull(const struct polybus_t *bus,
                                         const char *pattern,
@@ -739,16 +786,39 @@ polybus_status_t polybus_subscribe_pull(const struct polybus_t *bus,
                                         struct polybus_error_t *err);
 
 /**
+ * @brief Subscribes without a callback, sending the batches to a shared queue.
+ *
+ * @param bus *borrowed* An open bus.
+ * @param pattern *borrowed* A topic pattern, NUL-terminated.
+ * @param opts *borrowed, optional* Options; NULL for the defaults.
+ * @param queue *borrowed* The queue; it must outlive the subscription.
+ * @param token Carried by every batch of this subscription (polybus_event_batch_t.token), for
+ *        the caller to find its handler.
+ * @param out *out* The subscription; NULL on failure.
+ * @param err *out, optional* Error detail on failure.
+ * @return As polybus_subscribe(); POLYBUS_ERR_CLOSED also when the queue is closed.
+ */
+polybus_status_t polybus_subscribe_queue(const struct polybus_t *bus,
+                                         const char *pattern,
+                                         const struct polybus_subscribe_options_t *opts,
+                                         const struct polybus_queue_t *queue,
+                                         uint64_t token,
+                                         struct polybus_subscription_t **out,
+                                         struct polybus_error_t *err);
+
+/**
  * @brief Unsubscribes: no new events; queued and in-flight ones are handled first. Idempotent.
+ * This is the one meaning of unsubscribe in every front end.
  *
  * @param sub *borrowed* The subscription; still to be released with polybus_subscription_free().
  * @param err *out, optional* Error detail on failure.
  * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_TIMEOUT (not drained
  *         within the bus's `close_timeout_ms`).
  * @remark Blocks until drained. For a callback subscription, every `call` has returned and
- *         `drop` has run when it returns, unless called from inside one of its callbacks (then
- *         it does not wait). For a pull subscription, keep pulling and acknowledging from
- *         another thread until next_batch returns POLYBUS_ERR_CLOSED.
+ *         `drop` has run when it returns, unless called from inside a callback of the bus:
+ *         then it stops the subscription and returns at once (it would wait for itself), and
+ *         the drain finishes in the background. For a pull subscription, keep pulling and
+ *         completing from another thread until next_batch returns POLYBUS_ERR_CLOSED.
  */
 polybus_status_t polybus_subscription_close(struct polybus_subscription_t *sub,
                                             struct polybus_error_t *err);
@@ -762,7 +832,7 @@ polybus_status_t polybus_subscription_close(struct polybus_subscription_t *sub,
 void polybus_subscription_free(struct polybus_subscription_t *sub);
 
 /**
- * @brief Pulls the next batch of events.
+ * @brief Pulls the next batch of a subscription made by polybus_subscribe_pull().
  *
  * @param sub *borrowed* A subscription from polybus_subscribe_pull().
  * @param timeout_ms How long to wait: 0 returns at once, a negative value waits until a batch
@@ -772,12 +842,25 @@ void polybus_subscription_free(struct polybus_subscription_t *sub);
  * @return POLYBUS_OK (a batch), POLYBUS_NO_EVENTS (timed out),
  *         POLYBUS_ERR_CLOSED (closed and drained: stop pulling),
  *         POLYBUS_ERR_INVALID_ARGUMENT (NULL, or a callback subscription).
- * @remark Blocks up to `timeout_ms`. Several threads may pull from one subscription.
+ * @remark Blocks up to `timeout_ms`, woken as soon as a batch comes. Several threads may pull
+ *         from one subscription.
  */
 polybus_status_t polybus_subscription_next_batch(const struct polybus_subscription_t *sub,
                                                  int32_t timeout_ms,
                                                  struct polybus_event_batch_t *out,
                                                  struct polybus_error_t *err);
+
+/**
+ * @brief Stops a subscription without waiting: no new events; queued and in-flight ones are
+ * still handled in the background. What a binding calls when the caller is one of the
+ * subscription's own handlers (closing would wait for itself). Idempotent.
+ *
+ * @param sub *borrowed* The subscription.
+ * @param err *out, optional* Error detail on failure.
+ * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+ */
+polybus_status_t polybus_subscription_stop(const struct polybus_subscription_t *sub,
+                                           struct polybus_error_t *err);
 
 /**
  * @brief The library version, e.g. "0.1.0".

@@ -19,7 +19,7 @@ use crate::{
     dispatch::{self, Counters, Executor, Handler, Stats, SubControl},
     error::{Error, ErrorKind, Result},
     message::Message,
-    subscription::{BatchSubscription, SubscribeOptions, Subscription},
+    subscription::{BatchSubscription, DeliveryQueue, SubscribeOptions, Subscription},
     topic::Pattern,
 };
 
@@ -431,15 +431,25 @@ impl Bus {
         }
     }
 
-    /// Publishes many events in order and returns once all are accepted: the pipelined path
-    /// (with a broker, many confirmations are awaited at once). Stops starting publishes at the
-    /// first error found before sending; the events before the failed one were published. When
-    /// the broker refuses an event only in its confirmation, events after it may have been
-    /// published too.
+    /// Publishes many events in order and returns once all are accepted: the pipelined path,
+    /// the one every front end uses for its batch publish and its un-awaited publishes. As many
+    /// publishes as the backend allows ([`publish_window`]) are in flight at once, each
+    /// started in order; the confirmations are awaited together, so a broker's round trip is
+    /// paid once per window, not once per event.
+    ///
+    /// Returns how many were published (all of them). It stops starting publishes at the
+    /// first failure; the error names the failed event's index and
+    /// [`Error::published`] says how many events before it were published (events after a
+    /// failure the broker reports only in its confirmation may have been published too).
     ///
     /// # Errors
-    /// As [`publish`](Bus::publish); the message names the index of the failed event.
-    pub async fn publish_batch(&self, messages: impl IntoIterator<Item = Message>) -> Result<()> {
+    /// As [`publish`](Bus::publish), with the index of the failed event in the message.
+    ///
+    /// [`publish_window`]: crate::Bus::publish_window
+    pub async fn publish_batch(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<usize> {
         self.check_open()?;
         let mut pending: std::collections::VecDeque<(usize, PendingPublish)> = Default::default();
         // The failure with the lowest index is the one reported.
@@ -449,9 +459,10 @@ impl Bus {
                 failed = Some((i, e));
             }
         };
-        // Bounded: a broker client allows only so many confirmations in flight.
-        let window = self.inner.shared.backend.publish_window();
+        let window = self.publish_window();
+        let mut count = 0;
         for (i, m) in messages.into_iter().enumerate() {
+            count = i + 1;
             if pending.len() >= window {
                 if let Some((j, p)) = pending.pop_front() {
                     if let Err(e) = p.wait().await {
@@ -475,12 +486,32 @@ impl Bus {
             }
         }
         match failed {
-            None => Ok(()),
+            None => Ok(count),
             Some((i, e)) => Err(Error::new(
                 e.kind(),
                 format!("event {i} of the batch: {}", e.message()),
-            )),
+            )
+            .with_published(i)),
         }
+    }
+
+    /// [`publish_batch`](Bus::publish_batch), blocking the calling thread (never a tokio
+    /// worker): what the C, Go and Python front ends call.
+    ///
+    /// # Errors
+    /// As [`publish_batch`](Bus::publish_batch).
+    pub fn publish_batch_blocking(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<usize> {
+        let runtime = self.inner.shared.runtime.clone();
+        runtime.block_on(self.publish_batch(messages))
+    }
+
+    /// How many publishes the backend allows in flight at once (its confirmation window):
+    /// what [`publish_batch`](Bus::publish_batch) keeps in flight.
+    pub fn publish_window(&self) -> usize {
+        self.inner.shared.backend.publish_window().max(1)
     }
 
     async fn open_subscription(
@@ -547,8 +578,8 @@ impl Bus {
         Ok(Subscription { control })
     }
 
-    /// Subscribes to `pattern` and returns batches to pull instead of calling a handler; see
-    /// [`BatchSubscription`].
+    /// Subscribes to `pattern` and returns batches to pull instead of calling a handler, from
+    /// a queue of its own; see [`BatchSubscription`].
     ///
     /// # Errors
     /// As [`subscribe`](Bus::subscribe).
@@ -557,13 +588,33 @@ impl Bus {
         pattern: &str,
         options: SubscribeOptions,
     ) -> Result<BatchSubscription> {
-        let (tx, rx) = flume::bounded(options.concurrency.max(1) as usize);
+        let queue = DeliveryQueue::new();
+        let sub = self.subscribe_to_queue(pattern, options, &queue, 0).await;
+        // The subscription's lanes hold the only senders: the queue ends with it.
+        queue.close();
+        sub
+    }
+
+    /// Subscribes to `pattern` and sends its batches, marked with `token`, to `queue`, which
+    /// any number of subscriptions (of any bus) may share; see [`DeliveryQueue`].
+    ///
+    /// # Errors
+    /// As [`subscribe`](Bus::subscribe); [`ErrorKind::Closed`] when `queue` is closed.
+    pub async fn subscribe_to_queue(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+        queue: &DeliveryQueue,
+        token: u64,
+    ) -> Result<BatchSubscription> {
+        let tx = queue.sender()?;
         let control = self
-            .open_subscription(pattern, options, Executor::Remote(tx))
+            .open_subscription(pattern, options, Executor::Remote(tx, token))
             .await?;
         Ok(BatchSubscription {
             control,
-            batches: rx,
+            queue: queue.clone(),
+            token,
         })
     }
 

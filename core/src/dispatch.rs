@@ -4,7 +4,7 @@
 //! has N *lanes*. Keyed events always go to the lane chosen by their key, so one key is handled
 //! by one lane, in order; unkeyed events go to the least busy lane. A lane takes up to
 //! `batch_size` events, hands them to the executor (a Rust handler, or a front end pulling
-//! batches), and reads back one [`Outcome`] per event: acked events are settled at the broker;
+//! batches), and reads back how far it got (the first events handled, then a failure): acked events are settled at the broker;
 //! a failed event is retried after the backoff with `attempt + 1` ahead of everything after it
 //! in its lane, and after `max_attempts` it is published to `dead_letter` (with the reason and
 //! the attempt count in headers) or dropped with an error log and a counter.
@@ -32,7 +32,7 @@ use crate::{
     error::{BoxError, Error, ErrorKind, Result},
     event::Event,
     message::Message,
-    subscription::{Batch, Outcome, SubscribeOptions},
+    subscription::{Batch, Completion, Outcome, SubscribeOptions},
 };
 
 /// Header carrying why an event was dead-lettered.
@@ -140,6 +140,7 @@ pub(crate) struct SubControl {
     done: watch::Receiver<()>,
     abort: watch::Sender<bool>,
     close_timeout: Duration,
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for SubControl {
@@ -163,6 +164,20 @@ impl SubControl {
 
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether every task of the subscription has finished.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.done.has_changed().is_err()
+    }
+
+    /// [`close`](SubControl::close) from a thread outside the runtime.
+    pub(crate) fn close_blocking(&self) -> Result<()> {
+        self.stop();
+        if self.is_drained() {
+            return Ok(());
+        }
+        self.runtime.block_on(self.close_within(self.close_timeout))
     }
 
     /// Waits until every task of the subscription has finished.
@@ -205,8 +220,8 @@ impl SubControl {
 pub(crate) enum Executor {
     /// A Rust handler, run on the lane's task.
     Native(Arc<dyn Handler>),
-    /// A front end pulling batches.
-    Remote(flume::Sender<Batch>),
+    /// A front end pulling batches from a queue; the batches carry the token.
+    Remote(flume::Sender<Batch>, u64),
 }
 
 /// Everything a lane needs.
@@ -236,6 +251,7 @@ pub(crate) fn start(
         done: done_rx,
         abort: abort_tx,
         close_timeout: shared.close_timeout(),
+        runtime: shared.runtime.clone(),
     });
     let handle = shared.runtime.clone();
     let n = options.concurrency as usize;
@@ -504,7 +520,7 @@ async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Option<Vec<Out
             add(&ctx.shared.counters.delivered, ran as u64);
             Some(out)
         }
-        Executor::Remote(tx) => {
+        Executor::Remote(tx, token) => {
             let n = batch.len();
             let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
             let (reply, rx) = tokio::sync::oneshot::channel();
@@ -512,20 +528,16 @@ async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Option<Vec<Out
                 events,
                 reply: Some(reply),
                 lane,
+                token: *token,
             };
             tx.send_async(batch).await.ok()?;
-            let outcomes = rx.await.unwrap_or_default();
-            let ran = outcomes.iter().filter(|o| **o != Outcome::Skipped).count();
+            let completion = rx.await.unwrap_or(Completion {
+                handled: 0,
+                failure: Some("the batch was dropped without a result".into()),
+            });
+            let ran = completion.handled.min(n) + usize::from(completion.failure.is_some());
             add(&ctx.shared.counters.delivered, ran.min(n) as u64);
-            if outcomes.is_empty() && n > 0 {
-                return Some(vec![
-                    Outcome::Nack(
-                        "the batch was dropped without results".into()
-                    );
-                    n
-                ]);
-            }
-            Some(outcomes)
+            Some(completion.outcomes(n))
         }
     }
 }

@@ -98,6 +98,7 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     source: Option<BoxError>,
+    published: Option<usize>,
 }
 
 impl Error {
@@ -107,6 +108,7 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            published: None,
         }
     }
 
@@ -117,6 +119,7 @@ impl Error {
             kind,
             message: source.to_string(),
             source: Some(source),
+            published: None,
         }
     }
 
@@ -130,6 +133,17 @@ impl Error {
         &self.message
     }
 
+    /// For the error of a batch publish: how many events, from the first, were published
+    /// before the failure (the failed event is the next one). `None` for other errors.
+    pub fn published(&self) -> Option<usize> {
+        self.published
+    }
+
+    pub(crate) fn with_published(mut self, n: usize) -> Self {
+        self.published = Some(n);
+        self
+    }
+
     /// `Closed` with a message naming what was closed.
     pub(crate) fn closed(what: &str) -> Self {
         Error::new(ErrorKind::Closed, format!("{what} is closed"))
@@ -141,6 +155,7 @@ impl fmt::Debug for Error {
         f.debug_struct("Error")
             .field("kind", &self.kind)
             .field("message", &self.message)
+            .field("published", &self.published)
             .finish()
     }
 }

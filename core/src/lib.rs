@@ -56,8 +56,10 @@ pub use connection::ConnectionState;
 pub use dispatch::{Handler, Stats};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use event::Event;
-pub use message::{Headers, Message};
-pub use subscription::{Batch, BatchSubscription, Outcome, Start, SubscribeOptions, Subscription};
+pub use message::{Headers, Message, CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE};
+pub use subscription::{
+    Batch, BatchSubscription, DeliveryQueue, Start, SubscribeOptions, Subscription,
+};
 pub use topic::{validate_topic, Pattern, MAX_TOPIC_LEN};
 
 /// The version of this crate.

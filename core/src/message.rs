@@ -6,6 +6,11 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// The header that says how the payload is encoded.
+pub const HEADER_CONTENT_TYPE: &str = "content-type";
+/// The `content-type` of a payload encoded as JSON from a value.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
 /// Headers: string names to string values, kept sorted by name.
 pub type Headers = BTreeMap<String, String>;
 
@@ -62,7 +67,20 @@ impl Message {
                 format!("cannot encode payload as JSON: {e}"),
             )
         })?;
-        Ok(Message::new(topic, bytes).header("content-type", "application/json"))
+        Ok(Message::new(topic, bytes).json_encoded())
+    }
+
+    /// Marks the payload as JSON text encoded from a value: the one rule every front end
+    /// follows when it encodes a non-bytes payload (Go `json.Marshal`, Python `json.dumps`,
+    /// Node `JSON.stringify`). Sets the `content-type` header to [`CONTENT_TYPE_JSON`] unless
+    /// a `content-type` header is already set, so every language puts the same event on the
+    /// wire.
+    pub fn json_encoded(mut self) -> Self {
+        if !self.headers.contains_key(HEADER_CONTENT_TYPE) {
+            self.headers
+                .insert(HEADER_CONTENT_TYPE.into(), CONTENT_TYPE_JSON.into());
+        }
+        self
     }
 
     /// Sets the ordering key.
@@ -187,6 +205,22 @@ pub(crate) fn validate_header(name: &str, value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_encoded_sets_the_content_type_once() {
+        let m = Message::new("a.b", "{}").json_encoded();
+        assert_eq!(m.headers.get("content-type").map(String::as_str), Some("application/json"));
+        let kept = Message::new("a.b", "{}")
+            .header("content-type", "application/cloudevents+json")
+            .json_encoded();
+        assert_eq!(
+            kept.headers.get("content-type").map(String::as_str),
+            Some("application/cloudevents+json")
+        );
+        let j = Message::json("a.b", &serde_json::json!({"x": 1})).unwrap();
+        assert_eq!(j.payload(), &b"{\"x\":1}"[..]);
+        assert_eq!(j.headers, m.headers);
+    }
 
     #[test]
     fn prepare_fills_defaults_and_validates() {

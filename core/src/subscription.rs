@@ -213,26 +213,15 @@ impl SubscribeOptions {
     }
 }
 
-/// What a handler made of one event.
+/// What a handler made of one event (the core's reading of a [`Batch`]'s completion).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Handled: acknowledge it.
     Ack,
     /// Failed with a reason: retry after backoff, or dead-letter after `max_attempts`.
     Nack(String),
     /// Not run (an earlier event of its batch failed): deliver it again, same attempt.
     Skipped,
-}
-
-impl Outcome {
-    /// The C result code: 0 ack, 1 nack, 2 skipped.
-    pub fn code(&self) -> i32 {
-        match self {
-            Outcome::Ack => 0,
-            Outcome::Nack(_) => 1,
-            Outcome::Skipped => 2,
-        }
-    }
 }
 
 /// A running subscription with a handler. Dropping it unsubscribes without waiting;
@@ -273,13 +262,20 @@ impl Drop for Subscription {
 /// handler. The C, Go, Python and Node front ends use it: their handlers run on threads the
 /// language owns.
 ///
-/// Each [`Batch`] comes from one *lane*: its events must be handled in order, stopping at the
-/// first failure. Batches may be handled concurrently; the core never has two batches of one
-/// lane out at once, so events with the same key never overlap.
+/// Its batches go to a [`DeliveryQueue`]: its own (made by [`Bus::subscribe_batches`]), or one
+/// that many subscriptions share (made by [`Bus::subscribe_to_queue`]), so that a small fixed
+/// set of threads serves every subscription of a bus. Each [`Batch`] comes from one *lane*:
+/// its events must be handled in order, stopping at the first failure. Batches may be handled
+/// concurrently; the core never has two batches of one lane out at once, so events with the
+/// same key never overlap.
+///
+/// [`Bus::subscribe_batches`]: crate::Bus::subscribe_batches
+/// [`Bus::subscribe_to_queue`]: crate::Bus::subscribe_to_queue
 #[derive(Debug)]
 pub struct BatchSubscription {
     pub(crate) control: Arc<SubControl>,
-    pub(crate) batches: flume::Receiver<Batch>,
+    pub(crate) queue: DeliveryQueue,
+    pub(crate) token: u64,
 }
 
 impl BatchSubscription {
@@ -288,53 +284,79 @@ impl BatchSubscription {
         &self.control.pattern
     }
 
-    /// The next batch, or `None` once the subscription is closed and drained.
+    /// The token its batches carry ([`Batch::token`]).
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The queue its batches go to.
+    pub fn queue(&self) -> &DeliveryQueue {
+        &self.queue
+    }
+
+    /// The next batch of its queue, or `None` once the queue is closed and drained. With a
+    /// shared queue this may be a batch of another subscription.
     pub async fn next_batch(&self) -> Option<Batch> {
-        self.batches.recv_async().await.ok()
+        self.queue.next().await
     }
 
-    /// The next batch if one is ready now.
+    /// The next batch of its queue if one is ready now.
     ///
     /// # Errors
-    /// [`ErrorKind::Closed`] once the subscription is closed and drained.
+    /// [`ErrorKind::Closed`] once the queue is closed and drained.
     pub fn try_next_batch(&self) -> Result<Option<Batch>> {
-        match self.batches.try_recv() {
-            Ok(b) => Ok(Some(b)),
-            Err(flume::TryRecvError::Empty) => Ok(None),
-            Err(flume::TryRecvError::Disconnected) => Err(Error::closed("subscription")),
-        }
+        self.queue.try_next()
     }
 
-    /// Waits up to `timeout` for a batch, blocking the calling thread (which must not be a
-    /// tokio worker).
+    /// Waits up to `timeout` for a batch of its queue, blocking the calling thread (which must
+    /// not be a tokio worker).
     ///
     /// # Errors
-    /// [`ErrorKind::Closed`] once the subscription is closed and drained.
+    /// [`ErrorKind::Closed`] once the queue is closed and drained.
     pub fn next_batch_blocking(&self, timeout: Duration) -> Result<Option<Batch>> {
-        match self.batches.recv_timeout(timeout) {
-            Ok(b) => Ok(Some(b)),
-            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
-            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::closed("subscription")),
-        }
+        self.queue.next_blocking(Some(timeout))
     }
 
-    /// Stops receiving and waits until the outstanding batches are acknowledged (bounded by
-    /// the bus's `close_timeout_ms`). Keep pulling and acknowledging while this runs.
+    /// Stops receiving and waits until the outstanding batches are completed (bounded by
+    /// the bus's `close_timeout_ms`). Keep pulling and completing while this runs.
+    ///
+    /// This is the one meaning of close and unsubscribe in every front end. Called from inside
+    /// one of the subscription's own handlers it would wait for itself: front ends call
+    /// [`stop`](BatchSubscription::stop) there instead (stop now, drain in the background).
     ///
     /// # Errors
-    /// [`ErrorKind::Timeout`] when batches were not acknowledged in time.
+    /// [`ErrorKind::Timeout`] when batches were not completed in time.
     pub async fn close(&self) -> Result<()> {
         self.control.close().await
     }
 
-    /// Stops receiving without waiting.
+    /// [`close`](BatchSubscription::close), blocking the calling thread (which must not be a
+    /// tokio worker).
+    ///
+    /// # Errors
+    /// As [`close`](BatchSubscription::close).
+    pub fn close_blocking(&self) -> Result<()> {
+        self.control.close_blocking()
+    }
+
+    /// Stops receiving without waiting; queued and in-flight batches still drain.
     pub fn stop(&self) {
         self.control.stop();
+    }
+
+    /// Waits until every batch of the subscription is completed (after a stop or close).
+    pub async fn drained(&self) {
+        self.control.drained().await
     }
 
     /// Whether the subscription has been closed.
     pub fn is_closed(&self) -> bool {
         self.control.is_stopping()
+    }
+
+    /// Whether every batch of the subscription has been completed after it was stopped.
+    pub fn is_drained(&self) -> bool {
+        self.control.is_drained()
     }
 }
 
@@ -344,14 +366,145 @@ impl Drop for BatchSubscription {
     }
 }
 
+/// A queue of batches fed by any number of [`BatchSubscription`]s and drained by the front
+/// end's threads, woken when a batch arrives (no polling). A front end makes one per bus (or
+/// per language runtime), so the threads it needs do not grow with its subscriptions: 10,000
+/// subscriptions are served by the same few threads as one.
+///
+/// Every batch carries the [`token`](Batch::token) its subscription was made with, for the
+/// front end to find the handler. Cheap to clone; every clone is the same queue.
+#[derive(Debug, Clone)]
+pub struct DeliveryQueue {
+    inner: Arc<QueueInner>,
+}
+
+#[derive(Debug)]
+struct QueueInner {
+    /// Kept until [`DeliveryQueue::close`]; the lanes of each subscription hold clones, so the
+    /// queue ends when it is closed and every subscription feeding it has ended.
+    tx: parking_lot::Mutex<Option<flume::Sender<Batch>>>,
+    rx: flume::Receiver<Batch>,
+}
+
+impl Default for DeliveryQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeliveryQueue {
+    /// A new, open queue. It holds at most one batch per lane of the subscriptions feeding it
+    /// (each lane waits for its batch's completion), so it needs no bound of its own.
+    pub fn new() -> Self {
+        let (tx, rx) = flume::unbounded();
+        DeliveryQueue {
+            inner: Arc::new(QueueInner {
+                tx: parking_lot::Mutex::new(Some(tx)),
+                rx,
+            }),
+        }
+    }
+
+    pub(crate) fn sender(&self) -> Result<flume::Sender<Batch>> {
+        self.inner
+            .tx
+            .lock()
+            .clone()
+            .ok_or_else(|| Error::closed("delivery queue"))
+    }
+
+    /// No new subscriptions may feed it; once those feeding it have ended and their batches
+    /// are taken, the pulls return [`ErrorKind::Closed`] (or `None`), which ends the threads
+    /// serving it. Idempotent.
+    pub fn close(&self) {
+        self.inner.tx.lock().take();
+    }
+
+    /// Batches waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.inner.rx.len()
+    }
+
+    /// Whether no batch is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.inner.rx.is_empty()
+    }
+
+    /// The next batch, or `None` once the queue is closed and drained.
+    pub async fn next(&self) -> Option<Batch> {
+        self.inner.rx.recv_async().await.ok()
+    }
+
+    /// The next batch if one is ready now.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] once the queue is closed and drained.
+    pub fn try_next(&self) -> Result<Option<Batch>> {
+        match self.inner.rx.try_recv() {
+            Ok(b) => Ok(Some(b)),
+            Err(flume::TryRecvError::Empty) => Ok(None),
+            Err(flume::TryRecvError::Disconnected) => Err(Error::closed("delivery queue")),
+        }
+    }
+
+    /// Blocks the calling thread (never a tokio worker) until a batch comes, at most `timeout`
+    /// (`None`: until a batch comes or the queue ends). `Ok(None)` when the time ran out.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] once the queue is closed and drained.
+    pub fn next_blocking(&self, timeout: Option<Duration>) -> Result<Option<Batch>> {
+        let got = match timeout {
+            Some(t) => self.inner.rx.recv_timeout(t),
+            None => self
+                .inner
+                .rx
+                .recv()
+                .map_err(|_| flume::RecvTimeoutError::Disconnected),
+        };
+        match got {
+            Ok(b) => Ok(Some(b)),
+            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
+            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::closed("delivery queue")),
+        }
+    }
+}
+
+/// What a front end made of one batch: the first `handled` events succeeded, then `failure`
+/// (the reason the next one failed), if any. The core expands it: events before `handled`
+/// are acknowledged, the failed one is retried or dead-lettered, and every later one was not
+/// run and is delivered again with the same attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Completion {
+    pub(crate) handled: usize,
+    pub(crate) failure: Option<String>,
+}
+
+impl Completion {
+    /// One outcome per event of a batch of `n`.
+    pub(crate) fn outcomes(&self, n: usize) -> Vec<Outcome> {
+        let handled = self.handled.min(n);
+        let mut out = vec![Outcome::Ack; handled];
+        if handled < n {
+            if let Some(reason) = &self.failure {
+                out.push(Outcome::Nack(reason.clone()));
+            }
+        }
+        out.resize(n, Outcome::Skipped);
+        out
+    }
+}
+
 /// Events of one lane to handle in order; report with [`Batch::complete`].
 ///
-/// Dropping a batch without completing it counts every event as failed.
+/// Handle the events in order and stop at the first failure; report how many succeeded and
+/// why the next one failed. Dropping a batch without completing it fails its first event
+/// (the one a front end that gave up was handling) and delivers the rest again.
 #[derive(Debug)]
 pub struct Batch {
     pub(crate) events: Vec<Event>,
-    pub(crate) reply: Option<tokio::sync::oneshot::Sender<Vec<Outcome>>>,
+    pub(crate) reply: Option<tokio::sync::oneshot::Sender<Completion>>,
     pub(crate) lane: u32,
+    pub(crate) token: u64,
 }
 
 impl Batch {
@@ -365,18 +518,35 @@ impl Batch {
         self.lane
     }
 
-    /// Reports one outcome per event, in order. Missing outcomes count as failures.
-    pub fn complete(mut self, outcomes: Vec<Outcome>) {
+    /// The token of the subscription it belongs to (see [`DeliveryQueue`]).
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Reports the batch: the first `handled` events succeeded; `failure`, if any, is why the
+    /// next one failed (it is retried with backoff, or dead-lettered after `max_attempts`).
+    /// Events after that were not run: the core delivers them again, same attempt. `handled`
+    /// past the end counts as every event.
+    pub fn complete(mut self, handled: usize, failure: Option<String>) {
         if let Some(tx) = self.reply.take() {
-            let _ = tx.send(outcomes);
+            let _ = tx.send(Completion { handled, failure });
         }
+    }
+
+    /// Reports every event as handled.
+    pub fn ack_all(self) {
+        let n = self.events.len();
+        self.complete(n, None);
     }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
         if let Some(tx) = self.reply.take() {
-            let _ = tx.send(Vec::new());
+            let _ = tx.send(Completion {
+                handled: 0,
+                failure: Some("the batch was dropped without a result".into()),
+            });
         }
     }
 }
@@ -411,6 +581,29 @@ mod tests {
         assert_eq!(o.backoff_for(3), Duration::from_millis(40));
         assert_eq!(o.backoff_for(4), Duration::from_millis(50));
         assert_eq!(o.backoff_for(100), Duration::from_millis(50));
+        let c = Completion {
+            handled: 1,
+            failure: Some("boom".into()),
+        };
+        assert_eq!(
+            c.outcomes(4),
+            vec![
+                Outcome::Ack,
+                Outcome::Nack("boom".into()),
+                Outcome::Skipped,
+                Outcome::Skipped
+            ]
+        );
+        let skip = Completion {
+            handled: 2,
+            failure: None,
+        };
+        assert_eq!(skip.outcomes(3)[2], Outcome::Skipped);
+        let all = Completion {
+            handled: 9,
+            failure: Some("late".into()),
+        };
+        assert_eq!(all.outcomes(2), vec![Outcome::Ack, Outcome::Ack]);
         let j = SubscribeOptions::from_json(r#"{"group":"g","concurrency":4}"#).unwrap();
         assert_eq!(j.group.as_deref(), Some("g"));
         assert_eq!(j.max_attempts, 5);

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use polybus::{
-    Batch, BatchSubscription, Bus, Config, ErrorKind, Event, Message, Outcome, SubscribeOptions,
+    Batch, BatchSubscription, Bus, Config, DeliveryQueue, ErrorKind, Event, Message, SubscribeOptions,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -215,15 +215,12 @@ async fn batch_outcomes_retry_the_failed_event_before_the_skipped_ones() {
     bus.publish_batch((1..4).map(|i| Message::new("a.b", format!("{i}"))))
         .await
         .unwrap();
-    held.complete(vec![Outcome::Ack]);
+    held.ack_all();
     let batch = next(&sub).await;
     assert_eq!(batch.events().len(), 3);
     let first = batch.events()[0].payload().clone();
-    batch.complete(vec![
-        Outcome::Ack,
-        Outcome::Nack("boom".into()),
-        Outcome::Skipped,
-    ]);
+    // One handled, the next failed: the core fails that one and skips the rest.
+    batch.complete(1, Some("boom".into()));
     let again = next(&sub).await;
     let got: Vec<(String, u32)> = again
         .events()
@@ -238,7 +235,7 @@ async fn batch_outcomes_retry_the_failed_event_before_the_skipped_ones() {
     assert_eq!(first, "1");
     assert_eq!(got, vec![("2".to_owned(), 2), ("3".to_owned(), 1)]);
     let n = again.events().len();
-    again.complete(vec![Outcome::Ack; n]);
+    again.complete(n, None);
     let stats = bus.stats();
     assert_eq!((stats.failed, stats.retried), (1, 1));
     drop(sub);
@@ -256,9 +253,80 @@ async fn a_dropped_batch_counts_as_failed_and_is_redelivered() {
     drop(batch);
     let batch = next(&sub).await;
     assert_eq!(batch.events()[0].attempt(), 2);
-    batch.complete(vec![Outcome::Ack]);
+    batch.ack_all();
     drop(sub);
     bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_stopped_without_a_failure_redelivers_the_rest_with_the_same_attempt() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let sub = bus
+        .subscribe_batches("a.b", SubscribeOptions::new())
+        .await
+        .unwrap();
+    bus.publish(Message::new("a.b", "0")).await.unwrap();
+    let held = next(&sub).await;
+    bus.publish_batch((1..4).map(|i| Message::new("a.b", format!("{i}"))))
+        .await
+        .unwrap();
+    held.ack_all();
+    let batch = next(&sub).await;
+    assert_eq!(batch.events().len(), 3);
+    batch.complete(1, None);
+    let again = next(&sub).await;
+    let attempts: Vec<u32> = again.events().iter().map(|e| e.attempt()).collect();
+    assert_eq!(attempts, vec![1, 1]);
+    again.ack_all();
+    // The lane counts the acknowledgements once it has read the completion.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bus.stats().acked < 4 && tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    let stats = bus.stats();
+    assert_eq!((stats.failed, stats.retried, stats.acked), (0, 0, 4));
+    drop(sub);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_subscriptions_share_one_delivery_queue() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let queue = DeliveryQueue::new();
+    let mut subs = Vec::new();
+    for i in 0..200u64 {
+        let sub = bus
+            .subscribe_to_queue(&format!("t.s{i}"), SubscribeOptions::new(), &queue, i)
+            .await
+            .unwrap();
+        assert_eq!(sub.token(), i);
+        subs.push(sub);
+    }
+    bus.publish_batch((0..200).map(|i| Message::new(format!("t.s{i}"), format!("{i}"))))
+        .await
+        .unwrap();
+    let mut seen = vec![false; 200];
+    for _ in 0..200 {
+        let batch = tokio::time::timeout(WAIT, queue.next())
+            .await
+            .expect("timed out")
+            .expect("queue ended");
+        let token = batch.token() as usize;
+        assert_eq!(batch.events()[0].payload(), &format!("{token}"));
+        assert!(!seen[token], "token {token} twice");
+        seen[token] = true;
+        batch.ack_all();
+    }
+    queue.close();
+    // Closed, but subscriptions still feed it: it is not over yet.
+    assert!(queue.try_next().unwrap().is_none());
+    bus.close().await.unwrap();
+    for s in &subs {
+        assert!(s.is_drained());
+    }
+    drop(subs);
+    assert_eq!(queue.try_next().unwrap_err().kind(), ErrorKind::Closed);
+    assert!(queue.next().await.is_none());
 }
 
 #[tokio::test]

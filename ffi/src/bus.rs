@@ -7,13 +7,15 @@ use polybus_core::{runtime, Bus, Config, Error, ErrorKind};
 use crate::{
     error::polybus_error_t,
     status::polybus_status_t::{self, POLYBUS_OK},
-    subscription::on_dispatcher_thread,
+    subscription::{on_dispatcher_thread, Callbacks},
     types::{cstr, polybus_message_t},
 };
 
 /// @brief An open bus (opaque). Made by polybus_open(), released by polybus_free().
 pub struct polybus_t {
     pub(crate) bus: Bus,
+    /// The bus's callback subscriptions and their dispatcher threads.
+    pub(crate) callbacks: std::sync::Arc<Callbacks>,
 }
 
 /// @brief A bus's counters, cumulative since it was opened.
@@ -80,7 +82,10 @@ pub unsafe extern "C" fn polybus_open(
         *out = std::ptr::null_mut();
         let config = Config::parse(cstr(config, "config")?)?;
         let bus = runtime::global().block_on(Bus::connect(config))?;
-        *out = Box::into_raw(Box::new(polybus_t { bus }));
+        *out = Box::into_raw(Box::new(polybus_t {
+            bus,
+            callbacks: Callbacks::new(),
+        }));
         Ok(POLYBUS_OK)
     })
 }
@@ -116,8 +121,8 @@ pub unsafe extern "C" fn polybus_publish(
 
 /// @brief Publishes many events in order and waits until all are accepted (the pipelined path).
 ///
-/// Every event is handed to the backend before any is waited on, so a broker sees them all in
-/// flight at once; they are accepted in order.
+/// As many events as the backend allows are in flight at once, started in order, and their
+/// confirmations are awaited together (the core's publish_batch, the same in every language).
 ///
 /// @param bus *borrowed* An open bus.
 /// @param messages *borrowed* An array of `len` events.
@@ -145,32 +150,32 @@ pub unsafe extern "C" fn polybus_publish_batch(
         if messages.is_null() {
             return Err(null("messages"));
         }
-        let at = |i: usize, e: Error| Error::new(e.kind(), format!("message {i}: {}", e.message()));
-        let mut pending = Vec::new();
-        let mut failed = None;
-        for (i, m) in std::slice::from_raw_parts(messages, len).iter().enumerate() {
-            match m.to_message().and_then(|msg| bus.publish_nowait(msg)) {
-                Ok(p) => pending.push((i, p)),
-                Err(e) => {
-                    failed = Some(at(i, e));
-                    break;
-                }
+        let views = std::slice::from_raw_parts(messages, len);
+        // A message that cannot be converted ends the batch there, as a refused publish does.
+        let mut bad: Option<(usize, Error)> = None;
+        let converted = views.iter().enumerate().map_while(|(i, m)| match m.to_message() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                bad = Some((i, e));
+                None
             }
-        }
-        // Everything started is waited on, so nothing is left in flight on return.
-        let (mut accepted, mut wait_failed) = (0, None);
-        for (i, p) in pending {
-            match p.map_or(Ok(()), |p| p.wait_blocking()) {
-                Ok(()) if wait_failed.is_none() => accepted = i + 1,
-                Ok(()) => {}
-                Err(e) => wait_failed = wait_failed.or(Some(at(i, e))),
-            }
-        }
+        });
+        let result = bus.publish_batch_blocking(converted);
+        let (count, result) = match (result, bad) {
+            (Err(e), _) => (e.published().unwrap_or(0), Err(e)),
+            (Ok(n), None) => (n, Ok(POLYBUS_OK)),
+            (Ok(n), Some((i, e))) => (
+                n.min(i),
+                Err(Error::new(
+                    e.kind(),
+                    format!("event {i} of the batch: {}", e.message()),
+                )),
+            ),
+        };
         if !published.is_null() {
-            *published = accepted;
+            *published = count;
         }
-        // The earliest failure is the one to report: a wait fails only before a start did.
-        wait_failed.or(failed).map_or(Ok(POLYBUS_OK), Err)
+        result
     })
 }
 
@@ -220,7 +225,9 @@ pub unsafe extern "C" fn polybus_close(
     err: *mut polybus_error_t,
 ) -> polybus_status_t {
     ffi_guard!(err, {
-        let bus = bus_ref(bus)?.clone();
+        let b = bus.as_ref().ok_or_else(|| null("bus"))?;
+        b.callbacks.close();
+        let bus = b.bus.clone();
         if on_dispatcher_thread() {
             runtime::global().spawn(async move {
                 let _ = bus.close().await;

@@ -6,7 +6,7 @@ use polybus_core::ErrorKind;
 
 /// The version of the C ABI described by this header. Bumped on any incompatible change;
 /// compare it with polybus_abi_version() at load time.
-pub const POLYBUS_ABI_VERSION: u32 = 1;
+pub const POLYBUS_ABI_VERSION: u32 = 2;
 
 /// @brief The result of every fallible call.
 ///

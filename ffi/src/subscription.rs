@@ -1,16 +1,20 @@
 //! Subscriptions: callback handlers on polybus dispatcher threads, and the batched pull API
-//! the language bindings use.
+//! (delivery queues) the language bindings use.
 
 use std::{
     cell::Cell,
+    collections::HashMap,
     ffi::{c_char, c_void},
-    sync::Arc,
-    thread::JoinHandle,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use polybus_core::{
-    runtime, Batch, BatchSubscription, Error, ErrorKind, Outcome, Start, SubscribeOptions,
+    runtime, Batch, BatchSubscription, DeliveryQueue, Error, ErrorKind, Start, SubscribeOptions,
 };
 
 use crate::{
@@ -24,13 +28,6 @@ use crate::{
 pub const POLYBUS_START_NEW: i32 = 0;
 /// `start` value: every event the backend still holds.
 pub const POLYBUS_START_EARLIEST: i32 = 1;
-
-/// Result code for polybus_batch_ack(): the event was handled.
-pub const POLYBUS_RESULT_ACK: i32 = 0;
-/// Result code for polybus_batch_ack(): the handler failed; retry or dead-letter it.
-pub const POLYBUS_RESULT_NACK: i32 = 1;
-/// Result code for polybus_batch_ack(): the event was not run; deliver it again.
-pub const POLYBUS_RESULT_SKIPPED: i32 = 2;
 
 /// @brief How a subscription receives and acknowledges events.
 ///
@@ -157,65 +154,120 @@ pub(crate) fn on_dispatcher_thread() -> bool {
     ON_DISPATCHER.with(Cell::get)
 }
 
-/// @brief A subscription (opaque): made by polybus_subscribe() or polybus_subscribe_pull(),
-/// released by polybus_subscription_free().
-pub struct polybus_subscription_t {
-    sub: Arc<BatchSubscription>,
-    threads: Vec<JoinHandle<()>>,
+/// The callback subscriptions of one bus: one delivery queue that all of them feed, served by
+/// a pool of dispatcher threads that grows to the largest `concurrency` asked for (so 10,000
+/// subscriptions of concurrency 1 share the same few threads).
+pub(crate) struct Callbacks {
+    queue: DeliveryQueue,
+    handlers: Mutex<HashMap<u64, Arc<Handler>>>,
+    next_token: AtomicU64,
+    threads: AtomicUsize,
 }
 
-/// Handles one batch in order with `handler`, stopping at the first failure.
-fn run_batch(batch: Batch, handler: &Handler) {
-    let mut outcomes = Vec::with_capacity(batch.events().len());
-    let mut failed = false;
-    for e in batch.events() {
-        if failed {
-            outcomes.push(Outcome::Skipped);
-            continue;
+impl Callbacks {
+    pub(crate) fn new() -> Arc<Callbacks> {
+        Arc::new(Callbacks {
+            queue: DeliveryQueue::new(),
+            handlers: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            threads: AtomicUsize::new(0),
+        })
+    }
+
+    /// No new callback subscriptions; the threads end once the subscriptions have drained.
+    pub(crate) fn close(&self) {
+        self.queue.close();
+    }
+
+    /// Starts dispatcher threads until there are at least `n`.
+    fn grow(self: &Arc<Self>, n: usize) -> Result<(), Error> {
+        loop {
+            let have = self.threads.load(Ordering::Acquire);
+            if have >= n {
+                return Ok(());
+            }
+            if self
+                .threads
+                .compare_exchange(have, have + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            let this = self.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("polybus-dispatch".into())
+                .spawn(move || this.serve())
+            {
+                self.threads.fetch_sub(1, Ordering::AcqRel);
+                return Err(Error::with_source(ErrorKind::Internal, e));
+            }
         }
+    }
+
+    /// The body of a dispatcher thread: woken by the core when a batch arrives.
+    fn serve(&self) {
+        ON_DISPATCHER.with(|d| d.set(true));
+        while let Ok(Some(batch)) = self.queue.next_blocking(None) {
+            let handler = self.handlers.lock().get(&batch.token()).cloned();
+            match handler {
+                Some(h) => {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_batch(batch, &h)
+                    }));
+                }
+                // Its subscription was released: dropping the batch hands the events back.
+                None => drop(batch),
+            }
+        }
+        self.threads.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Lets go of a subscription's handler; its `drop` runs once the last call returned.
+    fn release(&self, token: u64) {
+        let h = self.handlers.lock().remove(&token);
+        drop(h);
+    }
+}
+
+/// @brief A subscription (opaque): made by polybus_subscribe(), polybus_subscribe_pull() or
+/// polybus_subscribe_queue(), released by polybus_subscription_free().
+pub struct polybus_subscription_t {
+    sub: Arc<BatchSubscription>,
+    /// For a callback subscription: the bus's callbacks, which hold its handler.
+    callbacks: Option<Arc<Callbacks>>,
+}
+
+/// Runs `handler` over one batch in order, stopping at the first failure, and tells the core
+/// how far it got.
+fn run_batch(batch: Batch, handler: &Handler) {
+    for (i, e) in batch.events().iter().enumerate() {
         let view = EventView::new(e);
         // SAFETY: `call` is a valid function per polybus_subscribe's contract.
         let rc = unsafe { (handler.call)(&view.event, handler.context) };
-        if rc == 0 {
-            outcomes.push(Outcome::Ack);
-        } else {
-            failed = true;
-            outcomes.push(Outcome::Nack(format!("handler returned {rc}")));
+        if rc != 0 {
+            batch.complete(i, Some(format!("handler returned {rc}")));
+            return;
         }
     }
-    batch.complete(outcomes);
+    batch.ack_all();
 }
 
-fn dispatch_loop(sub: Arc<BatchSubscription>, handler: Arc<Handler>) {
-    ON_DISPATCHER.with(|d| d.set(true));
-    loop {
-        match sub.next_batch_blocking(Duration::from_millis(100)) {
-            Ok(Some(batch)) => {
-                let handler = &*handler;
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_batch(batch, handler)
-                }))
-                .is_err()
-                {
-                    // run_batch itself has no panicking path; keep serving regardless.
-                    continue;
-                }
-            }
-            Ok(None) => continue,
-            Err(_) => break,
-        }
-    }
-}
-
-unsafe fn open_batches(
+unsafe fn subscribe_with(
     bus: *const polybus_t,
     pattern: *const c_char,
     opts: *const polybus_subscribe_options_t,
+    queue: Option<&DeliveryQueue>,
+    token: u64,
 ) -> Result<BatchSubscription, Error> {
     let bus = bus_ref(bus)?;
     let pattern = cstr(pattern, "pattern")?;
     let options = options(opts)?;
-    runtime::global().block_on(bus.subscribe_batches(pattern, options))
+    runtime::global().block_on(async {
+        match queue {
+            Some(q) => bus.subscribe_to_queue(pattern, options, q, token).await,
+            None => bus.subscribe_batches(pattern, options).await,
+        }
+    })
 }
 
 /// @brief Subscribes a callback handler to a pattern.
@@ -229,6 +281,9 @@ unsafe fn open_batches(
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL, bad option), POLYBUS_ERR_INVALID_PATTERN,
 ///         POLYBUS_ERR_INVALID_TOPIC (bad dead_letter), POLYBUS_ERR_CLOSED,
 ///         POLYBUS_ERR_UNSUPPORTED (the backend cannot honour an option).
+/// @remark The callback subscriptions of one bus share a pool of dispatcher threads, as many
+///         as the largest `concurrency` asked for: thousands of subscriptions cost no more
+///         threads than one.
 /// @warning The callbacks run on polybus dispatcher threads; see polybus_handler_t.
 /// @sa polybus_subscription_close, polybus_subscription_free
 #[no_mangle]
@@ -256,22 +311,29 @@ pub unsafe extern "C" fn polybus_subscribe(
         let Some(h) = owned.clone() else {
             return Err(null("handler.call"));
         };
-        let sub = Arc::new(open_batches(bus, pattern, opts)?);
-        let n = opts.as_ref().map_or(1, |o| o.concurrency.max(1)) as usize;
-        let mut threads = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (sub, h) = (sub.clone(), h.clone());
-            let t = std::thread::Builder::new()
-                .name("polybus-dispatch".into())
-                .spawn(move || dispatch_loop(sub, h))
-                .map_err(|e| Error::with_source(ErrorKind::Internal, e))?;
-            threads.push(t);
-        }
-        *out = Box::into_raw(Box::new(polybus_subscription_t { sub, threads }));
+        let b = bus.as_ref().ok_or_else(|| null("bus"))?;
+        let callbacks = b.callbacks.clone();
+        let token = callbacks.next_token.fetch_add(1, Ordering::Relaxed);
+        // Registered before subscribing, so the first batch finds it.
+        callbacks.handlers.lock().insert(token, h);
+        let concurrency = opts.as_ref().map_or(1, |o| o.concurrency.max(1)) as usize;
+        let made = subscribe_with(bus, pattern, opts, Some(&callbacks.queue), token)
+            .and_then(|sub| callbacks.grow(concurrency.min(4096)).map(|()| sub));
+        let sub = match made {
+            Ok(sub) => sub,
+            Err(e) => {
+                callbacks.handlers.lock().remove(&token);
+                return Err(e);
+            }
+        };
+        *out = Box::into_raw(Box::new(polybus_subscription_t {
+            sub: Arc::new(sub),
+            callbacks: Some(callbacks),
+        }));
         Ok(POLYBUS_OK)
     });
-    // On failure the dispatcher threads never started: the last reference goes here and
-    // `drop` runs. Without `call` there is nothing owning the context but `drop` itself.
+    // On failure the handler was never registered (or was removed): the last reference goes
+    // here and `drop` runs. Without `call` there is nothing owning the context but `drop`.
     match owned {
         Some(h) => drop(h),
         None => {
@@ -283,8 +345,8 @@ pub unsafe extern "C" fn polybus_subscribe(
     status
 }
 
-/// @brief Subscribes without a callback: events are pulled in batches with
-/// polybus_subscription_next_batch(). This is what the Go, Python and Node bindings use.
+/// @brief Subscribes without a callback: events are pulled in batches from a queue of the
+/// subscription's own with polybus_subscription_next_batch().
 ///
 /// @param bus *borrowed* An open bus.
 /// @param pattern *borrowed* A topic pattern, NUL-terminated.
@@ -292,6 +354,7 @@ pub unsafe extern "C" fn polybus_subscribe(
 /// @param out *out* The subscription; NULL on failure.
 /// @param err *out, optional* Error detail on failure.
 /// @return As polybus_subscribe().
+/// @sa polybus_subscribe_queue, to serve many subscriptions from one queue.
 #[no_mangle]
 pub unsafe extern "C" fn polybus_subscribe_pull(
     bus: *const polybus_t,
@@ -305,16 +368,102 @@ pub unsafe extern "C" fn polybus_subscribe_pull(
             return Err(null("out"));
         }
         *out = std::ptr::null_mut();
-        let sub = Arc::new(open_batches(bus, pattern, opts)?);
+        let sub = Arc::new(subscribe_with(bus, pattern, opts, None, 0)?);
         *out = Box::into_raw(Box::new(polybus_subscription_t {
             sub,
-            threads: Vec::new(),
+            callbacks: None,
         }));
         Ok(POLYBUS_OK)
     })
 }
 
-/// @brief A pulled batch (opaque); acknowledge it with polybus_batch_ack() or release it with
+/// @brief A delivery queue (opaque): many subscriptions feed it, a few threads drain it with
+/// polybus_queue_next_batch(). Made by polybus_queue_new(), released by polybus_queue_free().
+///
+/// This is how the Go, Python and Node bindings serve every subscription of a bus with a
+/// small fixed set of threads, woken when a batch arrives (no polling).
+pub struct polybus_queue_t {
+    queue: DeliveryQueue,
+}
+
+/// @brief Makes a delivery queue.
+///
+/// @param out *out* The queue.
+/// @param err *out, optional* Error detail on failure.
+/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+#[no_mangle]
+pub unsafe extern "C" fn polybus_queue_new(
+    out: *mut *mut polybus_queue_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        let out = out.as_mut().ok_or_else(|| null("out"))?;
+        *out = Box::into_raw(Box::new(polybus_queue_t {
+            queue: DeliveryQueue::new(),
+        }));
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// @brief Closes a queue to new subscriptions. Once the subscriptions feeding it have ended
+/// (closed, or their bus closed) and their batches are taken, polybus_queue_next_batch()
+/// returns POLYBUS_ERR_CLOSED, which ends the threads serving it. Idempotent; NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn polybus_queue_close(queue: *const polybus_queue_t) {
+    if let Some(q) = queue.as_ref() {
+        q.queue.close();
+    }
+}
+
+/// @brief Releases a queue (closing it first). NULL is a no-op.
+///
+/// @param queue *consumed* The queue; no thread may be waiting in polybus_queue_next_batch().
+#[no_mangle]
+pub unsafe extern "C" fn polybus_queue_free(queue: *mut polybus_queue_t) {
+    if !queue.is_null() {
+        let q = Box::from_raw(queue);
+        q.queue.close();
+        drop(q);
+    }
+}
+
+/// @brief Subscribes without a callback, sending the batches to a shared queue.
+///
+/// @param bus *borrowed* An open bus.
+/// @param pattern *borrowed* A topic pattern, NUL-terminated.
+/// @param opts *borrowed, optional* Options; NULL for the defaults.
+/// @param queue *borrowed* The queue; it must outlive the subscription.
+/// @param token Carried by every batch of this subscription (polybus_event_batch_t.token), for
+///        the caller to find its handler.
+/// @param out *out* The subscription; NULL on failure.
+/// @param err *out, optional* Error detail on failure.
+/// @return As polybus_subscribe(); POLYBUS_ERR_CLOSED also when the queue is closed.
+#[no_mangle]
+pub unsafe extern "C" fn polybus_subscribe_queue(
+    bus: *const polybus_t,
+    pattern: *const c_char,
+    opts: *const polybus_subscribe_options_t,
+    queue: *const polybus_queue_t,
+    token: u64,
+    out: *mut *mut polybus_subscription_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        *out = std::ptr::null_mut();
+        let q = queue.as_ref().ok_or_else(|| null("queue"))?;
+        let sub = Arc::new(subscribe_with(bus, pattern, opts, Some(&q.queue), token)?);
+        *out = Box::into_raw(Box::new(polybus_subscription_t {
+            sub,
+            callbacks: None,
+        }));
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// @brief A pulled batch (opaque); report it with polybus_batch_complete() or release it with
 /// polybus_batch_free().
 pub struct polybus_batch_t {
     batch: Batch,
@@ -324,13 +473,12 @@ pub struct polybus_batch_t {
 
 /// @brief The events of one pulled batch.
 ///
-/// The events belong to one *lane*: handle them in order and stop at the first failure
-/// (report it as POLYBUS_RESULT_NACK and the rest as POLYBUS_RESULT_SKIPPED). Different
-/// batches may be handled concurrently. The views are valid until the batch is acknowledged
-/// or freed.
+/// The events belong to one *lane*: handle them in order and stop at the first failure, then
+/// report how far you got with polybus_batch_complete(). Different batches may be handled
+/// concurrently. The views are valid until the batch is completed or freed.
 #[repr(C)]
 pub struct polybus_event_batch_t {
-    /// The handle to acknowledge.
+    /// The handle to complete.
     pub batch: *mut polybus_batch_t,
     /// The events, `len` of them.
     pub events: *const polybus_event_t,
@@ -338,18 +486,41 @@ pub struct polybus_event_batch_t {
     pub len: usize,
     /// The lane the batch belongs to.
     pub lane: u32,
+    /// The token of the subscription it belongs to (polybus_subscribe_queue()); 0 for
+    /// polybus_subscribe_pull().
+    pub token: u64,
 }
 
-/// @brief The outcome of one event of a batch.
-#[repr(C)]
-pub struct polybus_result_t {
-    /// POLYBUS_RESULT_ACK, POLYBUS_RESULT_NACK or POLYBUS_RESULT_SKIPPED.
-    pub code: i32,
-    /// Why it failed (NUL-terminated, borrowed for the call), or NULL.
-    pub reason: *const c_char,
+fn pull(
+    queue: &DeliveryQueue,
+    timeout_ms: i32,
+    out: &mut polybus_event_batch_t,
+) -> Result<polybus_status_t, Error> {
+    let got = match timeout_ms {
+        0 => queue.try_next()?,
+        t if t < 0 => queue.next_blocking(None)?,
+        t => queue.next_blocking(Some(Duration::from_millis(t as u64)))?,
+    };
+    let Some(batch) = got else {
+        return Ok(POLYBUS_NO_EVENTS);
+    };
+    let views: Vec<EventView> = batch.events().iter().map(EventView::new).collect();
+    let events: Vec<polybus_event_t> = views.iter().map(|v| v.event).collect();
+    let (lane, token) = (batch.lane(), batch.token());
+    let boxed = Box::new(polybus_batch_t {
+        batch,
+        events,
+        _views: views,
+    });
+    out.len = boxed.events.len();
+    out.events = boxed.events.as_ptr();
+    out.lane = lane;
+    out.token = token;
+    out.batch = Box::into_raw(boxed);
+    Ok(POLYBUS_OK)
 }
 
-/// @brief Pulls the next batch of events.
+/// @brief Pulls the next batch of a subscription made by polybus_subscribe_pull().
 ///
 /// @param sub *borrowed* A subscription from polybus_subscribe_pull().
 /// @param timeout_ms How long to wait: 0 returns at once, a negative value waits until a batch
@@ -359,7 +530,8 @@ pub struct polybus_result_t {
 /// @return POLYBUS_OK (a batch), POLYBUS_NO_EVENTS (timed out),
 ///         POLYBUS_ERR_CLOSED (closed and drained: stop pulling),
 ///         POLYBUS_ERR_INVALID_ARGUMENT (NULL, or a callback subscription).
-/// @remark Blocks up to `timeout_ms`. Several threads may pull from one subscription.
+/// @remark Blocks up to `timeout_ms`, woken as soon as a batch comes. Several threads may pull
+///         from one subscription.
 #[no_mangle]
 pub unsafe extern "C" fn polybus_subscription_next_batch(
     sub: *const polybus_subscription_t,
@@ -370,57 +542,60 @@ pub unsafe extern "C" fn polybus_subscription_next_batch(
     ffi_guard!(err, {
         let s = sub.as_ref().ok_or_else(|| null("subscription"))?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
-        if !s.threads.is_empty() {
+        if s.callbacks.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "a callback subscription cannot be pulled (use polybus_subscribe_pull)",
             ));
         }
-        let got = match timeout_ms {
-            0 => s.sub.try_next_batch()?,
-            t if t < 0 => runtime_free_wait(&s.sub)?,
-            t => s.sub.next_batch_blocking(Duration::from_millis(t as u64))?,
-        };
-        let Some(batch) = got else {
-            return Ok(POLYBUS_NO_EVENTS);
-        };
-        let views: Vec<EventView> = batch.events().iter().map(EventView::new).collect();
-        let events: Vec<polybus_event_t> = views.iter().map(|v| v.event).collect();
-        let lane = batch.lane();
-        let boxed = Box::new(polybus_batch_t {
-            batch,
-            events,
-            _views: views,
-        });
-        out.len = boxed.events.len();
-        out.events = boxed.events.as_ptr();
-        out.lane = lane;
-        out.batch = Box::into_raw(boxed);
-        Ok(POLYBUS_OK)
+        pull(s.sub.queue(), timeout_ms, out)
     })
 }
 
-fn runtime_free_wait(sub: &BatchSubscription) -> Result<Option<Batch>, Error> {
-    loop {
-        if let Some(b) = sub.next_batch_blocking(Duration::from_secs(3600))? {
-            return Ok(Some(b));
-        }
-    }
+/// @brief Pulls the next batch of any subscription feeding a queue.
+///
+/// @param queue *borrowed* The queue.
+/// @param timeout_ms How long to wait: 0 returns at once, a negative value waits until a batch
+///        comes or the queue ends.
+/// @param out *out* The batch, on POLYBUS_OK; its `token` names the subscription.
+/// @param err *out, optional* Error detail on failure.
+/// @return POLYBUS_OK (a batch), POLYBUS_NO_EVENTS (timed out), POLYBUS_ERR_CLOSED (the queue
+///         is closed and every subscription feeding it has drained: stop pulling),
+///         POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+/// @remark Blocks up to `timeout_ms`, woken as soon as a batch comes (no polling).
+#[no_mangle]
+pub unsafe extern "C" fn polybus_queue_next_batch(
+    queue: *const polybus_queue_t,
+    timeout_ms: i32,
+    out: *mut polybus_event_batch_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        let q = queue.as_ref().ok_or_else(|| null("queue"))?;
+        let out = out.as_mut().ok_or_else(|| null("out"))?;
+        pull(&q.queue, timeout_ms, out)
+    })
 }
 
-/// @brief Reports the outcome of every event of a batch and releases it.
+/// @brief Reports how a batch went and releases it: the first `handled` events succeeded, and
+/// `reason`, if not NULL, is why the next one failed.
 ///
-/// @param batch *consumed* The batch from polybus_subscription_next_batch(); invalid after.
-/// @param results *borrowed, optional* One result per event, in order; NULL acknowledges all.
-/// @param len Number of results; missing ones count as failures.
+/// The core does the rest, the same for every language: events before `handled` are
+/// acknowledged; the failed one is retried with backoff (or dead-lettered after
+/// `max_attempts`, with `reason` in a header); every event after it was not run and is
+/// delivered again with the same attempt. With `reason` NULL and `handled` short of the
+/// batch's length, the events from `handled` on are delivered again, none counted as failed.
+///
+/// @param batch *consumed* The batch from a next_batch call; invalid after.
+/// @param handled How many events, from the first, succeeded (`len` or more: all of them).
+/// @param reason *borrowed, optional* NUL-terminated UTF-8 (invalid bytes are replaced).
 /// @param err *out, optional* Error detail on failure.
-/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL batch, an unknown result code: the
-///         batch is still consumed, and the unknown ones count as failures).
+/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL batch).
 #[no_mangle]
-pub unsafe extern "C" fn polybus_batch_ack(
+pub unsafe extern "C" fn polybus_batch_complete(
     batch: *mut polybus_batch_t,
-    results: *const polybus_result_t,
-    len: usize,
+    handled: usize,
+    reason: *const c_char,
     err: *mut polybus_error_t,
 ) -> polybus_status_t {
     ffi_guard!(err, {
@@ -428,41 +603,15 @@ pub unsafe extern "C" fn polybus_batch_ack(
             return Err(null("batch"));
         }
         let boxed = Box::from_raw(batch);
-        let n = boxed.events.len();
-        let mut bad = None;
-        let outcomes: Vec<Outcome> = if results.is_null() {
-            vec![Outcome::Ack; n]
-        } else {
-            std::slice::from_raw_parts(results, len.min(n))
-                .iter()
-                .map(|r| match r.code {
-                    POLYBUS_RESULT_ACK => Outcome::Ack,
-                    POLYBUS_RESULT_SKIPPED => Outcome::Skipped,
-                    code => {
-                        let reason = cstr_opt(r.reason, "reason")
-                            .ok()
-                            .flatten()
-                            .unwrap_or("handler failed");
-                        if code != POLYBUS_RESULT_NACK {
-                            bad = Some(code);
-                        }
-                        Outcome::Nack(reason.to_owned())
-                    }
-                })
-                .collect()
-        };
-        boxed.batch.complete(outcomes);
-        if let Some(code) = bad {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("unknown result code {code}"),
-            ));
-        }
+        let reason = (!reason.is_null())
+            .then(|| std::ffi::CStr::from_ptr(reason).to_string_lossy().into_owned());
+        boxed.batch.complete(handled, reason);
         Ok(POLYBUS_OK)
     })
 }
 
-/// @brief Releases a batch without results: every event counts as failed. NULL is a no-op.
+/// @brief Releases a batch without a result: its first event counts as failed, the rest are
+/// delivered again. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn polybus_batch_free(batch: *mut polybus_batch_t) {
     if !batch.is_null() {
@@ -472,15 +621,17 @@ pub unsafe extern "C" fn polybus_batch_free(batch: *mut polybus_batch_t) {
 }
 
 /// @brief Unsubscribes: no new events; queued and in-flight ones are handled first. Idempotent.
+/// This is the one meaning of unsubscribe in every front end.
 ///
 /// @param sub *borrowed* The subscription; still to be released with polybus_subscription_free().
 /// @param err *out, optional* Error detail on failure.
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_TIMEOUT (not drained
 ///         within the bus's `close_timeout_ms`).
 /// @remark Blocks until drained. For a callback subscription, every `call` has returned and
-///         `drop` has run when it returns, unless called from inside one of its callbacks (then
-///         it does not wait). For a pull subscription, keep pulling and acknowledging from
-///         another thread until next_batch returns POLYBUS_ERR_CLOSED.
+///         `drop` has run when it returns, unless called from inside a callback of the bus:
+///         then it stops the subscription and returns at once (it would wait for itself), and
+///         the drain finishes in the background. For a pull subscription, keep pulling and
+///         completing from another thread until next_batch returns POLYBUS_ERR_CLOSED.
 #[no_mangle]
 pub unsafe extern "C" fn polybus_subscription_close(
     sub: *mut polybus_subscription_t,
@@ -490,15 +641,54 @@ pub unsafe extern "C" fn polybus_subscription_close(
         let s = sub.as_mut().ok_or_else(|| null("subscription"))?;
         if on_dispatcher_thread() {
             s.sub.stop();
+            if let Some(cb) = &s.callbacks {
+                release_when_drained(cb.clone(), s.sub.clone());
+            }
             return Ok(POLYBUS_OK);
         }
-        let result = runtime::global().block_on(s.sub.close());
-        for t in s.threads.drain(..) {
-            let _ = t.join();
+        let result = s.sub.close_blocking();
+        if let Some(cb) = &s.callbacks {
+            cb.release(s.sub.token());
         }
         result?;
         Ok(POLYBUS_OK)
     })
+}
+
+/// @brief Stops a subscription without waiting: no new events; queued and in-flight ones are
+/// still handled in the background. What a binding calls when the caller is one of the
+/// subscription's own handlers (closing would wait for itself). Idempotent.
+///
+/// @param sub *borrowed* The subscription.
+/// @param err *out, optional* Error detail on failure.
+/// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL).
+#[no_mangle]
+pub unsafe extern "C" fn polybus_subscription_stop(
+    sub: *const polybus_subscription_t,
+    err: *mut polybus_error_t,
+) -> polybus_status_t {
+    ffi_guard!(err, {
+        let s = sub.as_ref().ok_or_else(|| null("subscription"))?;
+        s.sub.stop();
+        if let Some(cb) = &s.callbacks {
+            release_when_drained(cb.clone(), s.sub.clone());
+        }
+        Ok(POLYBUS_OK)
+    })
+}
+
+/// Lets go of a callback subscription's handler once it has drained, from a short-lived thread
+/// (its `drop` must not run on a runtime worker, nor wait on the dispatcher calling close).
+fn release_when_drained(callbacks: Arc<Callbacks>, sub: Arc<BatchSubscription>) {
+    let spawned = std::thread::Builder::new()
+        .name("polybus-dispatch".into())
+        .spawn(move || {
+            runtime::global().block_on(sub.drained());
+            callbacks.release(sub.token());
+        });
+    if spawned.is_err() {
+        tracing::warn!("cannot start a thread to release a handler; it is kept until the bus is freed");
+    }
 }
 
 /// @brief Releases a subscription, closing it first if needed. NULL is a no-op.
@@ -512,9 +702,10 @@ pub unsafe extern "C" fn polybus_subscription_free(sub: *mut polybus_subscriptio
     }
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut s = Box::from_raw(sub);
-        if !s.threads.is_empty() && !on_dispatcher_thread() {
+        if s.callbacks.is_some() {
             let _ = polybus_subscription_close(&mut *s, std::ptr::null_mut());
         } else {
+            // Nobody may be pulling any more: waiting for a drain could only time out.
             s.sub.stop();
         }
         drop(s);

@@ -59,7 +59,14 @@ pub struct polybus_message_t {
     pub r#type: polybus_str_t,
     /// The event time in nanoseconds since the Unix epoch, or 0 for now.
     pub time_unix_ns: i64,
+    /// POLYBUS_MESSAGE_* flags, or 0.
+    pub flags: u32,
 }
+
+/// polybus_message_t flag: the payload is JSON text the caller encoded from a value; the core
+/// marks it as such on the wire (`content-type: application/json`, unless a `content-type`
+/// header is given), the same for every language.
+pub const POLYBUS_MESSAGE_JSON: u32 = 1;
 
 /// @brief A delivered event: views valid until the callback returns, or until its batch is
 /// acknowledged or freed.
@@ -76,7 +83,7 @@ pub struct polybus_event_t {
     pub id: polybus_str_t,
     /// The event type.
     pub r#type: polybus_str_t,
-    /// The publishing service's name; `len` is 0 when unknown.
+    /// The publishing service's name; `ptr` is NULL when unknown (as for `key`).
     pub source: polybus_str_t,
     /// The headers.
     pub headers: *const polybus_header_t,
@@ -159,6 +166,9 @@ impl polybus_message_t {
             std::slice::from_raw_parts(self.payload.ptr, self.payload.len)
         };
         let mut m = Message::new(topic, payload.to_vec());
+        if self.flags & !POLYBUS_MESSAGE_JSON != 0 {
+            return Err(invalid(format!("message flags {:#x} has unknown bits", self.flags)));
+        }
         if let Some(k) = self.key.get("message key")? {
             m = m.key(k);
         }
@@ -189,6 +199,9 @@ impl polybus_message_t {
                     h.value.required("header value")?,
                 );
             }
+        }
+        if self.flags & POLYBUS_MESSAGE_JSON != 0 {
+            m = m.json_encoded();
         }
         Ok(m)
     }
@@ -225,7 +238,7 @@ impl EventView {
             key: e.key().map_or(polybus_str_t::NONE, polybus_str_t::of),
             id: polybus_str_t::of(e.id()),
             r#type: polybus_str_t::of(e.event_type()),
-            source: polybus_str_t::of(e.source().unwrap_or("")),
+            source: e.source().map_or(polybus_str_t::NONE, polybus_str_t::of),
             headers: if headers.is_empty() {
                 std::ptr::null()
             } else {

@@ -187,11 +187,10 @@ static void test_pull_subscription(void) {
   CHECK(b.events[0].key.ptr == NULL);
   CHECK(b.events[0].id.len == 36);
   CHECK(b.events[0].time_unix_ns > 0);
-  polybus_result_t nack = {POLYBUS_RESULT_NACK, "try again"};
-  CHECK_STATUS(polybus_batch_ack(b.batch, &nack, 1, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_batch_complete(b.batch, 0, "try again", &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
   CHECK(b.len == 1 && b.events[0].attempt == 2);
-  CHECK_STATUS(polybus_batch_ack(b.batch, NULL, 0, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_batch_complete(b.batch, SIZE_MAX, NULL, &err), POLYBUS_OK);
 
   /* A batch freed without results is redelivered. */
   CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
@@ -199,11 +198,10 @@ static void test_pull_subscription(void) {
   polybus_batch_free(b.batch);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
   CHECK(b.events[0].attempt == 2);
-  polybus_result_t bad = {42, NULL};
-  CHECK_STATUS(polybus_batch_ack(b.batch, &bad, 1, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_batch_complete(b.batch, 0, "again", &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
   CHECK(b.events[0].attempt == 3);
-  CHECK_STATUS(polybus_batch_ack(b.batch, NULL, 0, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_batch_complete(b.batch, SIZE_MAX, NULL, &err), POLYBUS_OK);
 
   /* A publisher-set time travels with the event; one before 1970 is refused. */
   polybus_message_t timed = message("jobs.timed", "t");
@@ -211,7 +209,7 @@ static void test_pull_subscription(void) {
   CHECK_STATUS(polybus_publish(bus, &timed, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
   CHECK(b.events[0].time_unix_ns == INT64_C(1700000000123456789));
-  CHECK_STATUS(polybus_batch_ack(b.batch, NULL, 0, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_batch_complete(b.batch, SIZE_MAX, NULL, &err), POLYBUS_OK);
   timed.time_unix_ns = -1;
   CHECK_STATUS(polybus_publish(bus, &timed, &err), POLYBUS_ERR_INVALID_ARGUMENT);
 
@@ -351,7 +349,7 @@ static void test_misuse(void) {
   opts.start = POLYBUS_START_EARLIEST;
   CHECK_STATUS(polybus_subscribe_pull(bus, "a.b", &opts, &sub, &err), POLYBUS_ERR_UNSUPPORTED);
   CHECK_STATUS(polybus_subscription_next_batch(NULL, 0, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
-  CHECK_STATUS(polybus_batch_ack(NULL, NULL, 0, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_batch_complete(NULL, 0, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(polybus_subscription_close(NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
 
   /* A callback subscription cannot be pulled. */

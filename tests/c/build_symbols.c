@@ -7,7 +7,13 @@ int main(void) {
   typedef void (*fn_t)(void);
   const fn_t symbols[] = {
     (fn_t)&polybus_abi_version,
-    (fn_t)&polybus_batch_ack,
+    (fn_t)&polybus_batch_complete,
+    (fn_t)&polybus_queue_new,
+    (fn_t)&polybus_queue_next_batch,
+    (fn_t)&polybus_queue_close,
+    (fn_t)&polybus_queue_free,
+    (fn_t)&polybus_subscribe_queue,
+    (fn_t)&polybus_subscription_stop,
     (fn_t)&polybus_batch_free,
     (fn_t)&polybus_close,
     (fn_t)&polybus_connection_state,

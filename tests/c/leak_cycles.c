@@ -33,7 +33,7 @@ int main(void) {
     int pulled = 0;
     while (pulled < 10 && polybus_subscription_next_batch(pull, 5000, &b, &err) == POLYBUS_OK) {
       pulled += (int)b.len;
-      polybus_batch_ack(b.batch, NULL, 0, &err);
+      polybus_batch_complete(b.batch, SIZE_MAX, NULL, &err);
     }
     /* error paths allocate messages too */
     polybus_message_t bad = m;

@@ -27,7 +27,7 @@ run() { # name, command...
 }
 
 # The header alone compiles as C11 and as C++17 without warnings.
-printf '#include "polybus.h"\nint main(void) { return POLYBUS_ABI_VERSION == 1 ? 0 : 1; }\n' > "$out/header_only.c"
+printf '#include "polybus.h"\nint main(void) { return POLYBUS_ABI_VERSION == 2 ? 0 : 1; }\n' > "$out/header_only.c"
 run build_header_c11 gcc "${cflags[@]}" -c "$out/header_only.c" -o "$out/header_c.o"
 run build_header_cxx17 g++ -std=c++17 -Wall -Wextra -Werror -pedantic -I"$root/include" -x c++ -c "$out/header_only.c" -o "$out/header_cxx.o"
 
