@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn json_encoded_sets_the_content_type_once() {
         let m = Message::new("a.b", "{}").json_encoded();
-        assert_eq!(m.headers.get("content-type").map(String::as_str), Some("application/json"));
+        assert_eq!(
+            m.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
         let kept = Message::new("a.b", "{}")
             .header("content-type", "application/cloudevents+json")
             .json_encoded();

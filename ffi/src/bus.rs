@@ -153,13 +153,16 @@ pub unsafe extern "C" fn polybus_publish_batch(
         let views = std::slice::from_raw_parts(messages, len);
         // A message that cannot be converted ends the batch there, as a refused publish does.
         let mut bad: Option<(usize, Error)> = None;
-        let converted = views.iter().enumerate().map_while(|(i, m)| match m.to_message() {
-            Ok(m) => Some(m),
-            Err(e) => {
-                bad = Some((i, e));
-                None
-            }
-        });
+        let converted = views
+            .iter()
+            .enumerate()
+            .map_while(|(i, m)| match m.to_message() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    bad = Some((i, e));
+                    None
+                }
+            });
         let result = bus.publish_batch_blocking(converted);
         let (count, result) = match (result, bad) {
             (Err(e), _) => (e.published().unwrap_or(0), Err(e)),

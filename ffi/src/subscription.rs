@@ -603,8 +603,11 @@ pub unsafe extern "C" fn polybus_batch_complete(
             return Err(null("batch"));
         }
         let boxed = Box::from_raw(batch);
-        let reason = (!reason.is_null())
-            .then(|| std::ffi::CStr::from_ptr(reason).to_string_lossy().into_owned());
+        let reason = (!reason.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(reason)
+                .to_string_lossy()
+                .into_owned()
+        });
         boxed.batch.complete(handled, reason);
         Ok(POLYBUS_OK)
     })
@@ -687,7 +690,9 @@ fn release_when_drained(callbacks: Arc<Callbacks>, sub: Arc<BatchSubscription>) 
             callbacks.release(sub.token());
         });
     if spawned.is_err() {
-        tracing::warn!("cannot start a thread to release a handler; it is kept until the bus is freed");
+        tracing::warn!(
+            "cannot start a thread to release a handler; it is kept until the bus is freed"
+        );
     }
 }
 

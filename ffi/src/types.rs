@@ -167,7 +167,10 @@ impl polybus_message_t {
         };
         let mut m = Message::new(topic, payload.to_vec());
         if self.flags & !POLYBUS_MESSAGE_JSON != 0 {
-            return Err(invalid(format!("message flags {:#x} has unknown bits", self.flags)));
+            return Err(invalid(format!(
+                "message flags {:#x} has unknown bits",
+                self.flags
+            )));
         }
         if let Some(k) = self.key.get("message key")? {
             m = m.key(k);

@@ -1,4 +1,44 @@
-//! CloudEvents `time` values: RFC 3339 in UTC, shared by the broker backends.
+//! The CloudEvents attribute names and `time` values (RFC 3339 in UTC), shared by the broker
+//! backends, and the URL-credential decoding they share.
+
+/// The names of the CloudEvents attributes polybus carries, in one transport's spelling.
+pub(crate) struct CeNames {
+    pub(crate) specversion: &'static str,
+    pub(crate) id: &'static str,
+    pub(crate) event_type: &'static str,
+    pub(crate) source: &'static str,
+    pub(crate) time: &'static str,
+    /// The ordering key: the CloudEvents partitioning extension.
+    pub(crate) partitionkey: &'static str,
+}
+
+/// The spelling of the NATS binding (`ce-` headers).
+pub(crate) const CE_DASHED: CeNames = CeNames {
+    specversion: "ce-specversion",
+    id: "ce-id",
+    event_type: "ce-type",
+    source: "ce-source",
+    time: "ce-time",
+    partitionkey: "ce-partitionkey",
+};
+
+/// The spelling of the Kafka binding (`ce_` headers), also used for Redis Streams fields.
+pub(crate) const CE_UNDERSCORED: CeNames = CeNames {
+    specversion: "ce_specversion",
+    id: "ce_id",
+    event_type: "ce_type",
+    source: "ce_source",
+    time: "ce_time",
+    partitionkey: "ce_partitionkey",
+};
+
+/// Decodes the `%XX` escapes of a URL's user or password (invalid UTF-8 is replaced).
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,4 +114,27 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(any(feature = "nats", feature = "redis"))]
+    #[test]
+    fn percent_decode_handles_escapes_and_multibyte_text() {
+        assert_eq!(percent_decode("p%40ss"), "p@ss");
+        // A multi-byte character right after '%' once panicked a hand-written decoder.
+        assert_eq!(percent_decode("a%é1"), "a%é1");
+        assert_eq!(percent_decode("%é"), "%é");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
+
+    #[test]
+    fn time_round_trips() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(parse_time(&format_time(t)), Some(t));
+    }
 }

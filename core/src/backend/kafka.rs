@@ -55,7 +55,7 @@ use tokio::sync::watch;
 
 use crate::{
     backend::{
-        cetime::{format_time, parse_time},
+        cetime::{format_time, parse_time, CE_UNDERSCORED},
         Acker, Backend, BoxFut, ChannelSource, Delivery, Publishing, Source, Subscribed,
         Unsubscribe,
     },
@@ -70,14 +70,14 @@ use crate::{
 };
 
 /// Header names of the wire format (`docs/wire-format.md`): the CloudEvents Kafka binding.
-pub(crate) const CE_SPECVERSION: &str = "ce_specversion";
-pub(crate) const CE_ID: &str = "ce_id";
-pub(crate) const CE_TYPE: &str = "ce_type";
-pub(crate) const CE_SOURCE: &str = "ce_source";
-pub(crate) const CE_TIME: &str = "ce_time";
+pub(crate) const CE_SPECVERSION: &str = CE_UNDERSCORED.specversion;
+pub(crate) const CE_ID: &str = CE_UNDERSCORED.id;
+pub(crate) const CE_TYPE: &str = CE_UNDERSCORED.event_type;
+pub(crate) const CE_SOURCE: &str = CE_UNDERSCORED.source;
+pub(crate) const CE_TIME: &str = CE_UNDERSCORED.time;
 /// Read (a key of a plain client's record that has none), never written: the key is the
 /// record key.
-pub(crate) const CE_PARTITIONKEY: &str = "ce_partitionkey";
+pub(crate) const CE_PARTITIONKEY: &str = CE_UNDERSCORED.partitionkey;
 
 /// The longest Kafka topic name.
 const MAX_KAFKA_TOPIC: usize = 249;

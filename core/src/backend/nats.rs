@@ -23,6 +23,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 pub(crate) use super::cetime::{format_time, parse_time};
+use super::cetime::{percent_decode, CE_DASHED};
 use super::{
     Backend, BoxFut, ChannelSource, Delivery, Publishing, Source, Subscribed, Unsubscribe,
 };
@@ -38,13 +39,13 @@ use crate::{
 };
 
 /// CloudEvents attribute headers (binary content mode, NATS binding).
-pub(crate) const CE_ID: &str = "ce-id";
-pub(crate) const CE_TYPE: &str = "ce-type";
-pub(crate) const CE_SOURCE: &str = "ce-source";
-pub(crate) const CE_TIME: &str = "ce-time";
-pub(crate) const CE_SPECVERSION: &str = "ce-specversion";
+pub(crate) const CE_ID: &str = CE_DASHED.id;
+pub(crate) const CE_TYPE: &str = CE_DASHED.event_type;
+pub(crate) const CE_SOURCE: &str = CE_DASHED.source;
+pub(crate) const CE_TIME: &str = CE_DASHED.time;
+pub(crate) const CE_SPECVERSION: &str = CE_DASHED.specversion;
 /// The ordering key: the CloudEvents partitioning extension.
-pub(crate) const CE_PARTITIONKEY: &str = "ce-partitionkey";
+pub(crate) const CE_PARTITIONKEY: &str = CE_DASHED.partitionkey;
 /// JetStream's de-duplication header.
 pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
@@ -267,24 +268,6 @@ pub(crate) fn redact(url: &str) -> String {
         })
         .collect();
     format!("{scheme}://{}", parts.join(","))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The NATS headers of a message: the user's headers, then the CloudEvents attributes.

@@ -26,6 +26,7 @@
 mod pubsub;
 mod streams;
 
+use crate::backend::cetime::percent_decode;
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -358,27 +359,6 @@ pub(crate) fn redact(url: &str) -> String {
         },
         None => url.to_owned(),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn read_file(setting: &str, path: &str) -> Result<Vec<u8>> {
@@ -746,14 +726,68 @@ async fn writer(shared: Arc<Shared>, rx: flume::Receiver<Outgoing>, busy: Arc<At
                 Err(_) => break,
             }
         }
+        let mut cluster_failed = false;
         let result: ::redis::RedisResult<Vec<::redis::RedisResult<Value>>> = if conn.is_cluster() {
-            // A pipeline goes to one node; each XADD goes to the node of its stream. They are
-            // sent in order (each node's share keeps it) and answered together.
-            let sends = batch.iter().map(|o| {
+            // A pipeline goes to one node. The XADDs of one stream (one key, one slot, one
+            // node) go in one pipeline, in order, so each stream keeps the publish order;
+            // different streams' pipelines are in flight at once.
+            let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+            for (i, o) in batch.iter().enumerate() {
+                match groups.iter_mut().find(|(t, _)| *t == o.topic.as_str()) {
+                    Some((_, idxs)) => idxs.push(i),
+                    None => groups.push((o.topic.as_str(), vec![i])),
+                }
+            }
+            let sends = groups.into_iter().map(|(_, idxs)| {
+                let mut pipe = ::redis::pipe();
+                pipe.ignore_errors();
+                for &i in &idxs {
+                    pipe.add_command(batch[i].cmd.clone());
+                }
                 let mut c = conn.clone();
-                async move { o.cmd.query_async::<Value>(&mut c).await }
+                async move {
+                    let r: ::redis::RedisResult<Vec<::redis::RedisResult<Value>>> =
+                        pipe.query_async(&mut c).await;
+                    (idxs, r)
+                }
             });
-            Ok(futures::future::join_all(sends).await)
+            let mut replies: Vec<Option<::redis::RedisResult<Value>>> =
+                (0..batch.len()).map(|_| None).collect();
+            let mut failed = None;
+            for (idxs, r) in futures::future::join_all(sends).await {
+                match r {
+                    Ok(rs) => {
+                        for (i, r) in idxs.into_iter().zip(rs) {
+                            replies[i] = Some(r);
+                        }
+                    }
+                    Err(e) => {
+                        for i in idxs {
+                            replies[i] = Some(Err(::redis::RedisError::from((
+                                ::redis::ErrorKind::Io,
+                                "pipeline failed",
+                                e.to_string(),
+                            ))));
+                        }
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                shared.note(Some(&e));
+                cluster_failed = true;
+            }
+            Ok(replies
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(::redis::RedisError::from((
+                            ::redis::ErrorKind::Io,
+                            "no reply",
+                        )))
+                    })
+                })
+                .collect())
         } else {
             let mut pipe = ::redis::pipe();
             pipe.ignore_errors();
@@ -764,7 +798,9 @@ async fn writer(shared: Arc<Shared>, rx: flume::Receiver<Outgoing>, busy: Arc<At
         };
         match result {
             Ok(replies) => {
-                shared.note(None);
+                if !cluster_failed {
+                    shared.note(None);
+                }
                 let mut replies = replies.into_iter();
                 for o in batch {
                     let r = match replies.next() {

@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::{redis_error, Conn, Shared, DRAIN_LIMIT};
+use crate::backend::cetime::CE_UNDERSCORED;
 use crate::{
     backend::{
         cetime::{format_time, parse_time},
@@ -53,12 +54,12 @@ use crate::{
 
 /// Stream fields of the wire format (`docs/wire-format.md`).
 pub(crate) const F_PAYLOAD: &str = "payload";
-pub(crate) const F_SPECVERSION: &str = "ce_specversion";
-pub(crate) const F_ID: &str = "ce_id";
-pub(crate) const F_TYPE: &str = "ce_type";
-pub(crate) const F_SOURCE: &str = "ce_source";
-pub(crate) const F_TIME: &str = "ce_time";
-pub(crate) const F_PARTITIONKEY: &str = "ce_partitionkey";
+pub(crate) const F_SPECVERSION: &str = CE_UNDERSCORED.specversion;
+pub(crate) const F_ID: &str = CE_UNDERSCORED.id;
+pub(crate) const F_TYPE: &str = CE_UNDERSCORED.event_type;
+pub(crate) const F_SOURCE: &str = CE_UNDERSCORED.source;
+pub(crate) const F_TIME: &str = CE_UNDERSCORED.time;
+pub(crate) const F_PARTITIONKEY: &str = CE_UNDERSCORED.partitionkey;
 /// The prefix of user header fields: header `tenant` is the field `h:tenant`.
 pub(crate) const HEADER_PREFIX: &str = "h:";
 
