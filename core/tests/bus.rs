@@ -3,7 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use polybus::{
-    Batch, BatchSubscription, Bus, Config, DeliveryQueue, ErrorKind, Event, Message, SubscribeOptions,
+    Batch, BatchSubscription, Bus, Config, DeliveryQueue, ErrorKind, Event, Message,
+    SubscribeOptions,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -305,7 +306,7 @@ async fn many_subscriptions_share_one_delivery_queue() {
     bus.publish_batch((0..200).map(|i| Message::new(format!("t.s{i}"), format!("{i}"))))
         .await
         .unwrap();
-    let mut seen = vec![false; 200];
+    let mut seen = [false; 200];
     for _ in 0..200 {
         let batch = tokio::time::timeout(WAIT, queue.next())
             .await

@@ -297,7 +297,17 @@ async fn a_batch_on_a_redis_cluster_is_stored_in_publish_order() {
         let key = format!("{prefix}.{t}");
         let port = cluster_node_of(&ports, &key).expect("the stream exists");
         let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port, "--raw", "XRANGE", &key, "-", "+"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--raw",
+                "XRANGE",
+                &key,
+                "-",
+                "+",
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
