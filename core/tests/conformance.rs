@@ -234,6 +234,7 @@ impl Run {
 
     async fn step(&mut self, step: &Value) -> Result<(), String> {
         let op = step["op"].as_str().unwrap_or_default();
+        check_step(step)?;
         match op {
             "subscribe" => {
                 let name = step["name"].as_str().unwrap_or_default().to_owned();
@@ -500,7 +501,116 @@ impl Run {
     }
 }
 
+/// The fields each kind of step may have (SCHEMA.md); anything else is an error, the same
+/// strict reading as the Go, Python and Node runners.
+const STEP_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "subscribe",
+        &["name", "pattern", "options", "handler", "expect_error"],
+    ),
+    (
+        "publish",
+        &[
+            "topic",
+            "payload",
+            "json",
+            "payload_size",
+            "count",
+            "keys",
+            "key",
+            "headers",
+            "id",
+            "type",
+            "expect_error",
+        ],
+    ),
+    (
+        "wait",
+        &["name", "names", "count", "succeeded", "timeout_ms"],
+    ),
+    ("unsubscribe", &["name", "expect_error"]),
+    ("close", &["expect_error"]),
+    (
+        "expect",
+        &[
+            "name",
+            "count",
+            "succeeded",
+            "payloads",
+            "payloads_unordered",
+            "attempts",
+            "topics",
+            "key",
+            "id",
+            "type",
+            "headers",
+            "json",
+            "key_order",
+            "no_overlap_per_key",
+            "max_in_flight",
+            "min_peak_in_flight",
+        ],
+    ),
+    ("expect_total", &["names", "succeeded", "distinct_payloads"]),
+    (
+        "expect_stats",
+        &[
+            "published",
+            "delivered",
+            "acked",
+            "failed",
+            "retried",
+            "dead_lettered",
+            "dropped",
+        ],
+    ),
+];
+const OPTION_FIELDS: &[&str] = &[
+    "group",
+    "concurrency",
+    "max_attempts",
+    "dead_letter",
+    "start",
+    "backoff_initial_ms",
+    "backoff_max_ms",
+    "queue_size",
+    "batch_size",
+];
+const HANDLER_FIELDS: &[&str] = &["fail_times", "fail_always", "fail_with", "delay_ms"];
+const SCENARIO_FIELDS: &[&str] = &["id", "description", "requires", "config", "steps", "slow"];
+
+fn check_fields(what: &str, v: &Value, allowed: &[&str]) -> Result<(), String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{what} is not an object"))?;
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("{what} has an unknown field {k:?}")),
+        None => Ok(()),
+    }
+}
+
+fn check_step(step: &Value) -> Result<(), String> {
+    let op = step["op"].as_str().unwrap_or_default();
+    let (_, fields) = STEP_FIELDS
+        .iter()
+        .find(|(o, _)| *o == op)
+        .ok_or_else(|| format!("unknown step op {op:?}"))?;
+    let with_op: Vec<&str> = fields.iter().copied().chain(["op"]).collect();
+    check_fields(&format!("step {op:?}"), step, &with_op)?;
+    if let Some(o) = step.get("options") {
+        check_fields("subscribe options", o, OPTION_FIELDS)?;
+    }
+    if let Some(h) = step.get("handler") {
+        check_fields("handler", h, HANDLER_FIELDS)?;
+    }
+    if op == "wait" && step.get("count").is_none() == step.get("succeeded").is_none() {
+        return Err("a wait step needs exactly one of \"count\" and \"succeeded\"".into());
+    }
+    Ok(())
+}
+
 async fn run_scenario(url: String, scenario: Value) -> Result<(), String> {
+    check_fields("scenario", &scenario, SCENARIO_FIELDS)?;
     let mut cfg = json!({"url": url, "prefix": format!("t.{}", uuid_hex())});
     if let Some(extra) = scenario.get("config").and_then(Value::as_object) {
         for (k, v) in extra {
