@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -247,18 +248,26 @@ func millis(name string, d time.Duration) (uint64, error) {
 	return uint64((d + time.Millisecond - 1) / time.Millisecond), nil
 }
 
-// Bus is an open event bus. It is safe for concurrent use. Make one with Open or OpenConfig
-// and release it with Close.
+// Bus is an open event bus. It is safe for concurrent use. Make one with Open, OpenConfig or
+// OpenJSON and release it with Close.
 type Bus struct {
-	// mu guards c: calls into C hold it for reading, Close frees the handle holding it.
+	// mu guards c and queue: calls into C hold it for reading, Close frees the handles holding
+	// it.
 	mu     sync.RWMutex
 	c      *C.polybus_t
 	closed atomic.Bool
 	done   chan struct{} // closed when Close has finished
 	final  Stats         // the counters when the handle was freed
 
-	subsMu sync.Mutex
-	subs   map[*Subscription]struct{}
+	// queue is the delivery queue every subscription of the bus feeds, drained by pool.
+	queue *C.polybus_queue_t
+	pool  pool
+	// subs maps a subscription's token to its *Subscription, for the pool to find handlers
+	// (C is never given a Go pointer) and for Close to close what is left.
+	subs      sync.Map
+	nextToken atomic.Uint64
+	// background counts the goroutines finishing subscriptions closed from their own handler.
+	background sync.WaitGroup
 }
 
 // Open opens a bus on a URL such as "memory://", with every other setting at its default.
@@ -296,16 +305,77 @@ func OpenConfig(ctx context.Context, cfg Config) (*Bus, error) {
 		}
 		return nil, newError(StatusInvalidConfig, "%v", err)
 	}
-	ctext := C.CString(string(text))
+	return open(string(text))
+}
+
+// OpenJSON opens a bus from the JSON configuration text every language takes, for example
+// read from a file shared by a Go service, a Python worker and a Node gateway:
+//
+//	{"url": "jetstream://127.0.0.1:4222", "prefix": "app", "jetstream": {"max_age_ms": 86400000}}
+//
+// The text goes to the core as it is, so it may use any field the core knows, also those
+// Config has no field for; the core rejects unknown ones with ErrInvalidConfig. A URL alone
+// (OpenJSON(ctx, "memory://")) is accepted too. A deadline on ctx shortens connect_timeout_ms
+// as in OpenConfig.
+//
+// Errors: OpenConfig's.
+func OpenJSON(ctx context.Context, text string) (*Bus, error) {
+	if err := checkABI(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+		text = withConnectTimeout(text, left)
+	}
+	return open(text)
+}
+
+// withConnectTimeout returns the JSON configuration text with connect_timeout_ms at most left.
+// Text that is not a JSON object (a URL, or text the core will reject) is returned as it is.
+func withConnectTimeout(text string, left time.Duration) string {
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.UseNumber() // keeps every other number exactly as written
+	var obj map[string]any
+	if dec.Decode(&obj) != nil || obj == nil || dec.More() {
+		return text
+	}
+	ms, _ := millis("", left)
+	if cur, ok := obj["connect_timeout_ms"].(json.Number); ok {
+		if v, err := cur.Int64(); err == nil && v > 0 && uint64(v) <= ms {
+			return text
+		}
+	}
+	obj["connect_timeout_ms"] = ms
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return text
+	}
+	return string(out)
+}
+
+// open opens a bus on a URL or JSON configuration text and makes its delivery queue.
+func open(config string) (*Bus, error) {
+	ctext := C.CString(config)
 	defer C.free(unsafe.Pointer(ctext))
 	var (
+		queue  *C.polybus_queue_t
 		handle *C.polybus_t
 		detail C.polybus_error_t
 	)
-	if err := errorFrom(C.polybus_open(ctext, &handle, &detail), &detail); err != nil {
+	if err := errorFrom(C.polybus_queue_new(&queue, &detail), &detail); err != nil {
 		return nil, err
 	}
-	return &Bus{c: handle, done: make(chan struct{}), subs: make(map[*Subscription]struct{})}, nil
+	if err := errorFrom(C.polybus_open(ctext, &handle, &detail), &detail); err != nil {
+		C.polybus_queue_free(queue)
+		return nil, err
+	}
+	return &Bus{c: handle, queue: queue, done: make(chan struct{})}, nil
 }
 
 // acquire returns the C handle with b.mu held for reading, or the error for a nil, unopened or
@@ -326,52 +396,85 @@ func (b *Bus) acquire() (*C.polybus_t, error) {
 }
 
 // Close closes the bus: publishes and subscribes fail with ErrClosed from now on, every
-// subscription stops receiving, and queued and in-flight events are still handled (their
-// handlers keep running on their goroutines) for at most Config.CloseTimeout. Then the
-// subscriptions' goroutines are stopped and waited for and the bus is released.
+// subscription stops receiving, and queued and in-flight events are still handled (the bus's
+// goroutines keep running handlers) for at most Config.CloseTimeout. Then those goroutines
+// end and the bus is released.
 //
-// Close is idempotent: later calls wait for the first to finish and return nil. It must not be
-// called from a handler of this bus, which it would wait for. It returns ErrTimeout when
-// handlers did not finish in time (the rest was abandoned and counted as dropped).
+// Close is idempotent: later calls wait for the first to finish and return nil. It returns
+// ErrTimeout when handlers did not finish in time (the rest was abandoned and counted as
+// dropped).
+//
+// Called from a handler of this bus, Close does not wait (it would wait for that handler):
+// it closes the bus in the background, where the drain goes on as above, and returns nil at
+// once.
 func (b *Bus) Close() error {
 	c, err := b.acquire()
 	if err != nil {
 		if errors.Is(err, ErrClosed) {
-			<-b.done
+			if !b.inHandler() {
+				<-b.done
+			}
 			return nil
 		}
 		return err
 	}
 	b.mu.RUnlock()
+	inHandler := b.inHandler()
 	if !b.closed.CompareAndSwap(false, true) {
-		<-b.done
+		if !inHandler {
+			<-b.done
+		}
 		return nil
 	}
+	if inHandler {
+		go b.close(c)
+		return nil
+	}
+	return b.close(c)
+}
+
+// inHandler reports whether the caller is one of the bus's delivery goroutines, that is, a
+// handler of the bus.
+func (b *Bus) inHandler() bool {
+	_, ok := b.pool.running(currentGoroutineID())
+	return ok
+}
+
+// close does Close's work, once, never on a delivery goroutine of the bus.
+func (b *Bus) close(c *C.polybus_t) error {
 	defer close(b.done)
 
-	// Drains every subscription while their goroutines keep pulling and handling.
+	// Drains every subscription while the pool keeps handling.
 	var detail C.polybus_error_t
 	closeErr := errorFrom(C.polybus_close(c, &detail), &detail)
+	// The pool's goroutines end once every subscription feeding the queue has ended.
+	C.polybus_queue_close(b.queue)
 
 	// Taking the lock waits for Subscribe calls in flight, so none is missed below.
 	b.mu.Lock()
-	b.subsMu.Lock()
-	subs := make([]*Subscription, 0, len(b.subs))
-	for s := range b.subs {
-		subs = append(subs, s)
-	}
-	b.subsMu.Unlock()
+	//lint:ignore SA2001 an empty critical section: only the wait matters
 	b.mu.Unlock()
+	var subs []*Subscription
+	b.subs.Range(func(_, v any) bool {
+		subs = append(subs, v.(*Subscription))
+		return true
+	})
 	for _, s := range subs {
-		if err := s.Close(); err != nil && closeErr == nil {
-			closeErr = err
+		s.once.Do(s.finish)
+		if s.closeErr != nil && closeErr == nil {
+			closeErr = s.closeErr
 		}
 	}
+	b.pool.wg.Wait()
+	// After the pool: no handler is left to start one of these.
+	b.background.Wait()
 
 	b.mu.Lock()
 	b.final = readStats(c)
 	C.polybus_free(c)
 	b.c = nil
+	C.polybus_queue_free(b.queue)
+	b.queue = nil
 	b.mu.Unlock()
 	return closeErr
 }

@@ -151,7 +151,7 @@ func TestPublishBatch(t *testing.T) {
 	bad := []polybus.Message{{Topic: "jobs.run", Payload: "ok"}, {Topic: "jobs..bad"}}
 	err := bus.PublishBatch(context.Background(), bad)
 	wantCode(t, err, polybus.ErrInvalidTopic)
-	if !strings.Contains(err.Error(), "message 1") {
+	if !strings.Contains(err.Error(), "event 1 of the batch") {
 		t.Errorf("the error does not name the failing index: %v", err)
 	}
 	if e := next(t, events); string(e.Payload) != "ok" {
@@ -233,7 +233,7 @@ func TestErrors(t *testing.T) {
 
 	var pe *polybus.Error
 	if !errors.As(bus.Publish(ctx, "", "x"), &pe) || pe.Code != polybus.StatusInvalidTopic ||
-		pe.Code.String() != "POLYBUS_ERR_INVALID_TOPIC" || !strings.HasPrefix(pe.Error(), "polybus: invalid topic") {
+		pe.Code.String() != "POLYBUS_ERR_INVALID_TOPIC" || !strings.HasPrefix(pe.Error(), "invalid topic: ") {
 		t.Errorf("unexpected error %#v", pe)
 	}
 	if errors.Is(pe, polybus.ErrClosed) {
@@ -242,7 +242,7 @@ func TestErrors(t *testing.T) {
 	if s := polybus.Status(42).String(); s != "POLYBUS_UNKNOWN_STATUS" {
 		t.Errorf("Status(42) is %q", s)
 	}
-	if polybus.ErrClosed.Error() != "polybus: POLYBUS_ERR_CLOSED" {
+	if polybus.ErrClosed.Error() != "closed" {
 		t.Errorf("ErrClosed.Error() is %q", polybus.ErrClosed.Error())
 	}
 }

@@ -5,11 +5,13 @@
 //
 // # Open
 //
-// Open a bus on a URL, or with a Config for the prefix, the service name, timeouts and the
-// payload limit:
+// Open a bus on a URL, with a Config for the prefix, the service name, timeouts and the
+// payload limit, or with the JSON configuration text every language takes (one object, the
+// same for a Go service, a Python worker and a Node gateway):
 //
 //	bus, err := polybus.Open(ctx, "memory://")
 //	bus, err := polybus.OpenConfig(ctx, polybus.Config{URL: "memory://", Prefix: "app", Name: "billing"})
+//	bus, err := polybus.OpenJSON(ctx, `{"url": "memory://", "prefix": "app", "name": "billing"}`)
 //
 // The URL picks the backend:
 //
@@ -53,10 +55,14 @@
 //
 // Publish sends a payload to a topic ("orders.created": dot-separated tokens of ASCII letters,
 // digits, '_' and '-'). A []byte or string payload is sent as it is; any other value is
-// encoded as JSON, and a value JSON cannot encode is an error with StatusPayload. Publish
-// returns once the backend has accepted the event; under backpressure (a subscriber's queue is
-// full) it waits, at most Config.PublishTimeout. PublishMessage sets a key, headers, an id and
-// a type; PublishBatch publishes many messages with one call into the core.
+// encoded as JSON and marked as JSON, so that the core sends it with the header
+// "content-type: application/json" (unless the message has a content-type header), as every
+// language does; a value JSON cannot encode is an error with StatusPayload. Publish returns
+// once the backend has accepted the event; under backpressure (a subscriber's queue is full)
+// it waits, at most Config.PublishTimeout. PublishMessage sets a key, headers, an id and a
+// type; PublishBatch publishes many messages with one call into the core's pipelined publish
+// (as many in flight as the backend allows), and on failure returns a *BatchError whose
+// Published field counts the messages published before the failing one.
 //
 // # Subscribe
 //
@@ -79,14 +85,20 @@
 //
 // # Handlers: goroutines and acknowledgement
 //
-// Each subscription has one goroutine that pulls events from the core in batches (no C code
-// ever calls into Go) and copies each event into an Event before the handler sees it, so an
-// Event may be kept after the handler returns. With concurrency 1 that goroutine runs the
-// handler; with WithConcurrency(n) up to n handler goroutines run at once, and events with the
-// same key never run at once and keep their publish order.
+// Every subscription of a bus feeds one delivery queue in the core, which a small fixed pool of
+// goroutines of the bus drains: each waits in the core until a batch of events arrives (no
+// polling, and no C code ever calls into Go), finds the batch's subscription and runs its
+// handler on the events in order, each copied into an Event first, so an Event may be kept
+// after the handler returns. The pool has as many goroutines as the largest WithConcurrency of
+// the bus's subscriptions (at least 2, at most 4096), so 10,000 subscriptions of concurrency 1
+// cost a handful of OS threads and no CPU while idle. A subscription's handler runs at most
+// its concurrency at once, and events with the same key never run at once and keep their
+// publish order.
 //
 // The handler's result is the acknowledgement: nil acks the event; an error, or a panic (which
-// is recovered, never crashing the service), is a nack. A nacked event is delivered again with
+// is recovered, never crashing the service), is a nack, and the events after it in its batch
+// are not run (the core delivers them again). The package only reports how many events of a
+// batch succeeded and the first error's text; the core decides the rest. A nacked event is delivered again with
 // exponential backoff and Attempt counting up, up to the MaxAttempts option, then published to
 // the DeadLetter topic (with the reason and attempt count in headers) or dropped and counted in
 // Stats. All of this is done by the core; the package never retries by itself. The handler's
@@ -110,19 +122,34 @@
 //
 // # Close
 //
-// Subscription.Close (or Unsubscribe) stops a subscription: it receives nothing new, its queued
-// and in-flight events are still handled, then it returns. Cancelling the context given to
-// Subscribe does the same. Bus.Close stops new publishes and subscribes, drains every
-// subscription while the handlers keep running (at most Config.CloseTimeout), waits for the
-// subscriptions' goroutines and releases the bus. Both are idempotent. After Close every call
-// returns an error matching ErrClosed, except Stats, which returns the final counters. Neither
-// may be called from a handler of what it closes, since it waits for that handler.
+// Subscription.Close (or Unsubscribe, the same call) stops a subscription: it receives nothing
+// new, its queued and in-flight events are still handled, then it returns. Cancelling the
+// context given to Subscribe does the same. Bus.Close stops new publishes and subscribes,
+// drains every subscription while the handlers keep running (at most Config.CloseTimeout),
+// waits for the bus's goroutines and releases the bus. Both are idempotent. After Close every
+// call returns an error matching ErrClosed, except Stats, which returns the final counters.
+//
+// Either may be called from a handler: Subscription.Close from the subscription's own handler,
+// and Bus.Close from any handler of the bus, do not wait (they would wait for the caller): the
+// subscription or bus stops at once, the drain finishes in the background, and the call
+// returns nil. A Close from elsewhere still waits for that drain.
+//
+// A process that exits without Close abandons the events queued in memory and in flight: on
+// the at-least-once backends (jetstream://, redis://, kafka://) the broker delivers the
+// unacknowledged ones again, on the others they are lost. Close the bus before main returns.
 //
 // # Errors
 //
 // Every error of the bus is an *Error with a Status (the C status code, whose String is the C
-// name) and a message. errors.Is(err, polybus.ErrClosed) matches on the code; there is one
-// sentinel per status, generated from include/polybus.h.
+// name) and a message, the core's text, which reads the same in every language ("invalid
+// topic: ..."); PublishBatch wraps it in a *BatchError with the count published.
+// errors.Is(err, polybus.ErrClosed) matches on the code; there is one sentinel per status,
+// generated from include/polybus.h.
+//
+// # Events
+//
+// Event.Key and Event.Source are "" when the event has no key or its publisher no name;
+// LookupKey and LookupSource tell that apart from an empty value.
 //
 // # Building
 //

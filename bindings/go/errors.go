@@ -19,7 +19,9 @@ import (
 type Status int32
 
 // Error is the error every polybus call returns: the status code of the C API and a message
-// naming what was wrong.
+// naming what was wrong. The message is the core's text, the same in every language: the
+// status's short description, then the detail ("invalid topic: \"a..b\": empty token at
+// position 2").
 //
 // Compare with the sentinels through errors.Is, which matches on Code alone:
 //
@@ -29,17 +31,18 @@ type Status int32
 type Error struct {
 	// Code is the status, for example StatusClosed.
 	Code Status
-	// Message is the detail, for example "closed: bus is closed"; empty in the sentinels.
+	// Message is the core's text, for example "closed: bus is closed"; empty in the sentinels.
 	Message string
 }
 
-// Error returns "polybus: " followed by the message, or by the C name of the code when there is
-// no message.
+// Error returns the message as the core wrote it, with no prefix of its own (the same text
+// C, Python and Node show), or the status's short description ("closed") when there is no
+// message, as in the sentinels.
 func (e *Error) Error() string {
 	if e.Message == "" {
-		return "polybus: " + e.Code.String()
+		return C.GoString(C.polybus_status_str(C.int32_t(e.Code)))
 	}
-	return "polybus: " + e.Message
+	return e.Message
 }
 
 // Is reports whether target is an *Error with the same Code, so that
@@ -71,4 +74,26 @@ func errorFrom(status C.polybus_status_t, detail *C.polybus_error_t) error {
 		msg = C.GoString(C.polybus_status_str(C.int32_t(status)))
 	}
 	return &Error{Code: Status(status), Message: msg}
+}
+
+// BatchError is the error of PublishBatch: how many messages were published, in order,
+// before the first failure, and that failure. Err is an *Error (or the context's error when
+// ctx was done before publishing), so errors.Is(err, ErrClosed) and errors.As(err, &perr) with
+// a *Error see through it.
+type BatchError struct {
+	// Published is how many messages, from the first, were accepted by the backend before the
+	// failing one (0 when the batch was refused before publishing).
+	Published int
+	// Err is why the message at index Published was not published.
+	Err error
+}
+
+// Error returns the text of Err (the core's message, naming the failing event's index).
+func (e *BatchError) Error() string {
+	return e.Err.Error()
+}
+
+// Unwrap returns Err.
+func (e *BatchError) Unwrap() error {
+	return e.Err
 }

@@ -19,7 +19,8 @@ type Event struct {
 	Topic string
 	// Payload is the body, untouched.
 	Payload []byte
-	// Key is the ordering key, or "" when there is none.
+	// Key is the ordering key, or "" when there is none; LookupKey tells "none" from an empty
+	// key.
 	Key string
 	// Headers are the event's headers; nil when there are none.
 	Headers map[string]string
@@ -27,12 +28,30 @@ type Event struct {
 	ID string
 	// Type is the event type (the topic unless the publisher set one).
 	Type string
-	// Source is the publishing service's name (Config.Name), or "" when unknown.
+	// Source is the publishing service's name (Config.Name), or "" when unknown; LookupSource
+	// tells "unknown" from an empty name.
 	Source string
 	// Time is when the event was published.
 	Time time.Time
 	// Attempt is the delivery attempt: 1 on first delivery.
 	Attempt int
+
+	// hasKey and hasSource record that the event carried a key or a source, even empty.
+	hasKey, hasSource bool
+}
+
+// LookupKey returns the event's ordering key and whether it has one, telling an absent key
+// (false) from an empty one ("", true), as os.LookupEnv does for variables. A non-empty Key
+// always counts as present, so an Event built by hand reports its Key.
+func (e *Event) LookupKey() (string, bool) {
+	return e.Key, e.hasKey || e.Key != ""
+}
+
+// LookupSource returns the publishing service's name and whether the event carried one,
+// telling an unknown source (false) from an empty name ("", true). A non-empty Source always
+// counts as present.
+func (e *Event) LookupSource() (string, bool) {
+	return e.Source, e.hasSource || e.Source != ""
 }
 
 // Scan decodes the JSON payload into v, as json.Unmarshal does (due's evt.Payload.Scan). A
@@ -74,8 +93,11 @@ func (cp *copier) event(c *C.polybus_event_t, e *Event) {
 	}
 	e.Topic = reuse(&cp.topic, view(c.topic))
 	e.Type = reuse(&cp.typ, view(c._type))
+	// The C event marks an absent key or source by a NULL pointer, an empty one by length 0.
+	e.hasSource = c.source.ptr != nil
 	e.Source = reuse(&cp.source, view(c.source))
 	if c.key.ptr != nil {
+		e.hasKey = true
 		e.Key = strings.Clone(view(c.key))
 	}
 	e.Time = time.Unix(0, int64(c.time_unix_ns))

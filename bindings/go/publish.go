@@ -10,13 +10,14 @@ package polybus
 // helpers build the polybus_message_t views on the C side.
 
 static polybus_status_t pbgo_publish(const polybus_t *bus, const char *topic, size_t topic_len,
-                                     const uint8_t *payload, size_t payload_len,
+                                     const uint8_t *payload, size_t payload_len, uint32_t flags,
                                      polybus_error_t *err) {
 	polybus_message_t m = {0};
 	m.topic.ptr = topic ? topic : "";
 	m.topic.len = topic_len;
 	m.payload.ptr = payload;
 	m.payload.len = payload_len;
+	m.flags = flags;
 	return polybus_publish(bus, &m, err);
 }
 
@@ -36,6 +37,7 @@ typedef struct {
 	size_t headers_off; // index of the first header in the header array
 	size_t headers_len;
 	int64_t time_unix_ns; // 0 for now
+	uint32_t flags;       // POLYBUS_MESSAGE_* flags
 } pbgo_message_t;
 
 typedef struct {
@@ -86,6 +88,7 @@ static polybus_status_t pbgo_publish_batch(const polybus_t *bus, const char *are
 		ms[i].headers = msgs[i].headers_len ? hs + msgs[i].headers_off : NULL;
 		ms[i].headers_len = msgs[i].headers_len;
 		ms[i].time_unix_ns = msgs[i].time_unix_ns;
+		ms[i].flags = msgs[i].flags;
 	}
 	polybus_status_t st = polybus_publish_batch(bus, ms, len, published, err);
 	free(ms);
@@ -103,7 +106,8 @@ import "C"
 import (
 	"context"
 	"encoding/json"
-	"strconv"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -114,7 +118,8 @@ type Message struct {
 	// Topic is the topic, for example "orders.created" (required).
 	Topic string
 	// Payload is the body: a []byte or string is sent as it is, nil as an empty payload, and any
-	// other value is encoded as JSON.
+	// other value is encoded as JSON (and marked as such: the core sets the content-type
+	// header to application/json unless Headers has one).
 	Payload any
 	// Key is the ordering and partition key; "" for none. Events with one key are handled in
 	// publish order, never at once.
@@ -129,29 +134,37 @@ type Message struct {
 	Time time.Time
 }
 
-// payloadBytes returns the bytes of a payload: []byte and string as they are (C only reads
-// them), nil as empty, anything else JSON-encoded.
-func payloadBytes(payload any) ([]byte, error) {
+// payloadBytes returns the bytes of a payload and its POLYBUS_MESSAGE_* flags: []byte and
+// string as they are (C only reads them), nil as empty, anything else JSON-encoded and flagged
+// POLYBUS_MESSAGE_JSON, so that the core marks it the way every language does.
+func payloadBytes(payload any) ([]byte, C.uint32_t, error) {
 	switch p := payload.(type) {
 	case nil:
-		return nil, nil
+		return nil, 0, nil
 	case []byte:
-		return p, nil
+		return p, 0, nil
 	case string:
-		return unsafe.Slice(unsafe.StringData(p), len(p)), nil
+		return unsafe.Slice(unsafe.StringData(p), len(p)), 0, nil
 	default:
 		b, err := json.Marshal(p)
 		if err != nil {
-			return nil, &Error{Code: StatusPayload, Message: "payload error: cannot encode the payload as JSON: " + err.Error()}
+			return nil, 0, err
 		}
-		return b, nil
+		return b, C.POLYBUS_MESSAGE_JSON, nil
 	}
+}
+
+// payloadError is the error for a payload JSON cannot encode, in the core's words ("payload
+// error: ..."); where names the event in a batch, "" for a single publish.
+func payloadError(where string, err error) *Error {
+	return newError(StatusPayload, "%scannot encode the payload as JSON: %v", where, err)
 }
 
 // Publish publishes payload on topic and returns once the backend has accepted the event (the
 // memory backend: queued to every matching subscription). payload is a []byte or string sent
 // as it is, nil for an empty payload, or any other value encoded as JSON (as due's Publish
-// does); use PublishMessage to set a key, headers, an id or a type.
+// does) and sent with the content-type header application/json, as every language does; use
+// PublishMessage to set a key, headers, an id or a type.
 //
 // ctx is checked before publishing; the wait itself is bounded by Config.PublishTimeout (it
 // waits only while a subscriber's queue is full). A handler that publishes to a topic its own
@@ -163,9 +176,9 @@ func (b *Bus) Publish(ctx context.Context, topic string, payload any) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	p, err := payloadBytes(payload)
+	p, flags, err := payloadBytes(payload)
 	if err != nil {
-		return err
+		return payloadError("", err)
 	}
 	c, err := b.acquire()
 	if err != nil {
@@ -175,47 +188,68 @@ func (b *Bus) Publish(ctx context.Context, topic string, payload any) error {
 	var detail C.polybus_error_t
 	st := C.pbgo_publish(c,
 		(*C.char)(unsafe.Pointer(unsafe.StringData(topic))), C.size_t(len(topic)),
-		(*C.uint8_t)(unsafe.SliceData(p)), C.size_t(len(p)), &detail)
+		(*C.uint8_t)(unsafe.SliceData(p)), C.size_t(len(p)), flags, &detail)
 	return errorFrom(st, &detail)
 }
 
 // PublishMessage publishes one message with its key, headers, id and type; see Publish.
-// Errors are Publish's, plus ErrInvalidArgument for a bad header name or value.
+// Errors are Publish's (an *Error, not a BatchError), plus ErrInvalidArgument for a bad
+// header name or value.
 func (b *Bus) PublishMessage(ctx context.Context, m Message) error {
-	return b.PublishBatch(ctx, []Message{m})
+	if err := b.publishBatch(ctx, []Message{m}, ""); err != nil {
+		return err.Err
+	}
+	return nil
 }
 
 // PublishBatch publishes messages in order and returns once all are accepted: the pipelined
-// path, one call into the core for the whole slice. It stops at the first failure: the
-// messages before it were published, and the error names the failing index. Errors are
-// PublishMessage's.
+// path of the core, one call for the whole slice, with as many publishes in flight as the
+// backend allows (the same publish-many as every language's).
+//
+// It stops at the first failure. The error is then a *BatchError: its Published field says
+// how many messages, from the first, were published before the failing one, and its text (the
+// core's) names the failing index ("invalid topic: event 1 of the batch: ..."). errors.Is and
+// errors.As see the *Error inside it. Errors are PublishMessage's.
 func (b *Bus) PublishBatch(ctx context.Context, messages []Message) error {
-	if err := ctx.Err(); err != nil {
+	if err := b.publishBatch(ctx, messages, "event %d of the batch: "); err != nil {
 		return err
+	}
+	return nil
+}
+
+// publishBatch publishes messages through the core's publish_batch; where, with the index of
+// a payload JSON cannot encode, starts that error's detail.
+func (b *Bus) publishBatch(ctx context.Context, messages []Message, where string) *BatchError {
+	if err := ctx.Err(); err != nil {
+		return &BatchError{Err: err}
 	}
 	if len(messages) == 0 {
 		return nil
 	}
 	buf := batchPool.Get().(*batchBuffer)
 	defer buf.release()
-	if err := buf.fill(messages); err != nil {
-		return err
+	if err := buf.fill(messages, where); err != nil {
+		return &BatchError{Err: err}
 	}
 	c, err := b.acquire()
 	if err != nil {
-		return err
+		return &BatchError{Err: err}
 	}
 	defer b.mu.RUnlock()
 	var (
-		detail C.polybus_error_t
-		hdrs   *C.pbgo_header_t
+		detail    C.polybus_error_t
+		hdrs      *C.pbgo_header_t
+		published C.size_t
 	)
 	if len(buf.hdrs) > 0 {
 		hdrs = &buf.hdrs[0]
 	}
 	st := C.pbgo_publish_batch(c, (*C.char)(unsafe.Pointer(unsafe.SliceData(buf.arena))),
-		&buf.msgs[0], C.size_t(len(buf.msgs)), hdrs, C.size_t(len(buf.hdrs)), nil, &detail)
-	return errorFrom(st, &detail)
+		&buf.msgs[0], C.size_t(len(buf.msgs)), hdrs, C.size_t(len(buf.hdrs)), &published, &detail)
+	if err := errorFrom(st, &detail); err != nil {
+		return &BatchError{Published: int(published), Err: err}
+	}
+	return nil
 }
 
 // batchBuffer holds a batch in the form pbgo_publish_batch takes: every string and payload
@@ -248,13 +282,17 @@ func (buf *batchBuffer) str(s string, present bool) C.pbgo_str_t {
 	return C.pbgo_str_t{off: C.size_t(off), len: C.size_t(len(s)), has: 1}
 }
 
-func (buf *batchBuffer) fill(messages []Message) error {
+// fill copies messages into the buffer. A payload JSON cannot encode is an error whose detail
+// starts with where, formatted with the message's index when where has a verb.
+func (buf *batchBuffer) fill(messages []Message, where string) error {
 	for i := range messages {
 		m := &messages[i]
-		payload, err := payloadBytes(m.Payload)
+		payload, flags, err := payloadBytes(m.Payload)
 		if err != nil {
-			e := err.(*Error)
-			return &Error{Code: e.Code, Message: "message " + strconv.Itoa(i) + ": " + e.Message}
+			if strings.Contains(where, "%") {
+				where = fmt.Sprintf(where, i)
+			}
+			return payloadError(where, err)
 		}
 		cm := C.pbgo_message_t{
 			topic:       buf.str(m.Topic, true),
@@ -264,6 +302,7 @@ func (buf *batchBuffer) fill(messages []Message) error {
 			_type:       buf.str(m.Type, m.Type != ""),
 			headers_off: C.size_t(len(buf.hdrs)),
 			headers_len: C.size_t(len(m.Headers)),
+			flags:       flags,
 		}
 		if !m.Time.IsZero() {
 			cm.time_unix_ns = C.int64_t(m.Time.UnixNano())

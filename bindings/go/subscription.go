@@ -4,10 +4,8 @@ package polybus
 #include <stdlib.h>
 #include "polybus.h"
 
-#cgo noescape polybus_subscription_next_batch
-#cgo nocallback polybus_subscription_next_batch
-#cgo noescape polybus_batch_ack
-#cgo nocallback polybus_batch_ack
+#cgo noescape polybus_subscription_stop
+#cgo nocallback polybus_subscription_stop
 */
 import "C"
 
@@ -16,12 +14,10 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
-
-// pullTimeoutMS bounds each wait for a batch, so a pulling goroutine never sits in C for long.
-const pullTimeoutMS = 100
 
 // Handler handles one event. Returning nil acknowledges it; an error (or a panic) is a nack:
 // the core retries the event with backoff up to the MaxAttempts option, then publishes it to
@@ -81,8 +77,10 @@ func WithGroup(name string) SubscribeOption {
 	return func(o *subscribeOptions) { o.group = name }
 }
 
-// WithConcurrency sets how many handlers of the subscription run at once (default 1), each on
-// its own goroutine. Events with the same key never run at once and keep their publish order.
+// WithConcurrency sets how many handlers of the subscription run at once (default 1), on the
+// bus's delivery goroutines (whose number grows to the largest concurrency asked for by any
+// subscription of the bus, at most 4096). Events with the same key never run at once and keep
+// their publish order.
 func WithConcurrency(n int) SubscribeOption {
 	return func(o *subscribeOptions) { o.concurrency = n }
 }
@@ -168,25 +166,29 @@ func (o *subscribeOptions) toC() (c C.polybus_subscribe_options_t, free func(), 
 // Subscription is a running subscription made by Subscribe. Close (or Unsubscribe) ends it.
 type Subscription struct {
 	bus     *Bus
-	c       *C.polybus_subscription_t
+	token   uint64 // carried by the subscription's batches; the key of bus.subs
 	handler Handler
 	ctx     context.Context // the handlers' context
 	cancel  context.CancelFunc
 
-	workers   sync.WaitGroup
-	pullErr   error // why pulling stopped, when not because the subscription closed
-	closeOnce sync.Once
-	closeErr  error
+	// mu guards c: stop reads it, finish frees it.
+	mu       sync.RWMutex
+	c        *C.polybus_subscription_t
+	stopping atomic.Bool // Close or stop has begun
+	once     sync.Once   // runs finish
+	closeErr error       // finish's result
 }
 
 // Subscribe subscribes handler to pattern: a dot-separated topic in which '*' matches one token
 // and a final '>' matches the rest ("orders.*", "orders.>").
 //
-// Events are pulled from the core in batches by one goroutine per subscription and handed to
-// handler on goroutines of this package: one, or up to the Concurrency option. The handler's
-// context derives from ctx and is cancelled once the subscription has closed; cancelling ctx
-// closes the subscription (it drains, as Close does), so pass a context that lives as long as
-// the subscription should, such as context.Background().
+// The core sends the subscription's events in batches to the bus's delivery queue, which a
+// small fixed pool of goroutines of the bus drains for every subscription: no goroutine or
+// thread is kept per subscription. The handler runs on those goroutines, at most the
+// Concurrency option at once. Its context derives from ctx and is cancelled once the
+// subscription has closed; cancelling ctx closes the subscription (it drains, as Close does),
+// so pass a context that lives as long as the subscription should, such as
+// context.Background().
 //
 // Errors: ErrInvalidPattern, ErrInvalidArgument for a nil handler or a bad option,
 // ErrInvalidTopic for a bad DeadLetter topic, ErrUnsupported when the backend cannot honour an
@@ -215,104 +217,44 @@ func (b *Bus) Subscribe(ctx context.Context, pattern string, handler Handler, op
 		return nil, err
 	}
 	defer b.mu.RUnlock()
+	s := &Subscription{bus: b, token: b.nextToken.Add(1), handler: handler}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	// Registered before subscribing, so that the first batch finds it.
+	b.subs.Store(s.token, s)
 	var (
 		handle *C.polybus_subscription_t
 		detail C.polybus_error_t
 	)
-	if err := errorFrom(C.polybus_subscribe_pull(c, cpattern, &copts, &handle, &detail), &detail); err != nil {
+	st := C.polybus_subscribe_queue(c, cpattern, &copts, b.queue, C.uint64_t(s.token), &handle, &detail)
+	if err := errorFrom(st, &detail); err != nil {
+		b.subs.Delete(s.token)
+		s.cancel()
 		return nil, err
 	}
-	s := &Subscription{bus: b, c: handle, handler: handler}
-	s.ctx, s.cancel = context.WithCancel(ctx)
-	b.subsMu.Lock()
-	b.subs[s] = struct{}{}
-	b.subsMu.Unlock()
-	s.start(o.concurrency)
-	// Cancelling ctx closes the subscription; Close cancels s.ctx itself, which ends the watch.
+	s.c = handle
+	b.pool.grow(b, o.concurrency)
+	// Cancelling ctx closes the subscription; finish cancels s.ctx itself, which ends the watch.
 	context.AfterFunc(s.ctx, func() { s.Close() })
 	return s, nil
 }
 
-// start runs the pulling goroutine and, for a concurrency above 1, that many handler
-// goroutines fed by it.
-func (s *Subscription) start(concurrency int) {
-	s.workers.Add(1)
-	if concurrency <= 1 {
-		go func() {
-			defer s.workers.Done()
-			var cp copier
-			s.pull(func(batch C.polybus_event_batch_t) { s.handle(batch, &cp) })
-		}()
-		return
-	}
-	work := make(chan C.polybus_event_batch_t)
-	s.workers.Add(concurrency)
-	for range concurrency {
-		go func() {
-			defer s.workers.Done()
-			var cp copier
-			for batch := range work {
-				s.handle(batch, &cp)
-			}
-		}()
-	}
-	go func() {
-		defer s.workers.Done()
-		defer close(work)
-		s.pull(func(batch C.polybus_event_batch_t) { work <- batch })
-	}()
-}
-
-// pull hands every batch to deliver until the subscription is closed and drained.
-func (s *Subscription) pull(deliver func(C.polybus_event_batch_t)) {
-	var detail C.polybus_error_t
-	for {
-		var batch C.polybus_event_batch_t
-		switch st := C.polybus_subscription_next_batch(s.c, pullTimeoutMS, &batch, &detail); st {
-		case C.POLYBUS_OK:
-			deliver(batch)
-		case C.POLYBUS_NO_EVENTS:
-		case C.POLYBUS_ERR_CLOSED:
-			return
-		default:
-			s.pullErr = errorFrom(st, &detail)
-			return
-		}
-	}
-}
-
-// handle runs the handler on the events of one batch, in order, stopping at the first failure
-// (a nack; the events after it are skipped, so the core delivers them again), then acknowledges
-// the batch.
-func (s *Subscription) handle(batch C.polybus_event_batch_t, cp *copier) {
+// handle runs the handler on the events of one batch, in order, stopping at the first error
+// or panic, and reports to the core how far it got: the core acknowledges the events before
+// the failure, retries or dead-letters the failed one and delivers the rest again.
+func (s *Subscription) handle(batch *C.polybus_event_batch_t, cp *copier) {
 	events := cp.batch(unsafe.Slice(batch.events, batch.len))
-	var results []C.polybus_result_t // nil acknowledges every event
+	handled := len(events)
+	var reason *C.char
 	for i := range events {
-		err := s.call(&events[i])
-		if err == nil {
-			continue
+		if err := s.call(&events[i]); err != nil {
+			handled = i
+			reason = C.CString(err.Error())
+			break
 		}
-		results = make([]C.polybus_result_t, len(events))
-		for j := range results {
-			switch {
-			case j < i:
-				results[j].code = C.POLYBUS_RESULT_ACK
-			case j == i:
-				results[j].code = C.POLYBUS_RESULT_NACK
-				results[j].reason = C.CString(err.Error())
-				defer C.free(unsafe.Pointer(results[j].reason))
-			default:
-				results[j].code = C.POLYBUS_RESULT_SKIPPED
-			}
-		}
-		break
 	}
-	var resultsPtr *C.polybus_result_t
-	if results != nil {
-		resultsPtr = &results[0]
-	}
-	// The only failure is an unknown result code, which this loop never writes.
-	C.polybus_batch_ack(batch.batch, resultsPtr, C.size_t(len(results)), nil)
+	// Cannot fail: the batch is not NULL.
+	C.polybus_batch_complete(batch.batch, C.size_t(handled), reason, nil)
+	C.free(unsafe.Pointer(reason))
 }
 
 // call runs the handler, turning a panic into an error.
@@ -326,33 +268,65 @@ func (s *Subscription) call(e *Event) (err error) {
 }
 
 // Close unsubscribes: no new events are delivered, queued and in-flight ones are still handled
-// (for at most the bus's CloseTimeout), then the subscription's goroutines are waited for and
-// the handlers' context is cancelled. Close is idempotent; later calls wait for the first and
-// return its result. It must not be called from the subscription's own handler, which it would
-// wait for.
+// (for at most the bus's CloseTimeout, while the bus's goroutines keep running handlers), then
+// the handlers' context is cancelled. It returns ErrTimeout when they did not finish in time.
+// Close is idempotent; later calls wait for the first and return its result.
+//
+// Called from the subscription's own handler, Close does not wait (it would wait for itself):
+// the subscription receives nothing new from then on, the events already queued or in flight
+// are still handled in the background, and Close returns nil at once. This is what C, Python
+// and Node do too.
 func (s *Subscription) Close() error {
 	if s == nil {
 		return newError(StatusInvalidArgument, "the *polybus.Subscription is nil")
 	}
-	s.closeOnce.Do(func() {
-		var detail C.polybus_error_t
-		// Blocks until drained while the goroutines keep pulling and handling.
-		s.closeErr = errorFrom(C.polybus_subscription_close(s.c, &detail), &detail)
-		s.workers.Wait()
-		if s.closeErr == nil {
-			s.closeErr = s.pullErr
-		}
-		s.cancel()
-		C.polybus_subscription_free(s.c)
-		s.c = nil
-		s.bus.subsMu.Lock()
-		delete(s.bus.subs, s)
-		s.bus.subsMu.Unlock()
-	})
+	if sub, _ := s.bus.pool.running(currentGoroutineID()); sub == s {
+		s.stop()
+		return nil
+	}
+	s.once.Do(s.finish)
 	return s.closeErr
 }
 
-// Unsubscribe is Close, under the name due's users know.
+// Unsubscribe is Close, under the name due's users know: it drains, as Close does, and
+// likewise returns at once when called from the subscription's own handler.
 func (s *Subscription) Unsubscribe() error {
 	return s.Close()
+}
+
+// stop stops the subscription without waiting (called from its own handler), and leaves the
+// rest of Close to a goroutine that waits for the drain.
+func (s *Subscription) stop() {
+	if s.stopping.Swap(true) {
+		return
+	}
+	s.mu.RLock()
+	if s.c != nil {
+		// Cannot fail: the handle is not NULL.
+		C.polybus_subscription_stop(s.c, nil)
+	}
+	s.mu.RUnlock()
+	s.bus.background.Add(1)
+	go func() {
+		defer s.bus.background.Done()
+		s.once.Do(s.finish)
+	}()
+}
+
+// finish closes the subscription, waiting until its batches are done, then forgets it and
+// releases it. It runs once, never on a delivery goroutine.
+func (s *Subscription) finish() {
+	s.stopping.Store(true)
+	var detail C.polybus_error_t
+	// Only finish frees s.c, so it can be read without the lock here. Blocks until drained
+	// while the pool keeps handling the subscription's batches.
+	s.closeErr = errorFrom(C.polybus_subscription_close(s.c, &detail), &detail)
+	s.cancel()
+	s.mu.Lock()
+	C.polybus_subscription_free(s.c)
+	s.c = nil
+	s.mu.Unlock()
+	// Forgotten last, so that Bus.Close, which closes the subscriptions it finds, waits for
+	// this one.
+	s.bus.subs.Delete(s.token)
 }

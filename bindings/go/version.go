@@ -4,8 +4,8 @@ package polybus
 #cgo CFLAGS: -I${SRCDIR}/../../include
 #include "polybus.h"
 
-#if POLYBUS_ABI_VERSION != 1
-#error "include/polybus.h describes a C ABI this package was not written for (POLYBUS_ABI_VERSION != 1)"
+#if POLYBUS_ABI_VERSION != 2
+#error "include/polybus.h describes a C ABI this package was not written for (POLYBUS_ABI_VERSION != 2)"
 #endif
 */
 import "C"
@@ -17,7 +17,7 @@ import (
 
 // ABIVersion is the version of the C ABI this package was written for; [Open] checks that the
 // linked library reports the same.
-const ABIVersion = 1
+const ABIVersion = 2
 
 // Version returns the version of the linked polybus library, for example "0.1.0".
 func Version() string {
