@@ -5,7 +5,8 @@ token, ``>`` the rest). A handler that returns acknowledges its event; one that 
 it, and the core retries it with exponential backoff up to ``max_attempts``, then publishes it
 to the ``dead_letter`` topic (or drops it, counted in ``stats()``).
 
-Plain handlers run on dispatcher threads owned by Python, at most ``concurrency`` at once;
+Plain handlers run on a bus's dispatcher threads (a small pool owned by Python that serves
+every subscription of the bus), at most ``concurrency`` of one subscription at once;
 ``async def`` handlers run on the event loop that was running when they subscribed. Events
 with the same ``key`` are handled in publish order and never concurrently. After ``close()``,
 which lets queued and in-flight events finish, every call but ``stats()`` and ``close()``

@@ -1,4 +1,5 @@
-"""The parts of event dispatch that are Python: coroutine handlers and failure logging.
+"""The parts of event dispatch that are Python: coroutine handlers, failure logging and the
+close of open buses at interpreter exit.
 
 The native module calls these from its dispatcher threads; nothing here is public API.
 """
@@ -6,14 +7,25 @@ The native module calls these from its dispatcher threads; nothing here is publi
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable
 from typing import Any, Callable
 
 log = logging.getLogger("polybus")
+
+#: Every bus not yet garbage collected; those still open are closed at interpreter exit.
+_buses: weakref.WeakSet[Any] = weakref.WeakSet()
+
+#: The threads running connection state callbacks.
+_watchers: set[threading.Thread] = set()
+
+#: How long exit waits for a connection state callback still running after its bus closed.
+_WATCHER_EXIT_WAIT = 5.0
 
 #: The subscription whose handler runs in this thread or task. ``close()`` reads it so that a
 #: handler closing its own subscription or bus does not wait for itself.
@@ -48,11 +60,15 @@ def schedule(
     batch: Any,
     subscription: Any,
 ) -> None:
-    """Runs one batch as one coroutine on ``loop``; the batch is acknowledged when it ends."""
+    """Runs one batch as one coroutine on ``loop``; the batch is completed when it ends."""
+    run = _run(handler, batch, subscription)
     try:
-        asyncio.run_coroutine_threadsafe(_run(handler, batch, subscription), loop)
+        asyncio.run_coroutine_threadsafe(run, loop)
     except RuntimeError:
-        # The loop is closed: dropping the batch nacks its events.
+        # The loop is closed: its handlers can never run again.
+        run.close()
+        reason = "the event loop of the subscription is closed"
+        batch.complete(0, reason)
         log.error("event loop of subscription %r is closed; events nacked", subscription.pattern)
 
 
@@ -67,7 +83,28 @@ async def _run(handler: Callable[[Any], Awaitable[object]], batch: Any, subscrip
         except BaseException as exc:
             batch.complete(i, log_failure(subscription.pattern, event, exc))
             raise
-    batch.complete(None, "")
+    batch.ack_all()
+
+
+def track(bus: Any) -> None:
+    """Remembers a new bus, to close it at interpreter exit if it is still open then."""
+    _buses.add(bus)
+
+
+@atexit.register
+def _close_open_buses() -> None:
+    """Closes every bus still open, as ``close()`` would: each drains up to its
+    ``close_timeout_ms``. The dispatcher threads end before the interpreter finalizes (a daemon
+    thread that outlived it would be killed as it reattached, aborting the process), so queued
+    events are handled, not dropped.
+    """
+    for bus in list(_buses):
+        try:
+            bus.close()
+        except Exception as exc:  # noqa: BLE001 - every bus gets its close
+            log.error("closing %r at exit failed: %s", bus, exc)
+    for thread in list(_watchers):
+        thread.join(_WATCHER_EXIT_WAIT)
 
 
 def watch_connection_state(watch: Any, callback: Callable[[str], object]) -> None:
@@ -75,15 +112,19 @@ def watch_connection_state(watch: Any, callback: Callable[[str], object]) -> Non
     thread = threading.Thread(
         target=_watch_state, args=(watch, callback), name="polybus-connection-state", daemon=True
     )
+    _watchers.add(thread)
     thread.start()
 
 
 def _watch_state(watch: Any, callback: Callable[[str], object]) -> None:
-    while True:
-        state = watch.next()
-        if state is None:
-            return
-        try:
-            callback(state)
-        except Exception as exc:  # noqa: BLE001 - a failing callback must not end the watch
-            log.error("connection state callback failed on %r: %s", state, exc, exc_info=exc)
+    try:
+        while True:
+            state = watch.next()
+            if state is None:
+                return
+            try:
+                callback(state)
+            except Exception as exc:  # noqa: BLE001 - a failing callback must not end the watch
+                log.error("connection state callback failed on %r: %s", state, exc, exc_info=exc)
+    finally:
+        _watchers.discard(threading.current_thread())

@@ -29,6 +29,7 @@ __all__ = [
     "TooLargeError",
     "UnsupportedError",
     "_Batch",
+    "_Dispatcher",
     "_PendingPublish",
     "_StateWatch",
     "__version__",
@@ -75,8 +76,9 @@ def connect(config: str | Mapping[str, Any]) -> Bus:
 class Bus:
     """A connection to an event bus. Made by :func:`connect`.
 
-    Handlers run on dispatcher threads owned by Python (plain functions, ``concurrency`` at
-    once) or on the event loop that was running when they subscribed (``async def``
+    Handlers run on the bus's dispatcher threads, a small pool owned by Python that serves
+    every subscription of the bus (plain functions, up to ``concurrency`` of one subscription
+    at once), or on the event loop that was running when they subscribed (``async def``
     functions). A handler that returns acknowledges its event; one that raises nacks it: the
     exception is logged to the ``polybus`` logger and the core redelivers the event with
     backoff up to ``max_attempts``, then dead-letters or drops it.
@@ -149,8 +151,8 @@ class Bus:
             id: The event id (default: a new UUIDv7).
             type: The event type (default: the topic).
             time: The event time (default: now): a ``datetime`` (a naive one is taken as
-                UTC), or seconds since the Unix epoch as :attr:`Event.time` gives them. It
-                reaches handlers exactly, to the microsecond.
+                UTC), or seconds since the Unix epoch (as ``time.time()`` gives them). It
+                reaches handlers exactly, to the microsecond, as :attr:`Event.time`.
 
         Raises:
             ClosedError: The bus is closed.
@@ -183,11 +185,14 @@ class Bus:
             None when the backend accepted the event, else the publish to wait on.
         """
 
-    def publish_many(self, events: Iterable[tuple[str, object] | Mapping[str, Any]]) -> int:
+    def publish_batch(self, events: Iterable[tuple[str, object] | Mapping[str, Any]]) -> int:
         """Publishes many events in order, pipelined: the fast path for bulk publishing.
 
-        Events are converted in chunks, then handed to the core with the interpreter released.
-        Stops at the first error; the events before it were published.
+        Every item is converted first (an item that cannot be converted raises before any event
+        is published); then the events go to the core's pipelined publish in one call, with the
+        interpreter released: as many publishes as the backend allows are in flight at once, so
+        a broker's round trip is paid once per window, not once per event. Ctrl-C interrupts
+        it on the main thread. It stops at the first failure.
 
         Args:
             events: ``(topic, payload)`` pairs, or dicts with ``topic``, ``payload`` and
@@ -195,17 +200,23 @@ class Bus:
                 :meth:`publish` takes them.
 
         Returns:
-            How many events were published.
+            How many events were published (all of them).
 
         Raises:
-            PolybusError: As :meth:`publish`; the message names the failed event's index.
-            TypeError: An item is neither a pair nor a dict, or a field has the wrong type.
+            PolybusError: As :meth:`publish`, for the first event that failed; the message
+                names its index (``event 2 of the batch: ...``) and the ``published`` attribute
+                says how many events, from the first, were published before it.
+            TypeError: An item is neither a pair nor a dict, or a field has the wrong type
+                (``published`` is 0).
 
         Examples:
             >>> with connect("memory://") as bus:
-            ...     bus.publish_many(("orders.created", str(i)) for i in range(3))
+            ...     bus.publish_batch(("orders.created", str(i)) for i in range(3))
             3
         """
+
+    def publish_many(self, events: Iterable[tuple[str, object] | Mapping[str, Any]]) -> int:
+        """The same as :meth:`publish_batch` (its former name)."""
 
     def subscribe(
         self,
@@ -305,6 +316,8 @@ class Bus:
         and the dispatcher threads end. Called from one of this bus's handlers (or from the
         event loop its coroutine handlers need), it does not wait for the drain.
 
+        A bus still open at interpreter exit is closed then, the same way.
+
         Raises:
             PolybusTimeoutError: Handlers did not finish within ``close_timeout_ms``; the rest
                 was abandoned and counted as dropped.
@@ -337,8 +350,19 @@ class _Batch:
     def events(self) -> list[Event]:
         """The events, in the order they must be handled."""
 
-    def complete(self, failed: int | None, reason: str) -> None:
-        """Acks every event, or those before ``failed``; nacks ``failed``; skips the rest."""
+    def complete(self, handled: int, reason: str | None = None) -> None:
+        """Reports how far the handler got: the first ``handled`` events succeeded; ``reason``,
+        if given, is why the next one failed. The core delivers the rest again. Once only."""
+
+    def ack_all(self) -> None:
+        """Reports every event as handled. Once only."""
+
+@final
+class _Dispatcher:
+    """The delivery queue of one bus and the dispatcher threads serving it (internal)."""
+
+    def _serve(self) -> None:
+        """The body of a dispatcher thread: takes batches until the bus is closed and drained."""
 
 @final
 class Subscription:
@@ -408,9 +432,9 @@ class Event:
         """The publishing service's name (its bus ``name``), or None."""
 
     @property
-    def time(self) -> float:
-        """When it was published (or the time its publisher set), in seconds since the Unix
-        epoch (as ``time.time()``)."""
+    def time(self) -> datetime.datetime:
+        """When it was published (or the time its publisher set), as a timezone-aware UTC
+        ``datetime``, to the microsecond."""
 
     @property
     def attempt(self) -> int:
@@ -424,7 +448,8 @@ class Event:
         """
 
 class PolybusError(Exception):
-    """The base of every polybus error.
+    """The base of every polybus error. Its text is the core's, the same in every language:
+    ``"kind: detail"``, such as ``invalid topic: "a..b": empty token at position 2``.
 
     Attributes:
         code: The C name of the status shared by every language, such as
@@ -432,6 +457,9 @@ class PolybusError(Exception):
     """
 
     code: ClassVar[str | None]
+    published: int | None
+    """For the error of :meth:`Bus.publish_batch`: how many events, from the first, were
+    published before the one that failed. None for other errors."""
 
 class InvalidArgumentError(PolybusError, ValueError):
     """An argument was out of range (POLYBUS_ERR_INVALID_ARGUMENT)."""

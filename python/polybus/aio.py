@@ -195,13 +195,26 @@ class Bus:
         if pending is not None:
             await asyncio.to_thread(pending.wait)
 
-    async def publish_many(self, events: Iterable[Any]) -> int:
-        """Publishes ``(topic, payload)`` pairs or dicts in order, pipelined, off the loop.
+    async def publish_batch(self, events: Iterable[Any]) -> int:
+        """Publishes ``(topic, payload)`` pairs or dicts in order, pipelined; see
+        :meth:`polybus.Bus.publish_batch`.
+
+        ``events`` is read on the loop; the publish (one call of the core's pipelined
+        publish) runs off it, so the loop keeps running meanwhile.
 
         Returns:
-            How many events were published.
+            How many events were published (all of them).
+
+        Raises:
+            PolybusError: As :meth:`publish`, for the first event that failed; its
+                ``published`` attribute says how many events before it were published.
         """
-        return await asyncio.to_thread(self._native.publish_many, events)
+        items = list(events)
+        return await asyncio.to_thread(self._native.publish_batch, items)
+
+    async def publish_many(self, events: Iterable[Any]) -> int:
+        """The same as :meth:`publish_batch`."""
+        return await self.publish_batch(events)
 
     async def subscribe(self, pattern: str, handler: Handler, **options: Any) -> Subscription:
         """Subscribes ``handler`` to ``pattern``; see :meth:`polybus.Bus.subscribe`.

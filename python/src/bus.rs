@@ -2,7 +2,7 @@
 
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Mutex,
+    Condvar, Mutex,
 };
 
 use polybus::{ErrorKind, Headers, Message, SubscribeOptions};
@@ -16,13 +16,10 @@ use crate::{
     block_on, config, dispatch_module,
     error::{new_error, to_py},
     message::{self, Meta},
-    py_bool,
+    on_main_thread, py_bool,
     state::StateWatch,
-    subscription::{self, Caller, Subscription},
+    subscription::{self, Caller, Dispatcher, Subscription},
 };
-
-/// How many events `publish_many` converts before it hands them to the core at once.
-const PUBLISH_CHUNK: usize = 1024;
 
 /// Source of bus ids, which tell a handler's own bus from the others.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -31,16 +28,29 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// or a dict with the fields `url`, `prefix`, `name`, `connect_timeout_ms`,
 /// `publish_timeout_ms`, `close_timeout_ms`, `max_payload` and the sections `nats` and
 /// `jetstream` (dicts).
+///
+/// Every bus that is still open at interpreter exit is closed then (see `polybus._dispatch`).
 #[pyfunction]
-pub(crate) fn connect(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Bus> {
+pub(crate) fn connect<'py>(
+    py: Python<'py>,
+    config: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, Bus>> {
     let config = config::from_py(config)?;
     let inner = block_on(py, polybus::Bus::connect(config))?.map_err(to_py)?;
-    Ok(Bus {
-        inner,
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        closed: AtomicBool::new(false),
-        subscriptions: Mutex::new(Vec::new()),
-    })
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let bus = Bound::new(
+        py,
+        Bus {
+            inner,
+            closed: AtomicBool::new(false),
+            dispatcher: Py::new(py, Dispatcher::new(id))?,
+            closing: Gate::default(),
+        },
+    )?;
+    dispatch_module(py)?
+        .getattr("track")?
+        .call1((&bus,))?;
+    Ok(bus)
 }
 
 /// A connection to an event bus.
@@ -49,12 +59,22 @@ pub(crate) fn connect(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Bus
 /// that was running when they subscribed (coroutine functions). A handler that returns acks
 /// the event; one that raises nacks it, and the core retries it with backoff. After `close()`
 /// every call but `stats()` and `close()` raises `ClosedError`.
-#[pyclass(frozen, module = "polybus")]
+#[pyclass(frozen, weakref, module = "polybus")]
 pub(crate) struct Bus {
     inner: polybus::Bus,
-    id: u64,
     closed: AtomicBool,
-    subscriptions: Mutex<Vec<Py<Subscription>>>,
+    /// The delivery queue of every subscription and the threads serving it.
+    dispatcher: Py<Dispatcher>,
+    /// Held by a close that waits, so that a second one waits for the first.
+    closing: Gate,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        // Dropped without close: the core stops the subscriptions; once they drain, the
+        // dispatcher threads end.
+        self.dispatcher.get().close_queue();
+    }
 }
 
 impl Bus {
@@ -104,53 +124,26 @@ impl Bus {
                     })?,
             ),
         };
-        let concurrency = options.concurrency;
-        let bus = this.inner.clone();
-        let inner = block_on(
-            py,
-            async move { bus.subscribe_batches(pattern, options).await },
-        )?
-        .map_err(to_py)?;
-        let sub = Subscription::start(py, inner, this.id, handler, event_loop, concurrency)?;
-        let mut subs = this.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
-        subs.retain(|s| !s.get().is_closed());
-        subs.push(sub.clone().unbind());
-        Ok(sub)
+        Dispatcher::subscribe(
+            this.dispatcher.bind(py),
+            &this.inner,
+            pattern,
+            options,
+            handler,
+            event_loop,
+        )
     }
 
-    /// Publishes the messages of one chunk in order, waiting (interruptibly) whenever the
-    /// backend makes a publish wait. `first` is the index of the chunk's first event.
-    fn publish_chunk(
-        &self,
-        py: Python<'_>,
-        chunk: &mut Vec<Message>,
-        first: usize,
-    ) -> PyResult<()> {
-        let at = |i: usize, e: polybus::Error| {
-            new_error(
-                py,
-                e.kind(),
-                format!("event {} of publish_many: {}", first + i, e.message()),
-            )
+    /// Publishes `messages` in order through the core's pipelined publish.
+    fn publish_messages(&self, py: Python<'_>, messages: Vec<Message>) -> PyResult<usize> {
+        let result = if on_main_thread(py) {
+            // Sliced, so that Ctrl-C interrupts a batch waiting on backpressure.
+            let bus = self.inner.clone();
+            block_on(py, async move { bus.publish_batch(messages).await })?
+        } else {
+            py.detach(|| self.inner.publish_batch_blocking(messages))
         };
-        let mut messages = chunk.drain(..).enumerate();
-        loop {
-            let step = py.detach(|| {
-                for (i, m) in &mut messages {
-                    match self.inner.publish_nowait(m) {
-                        Ok(None) => {}
-                        Ok(Some(pending)) => return Ok(Some((i, pending))),
-                        Err(e) => return Err((i, e)),
-                    }
-                }
-                Ok(None)
-            });
-            match step {
-                Ok(None) => return Ok(()),
-                Ok(Some((i, pending))) => block_on(py, pending.wait())?.map_err(|e| at(i, e))?,
-                Err((i, e)) => return Err(at(i, e)),
-            }
-        }
+        result.map_err(to_py)
     }
 }
 
@@ -221,20 +214,15 @@ impl Bus {
     }
 
     /// Publishes many events in order, pipelined; returns how many were published.
-    fn publish_many(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<usize> {
         self.check_open(py)?;
-        let mut chunk = Vec::with_capacity(PUBLISH_CHUNK);
-        let mut published = 0;
-        for item in events.try_iter()? {
-            chunk.push(message::from_item(&item?)?);
-            if chunk.len() == PUBLISH_CHUNK {
-                self.publish_chunk(py, &mut chunk, published)?;
-                published += PUBLISH_CHUNK;
-            }
-        }
-        let rest = chunk.len();
-        self.publish_chunk(py, &mut chunk, published)?;
-        Ok(published + rest)
+        let messages = message::from_items(events)?;
+        self.publish_messages(py, messages)
+    }
+
+    /// The same as `publish_batch`.
+    fn publish_many(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.publish_batch(py, events)
     }
 
     /// Subscribes `handler` to `pattern` (`*` matches one token, `>` the rest).
@@ -387,16 +375,11 @@ impl Bus {
     /// Idempotent. Called from a handler of this bus, it closes without waiting for the drain.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::Release);
-        let subs: Vec<Py<Subscription>> = self
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|s| s.clone_ref(py))
-            .collect();
-        let caller = Caller::here(py)?;
+        let dispatcher = self.dispatcher.get();
+        // No new subscription feeds the queue; the threads end once every one has drained.
+        dispatcher.close_queue();
         let bus = self.inner.clone();
-        if caller.in_handler_of(self.id) || subs.iter().any(|s| caller.inside(s.bind(py))) {
+        if dispatcher.serves(py, &Caller::here(py)?) {
             // Waiting here would wait on the handler that is calling: let the drain finish in
             // the background (its outcome is in the stats and the log).
             polybus::runtime::global().spawn(async move {
@@ -404,15 +387,17 @@ impl Bus {
             });
             return Ok(());
         }
-        block_on(py, async move { bus.close().await })?.map_err(to_py)?;
-        for s in &subs {
-            s.get().join(py)?;
+        // A second close (at exit, say) waits for the first one's drain.
+        let _closing = self.closing.enter(py);
+        let closed = block_on(py, async move { bus.close().await })?;
+        if closed
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Timeout)
+        {
+            dispatcher.abandon();
         }
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        Ok(())
+        dispatcher.join(py)?;
+        closed.map_err(to_py)
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -431,6 +416,35 @@ impl Bus {
             self.inner.config().url,
             py_bool(self.closed())
         )
+    }
+}
+
+/// A section one thread at a time may be in, entered with the interpreter released.
+#[derive(Default)]
+struct Gate {
+    busy: Mutex<bool>,
+    left: Condvar,
+}
+
+impl Gate {
+    fn enter(&self, py: Python<'_>) -> GateGuard<'_> {
+        py.detach(|| {
+            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            while *busy {
+                busy = self.left.wait(busy).unwrap_or_else(|e| e.into_inner());
+            }
+            *busy = true;
+        });
+        GateGuard(self)
+    }
+}
+
+struct GateGuard<'a>(&'a Gate);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.0.left.notify_all();
     }
 }
 

@@ -64,6 +64,10 @@ fn new_class<'py>(
     ns.set_item("__module__", "polybus")?;
     ns.set_item("__doc__", doc)?;
     ns.set_item("code", code)?;
+    if code.is_none() {
+        // Set on the errors of `publish_batch` only.
+        ns.set_item("published", py.None())?;
+    }
     let class = py
         .get_type::<PyType>()
         .call1((name, PyTuple::new(py, bases)?, ns))?;
@@ -113,13 +117,14 @@ fn capitalise(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A Python exception of the class for `kind`.
+/// A Python exception of the class for `kind`. Its text is the core's (`Display` of
+/// [`Error`]): `kind: message`, the same in every language.
 pub(crate) fn new_error(py: Python<'_>, kind: ErrorKind, message: impl Into<String>) -> PyErr {
     let message = message.into();
     let message = if message.is_empty() {
         kind.description().to_owned()
     } else {
-        message
+        format!("{}: {message}", kind.description())
     };
     match CLASSES
         .get(py)
@@ -130,7 +135,20 @@ pub(crate) fn new_error(py: Python<'_>, kind: ErrorKind, message: impl Into<Stri
     }
 }
 
-/// Converts a core error into the matching Python exception.
+/// The kind of a polybus exception, from its `code`.
+pub(crate) fn kind_of(value: &Bound<'_, PyAny>) -> Option<ErrorKind> {
+    let code: String = value.getattr("code").ok()?.extract().ok()?;
+    ErrorKind::ALL.iter().copied().find(|k| k.name() == code)
+}
+
+/// Converts a core error into the matching Python exception; the error of a batch publish
+/// carries `published`, how many events from the first were published.
 pub(crate) fn to_py(err: Error) -> PyErr {
-    Python::attach(|py| new_error(py, err.kind(), err.message()))
+    Python::attach(|py| {
+        let e = new_error(py, err.kind(), err.message());
+        if let Some(n) = err.published() {
+            let _ = e.value(py).setattr("published", n);
+        }
+        e
+    })
 }

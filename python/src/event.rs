@@ -75,14 +75,35 @@ impl Event {
         self.inner.source()
     }
 
-    /// When it was published, in seconds since the Unix epoch (as `time.time()`).
+    /// When it was published (or the time its publisher set), as a timezone-aware UTC
+    /// `datetime.datetime`, to the nearest microsecond.
     #[getter]
-    fn time(&self) -> f64 {
-        self.inner
+    fn time<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        static EPOCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static TIMEDELTA: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let epoch = EPOCH.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            let datetime = py.import("datetime")?;
+            let utc = datetime.getattr("timezone")?.getattr("utc")?;
+            Ok(datetime
+                .getattr("datetime")?
+                .call((1970, 1, 1, 0, 0, 0, 0, utc), None)?
+                .unbind())
+        })?;
+        let since = self
+            .inner
             .time()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
+            .unwrap_or_default();
+        // To the nearest microsecond, as `datetime.fromtimestamp` rounds a float, passed as
+        // timedelta(days, seconds, microseconds) integers, so no float rounds them again.
+        let micros = (since.as_nanos() + 500) / 1000;
+        let secs = micros / 1_000_000;
+        let delta = TIMEDELTA.import(py, "datetime", "timedelta")?.call1((
+            (secs / 86_400) as u64,
+            (secs % 86_400) as u64,
+            (micros % 1_000_000) as u64,
+        ))?;
+        epoch.bind(py).add(delta)
     }
 
     /// The delivery attempt: 1 on first delivery, 2 on the first retry, and so on.

@@ -1,9 +1,11 @@
 //! Python bindings of polybus: the native module `polybus._polybus`.
 //!
 //! The boundary follows the project's design: publishing is a plain call that only releases
-//! the interpreter when the backend makes it wait; subscriptions are pulled in batches by
-//! Python-owned dispatcher threads, which release the interpreter while they wait and hold it
-//! while they run handlers. Nothing here ever attaches to the interpreter from a tokio worker.
+//! the interpreter when the backend makes it wait, and a batch publish is one call of the
+//! core's pipelined publish; every subscription of a bus feeds one delivery queue, pulled in
+//! batches by a small fixed pool of Python-owned dispatcher threads, which release the
+//! interpreter while they wait and hold it while they run handlers. Nothing here ever attaches
+//! to the interpreter from a tokio worker. Open buses are closed at interpreter exit.
 //! Retries, ordering and dead-lettering are the core's; this crate only converts types, runs
 //! handlers and maps errors.
 
@@ -19,19 +21,43 @@ mod message;
 mod state;
 mod subscription;
 
-/// The longest a blocking call waits before it looks for signals, so Ctrl-C interrupts it.
+/// The longest a blocking call on the main thread waits before it looks for signals, so Ctrl-C
+/// interrupts it.
 pub(crate) const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Whether the calling thread is the interpreter's main thread, the only one Python runs signal
+/// handlers on (so the only one a wait must wake up for).
+pub(crate) fn on_main_thread(py: Python<'_>) -> bool {
+    static MAIN_THREAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static GET_IDENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let main = MAIN_THREAD
+        .import(py, "threading", "main_thread")
+        .and_then(|f| f.call0())
+        .and_then(|t| t.getattr("ident"));
+    let here = GET_IDENT
+        .import(py, "threading", "get_ident")
+        .and_then(|f| f.call0());
+    match (main, here) {
+        (Ok(main), Ok(here)) => main.eq(here).unwrap_or(true),
+        _ => true,
+    }
+}
 
 /// Runs `fut` to completion on the process-wide runtime, detached from the interpreter.
 ///
-/// The wait is cut into slices of [`SIGNAL_CHECK_INTERVAL`]; between slices the thread attaches
-/// and checks for signals, so a `KeyboardInterrupt` ends the wait (the future is dropped).
+/// On the main thread the wait is cut into slices of [`SIGNAL_CHECK_INTERVAL`]; between slices
+/// the thread attaches and checks for signals, so a `KeyboardInterrupt` ends the wait (the
+/// future is dropped). Other threads never receive signals in Python: they wait in one piece,
+/// woken only by the future (no polling).
 pub(crate) fn block_on<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
 where
     F: Future + Send,
     F::Output: Send,
 {
     let runtime = polybus::runtime::global();
+    if !on_main_thread(py) {
+        return Ok(py.detach(|| runtime.block_on(fut)));
+    }
     let mut fut = std::pin::pin!(fut);
     loop {
         let slice = py.detach(|| {
@@ -78,7 +104,7 @@ mod _polybus {
     #[pymodule_export]
     use crate::state::StateWatch;
     #[pymodule_export]
-    use crate::subscription::{Batch, Subscription};
+    use crate::subscription::{Batch, Dispatcher, Subscription};
     use pyo3::prelude::*;
 
     #[pymodule_init]

@@ -16,9 +16,6 @@ use pyo3::{
 
 use crate::error::new_error;
 
-/// The header a JSON-encoded payload carries, as the core's `Message::json` sets it.
-const CONTENT_TYPE: &str = "content-type";
-
 /// The optional parts of a message, as `publish` takes them by keyword.
 #[derive(Default)]
 pub(crate) struct Meta {
@@ -30,7 +27,10 @@ pub(crate) struct Meta {
 }
 
 /// Builds a message: bytes, bytearray and memoryview payloads are sent as they are, `str` as
-/// UTF-8, and any other value as its JSON encoding (with `content-type: application/json`).
+/// UTF-8, and any other value as its compact JSON encoding (`json.dumps` with
+/// `separators=(",", ":")`, the text Go's `json.Marshal` and JS `JSON.stringify` give plain
+/// values), marked by the core's one JSON rule ([`Message::json_encoded`]: `content-type:
+/// application/json` unless a `content-type` header is set).
 pub(crate) fn build(topic: String, payload: &Bound<'_, PyAny>, meta: Meta) -> PyResult<Message> {
     let (bytes, json) = payload_bytes(payload)?;
     let mut message = Message::new(topic, bytes);
@@ -40,8 +40,8 @@ pub(crate) fn build(topic: String, payload: &Bound<'_, PyAny>, meta: Meta) -> Py
     if let Some(headers) = meta.headers {
         message = message.headers(headers);
     }
-    if json && !message.header_map().contains_key(CONTENT_TYPE) {
-        message = message.header(CONTENT_TYPE, "application/json");
+    if json {
+        message = message.json_encoded();
     }
     if let Some(id) = meta.id {
         message = message.id(id);
@@ -56,7 +56,7 @@ pub(crate) fn build(topic: String, payload: &Bound<'_, PyAny>, meta: Meta) -> Py
 }
 
 /// The event time a publisher set: a `datetime.datetime` (a naive one is taken as UTC) or
-/// seconds since the Unix epoch as a float or int, the unit of `Event.time`. Datetimes keep
+/// seconds since the Unix epoch as a float or int (as `time.time()` gives them). Datetimes keep
 /// their microseconds exactly.
 ///
 /// Raises `TypeError` for any other type and `InvalidArgumentError` for a time before 1970
@@ -118,7 +118,40 @@ pub(crate) fn event_time(value: &Bound<'_, PyAny>) -> PyResult<SystemTime> {
         })
 }
 
-/// Builds a message from one item of `publish_many`: a `(topic, payload)` pair or a dict with
+/// Builds the messages of `publish_batch`, all of them before any is published. An item that
+/// cannot be converted raises its error with the item's index in the message and
+/// `published = 0`.
+pub(crate) fn from_items(items: &Bound<'_, PyAny>) -> PyResult<Vec<Message>> {
+    let py = items.py();
+    let mut messages = Vec::with_capacity(items.len().unwrap_or(0));
+    for (i, item) in items.try_iter()?.enumerate() {
+        match item.and_then(|item| from_item(&item)) {
+            Ok(m) => messages.push(m),
+            Err(err) => {
+                let value = err.value(py);
+                let text = value.str().map(|s| s.to_string()).unwrap_or_default();
+                let at = format!("event {i} of the batch: ");
+                // As the core words a batch error: "kind: event i of the batch: detail".
+                let text = match crate::error::kind_of(value) {
+                    Some(kind) => match text.strip_prefix(kind.description()) {
+                        Some(rest) => {
+                            let rest = rest.strip_prefix(": ").unwrap_or(rest);
+                            format!("{}: {at}{rest}", kind.description())
+                        }
+                        None => format!("{at}{text}"),
+                    },
+                    None => format!("{at}{text}"),
+                };
+                let _ = value.setattr("args", (text,));
+                let _ = value.setattr("published", 0);
+                return Err(err);
+            }
+        }
+    }
+    Ok(messages)
+}
+
+/// Builds a message from one item of `publish_batch`: a `(topic, payload)` pair or a dict with
 /// `topic`, `payload` and optionally `key`, `headers`, `id`, `type` and `time`.
 pub(crate) fn from_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<Message> {
     let py = item.py();
@@ -157,7 +190,7 @@ pub(crate) fn from_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<Message> {
         return build(topic, &payload, meta);
     }
     Err(pyo3::exceptions::PyTypeError::new_err(format!(
-        "publish_many takes (topic, payload) tuples or dicts, not {}",
+        "publish_batch takes (topic, payload) tuples or dicts, not {}",
         item.get_type().name()?
     )))
 }

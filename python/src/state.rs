@@ -2,8 +2,8 @@
 //!
 //! `Bus.on_connection_state` starts a Python-owned daemon thread (`polybus._dispatch`) that
 //! loops on [`StateWatch::next`]: it waits for the core's watch channel detached from the
-//! interpreter, in slices of [`SIGNAL_CHECK_INTERVAL`], and runs the callback attached. No
-//! tokio thread ever touches the interpreter.
+//! interpreter (woken by a change, no polling) and runs the callback attached. No tokio thread
+//! ever touches the interpreter.
 
 use std::sync::Mutex;
 

@@ -1,28 +1,40 @@
-//! Subscriptions: the Python-owned dispatcher threads that pull batches and run handlers.
+//! Subscriptions and the dispatcher threads that serve them.
 //!
-//! Each subscription pulls [`polybus::Batch`]es from a [`BatchSubscription`]. A plain handler
-//! runs on `concurrency` dispatcher threads (`threading.Thread`, daemon), each of which waits
-//! for a batch detached from the interpreter and runs the batch's handlers attached to it. A
-//! coroutine handler gets one dispatcher thread that hands each batch to the user's event loop
-//! as one coroutine. Either way a batch is handled in order and stops at its first failure
-//! (that event is nacked, the rest skipped); the core does every retry.
+//! Every subscription of a bus feeds one [`DeliveryQueue`], marked with a token of its own.
+//! A small fixed pool of Python-owned dispatcher threads (`threading.Thread`, daemon) per bus
+//! waits on that queue detached from the interpreter (woken by the core when a batch arrives,
+//! no polling), finds the batch's subscription by its token and runs its handler attached to
+//! the interpreter. The pool grows to the largest `concurrency` a subscription of the bus asked
+//! for (at least two threads), whatever the number of subscriptions. A coroutine handler's
+//! batch is handed to its event loop as one coroutine, which does not hold a thread.
+//!
+//! A batch is completed by how far its handler got: the first `handled` events succeeded, then
+//! the reason the next one failed, if any. The core decides the rest (retries, skips, dead
+//! letters).
 
-use std::sync::Mutex;
-
-use polybus::{BatchSubscription, ErrorKind, Outcome, Start, SubscribeOptions};
-use pyo3::{
-    intern,
-    prelude::*,
-    sync::PyOnceLock,
-    types::{PyDict, PyTuple},
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
 };
+
+use polybus::{BatchSubscription, DeliveryQueue, ErrorKind, Start, SubscribeOptions};
+use pyo3::{intern, prelude::*, sync::PyOnceLock, types::PyDict};
 
 use crate::{
     block_on, dispatch_module,
     error::{new_error, to_py},
     event::Event,
-    SIGNAL_CHECK_INTERVAL,
 };
+
+/// Source of subscription tokens (unique in the process).
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// The fewest dispatcher threads a bus with subscriptions has, so that one slow handler does
+/// not hold up every other subscription.
+const MIN_THREADS: usize = 2;
 
 /// Builds the core's options from `subscribe`'s keyword arguments.
 #[allow(clippy::too_many_arguments)]
@@ -62,75 +74,189 @@ pub(crate) fn options(
     })
 }
 
-/// A running subscription: a pattern, a handler and the threads that run it.
-///
-/// Close it with `close()` (or `unsubscribe()`, or a `with` block): it stops receiving, lets
-/// queued and in-flight events finish, then returns. A subscription that is not closed runs
-/// until its bus is closed, whether or not the Python object is kept.
-#[pyclass(frozen, module = "polybus")]
-pub(crate) struct Subscription {
-    inner: BatchSubscription,
-    pattern: String,
-    bus_id: u64,
-    event_loop: Option<Py<PyAny>>,
-    threads: Mutex<Vec<Py<PyAny>>>,
+/// Locks a mutex, ignoring poisoning (the data are plain maps and lists).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Subscription {
-    /// Wraps `inner` and starts its dispatcher threads.
-    pub(crate) fn start<'py>(
-        py: Python<'py>,
-        inner: BatchSubscription,
-        bus_id: u64,
+/// What the dispatcher threads and the subscriptions of one bus share.
+#[derive(Default)]
+struct Routes {
+    /// Token -> subscription, for every subscription that may still deliver a batch.
+    by_token: Mutex<HashMap<u64, Py<Subscription>>>,
+    /// Tokens of subscriptions stopped from inside a handler, removed once drained.
+    stopping: Mutex<Vec<u64>>,
+}
+
+impl Routes {
+    fn get(&self, py: Python<'_>, token: u64) -> Option<Py<Subscription>> {
+        lock(&self.by_token).get(&token).map(|s| s.clone_ref(py))
+    }
+
+    fn remove(&self, token: u64) -> Option<Py<Subscription>> {
+        lock(&self.by_token).remove(&token)
+    }
+
+    /// Forgets the subscriptions stopped from inside a handler that have drained since.
+    fn sweep(&self) {
+        let drained: Vec<u64> = {
+            let map = lock(&self.by_token);
+            let mut stopping = lock(&self.stopping);
+            let (gone, left): (Vec<u64>, Vec<u64>) = stopping.drain(..).partition(|t| {
+                map.get(t)
+                    .is_none_or(|s| s.get().inner.get().is_none_or(|i| i.is_drained()))
+            });
+            *stopping = left;
+            gone
+        };
+        // Dropped outside the lock: dropping a subscription may run Python code.
+        let removed: Vec<_> = drained.into_iter().filter_map(|t| self.remove(t)).collect();
+        drop(removed);
+    }
+
+    /// Every subscription, for `Bus.close` to tell whether it is called from a handler.
+    fn all(&self, py: Python<'_>) -> Vec<Py<Subscription>> {
+        lock(&self.by_token)
+            .values()
+            .map(|s| s.clone_ref(py))
+            .collect()
+    }
+
+    fn clear(&self) {
+        let all = std::mem::take(&mut *lock(&self.by_token));
+        lock(&self.stopping).clear();
+        drop(all);
+    }
+}
+
+/// The deliveries of one bus: the queue its subscriptions feed and the threads serving it
+/// (internal). Made by `connect`; the threads start with the first subscription.
+#[pyclass(frozen, module = "polybus", name = "_Dispatcher")]
+pub(crate) struct Dispatcher {
+    queue: DeliveryQueue,
+    routes: Arc<Routes>,
+    threads: Mutex<Vec<Py<PyAny>>>,
+    bus_id: u64,
+    /// Set when the bus's close timed out: the core has given up on the batches still queued,
+    /// so the threads hand them back without running their handlers.
+    abandoned: AtomicBool,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(bus_id: u64) -> Self {
+        Dispatcher {
+            queue: DeliveryQueue::new(),
+            routes: Arc::default(),
+            threads: Mutex::new(Vec::new()),
+            bus_id,
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    /// Subscribes `handler` through `bus`, feeding this dispatcher's queue, and grows the pool
+    /// to the subscription's concurrency.
+    pub(crate) fn subscribe<'py>(
+        slf: &Bound<'py, Self>,
+        bus: &polybus::Bus,
+        pattern: &str,
+        options: SubscribeOptions,
         handler: &Bound<'py, PyAny>,
         event_loop: Option<Bound<'py, PyAny>>,
-        concurrency: u32,
     ) -> PyResult<Bound<'py, Subscription>> {
-        static THREAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let threads = if event_loop.is_some() { 1 } else { concurrency };
-        let pattern = inner.pattern().to_owned();
+        let py = slf.py();
+        let this = slf.get();
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        let threads = if event_loop.is_some() {
+            1
+        } else {
+            options.concurrency as usize
+        };
         let sub = Bound::new(
             py,
             Subscription {
-                inner,
-                pattern,
-                bus_id,
-                event_loop: event_loop.as_ref().map(|l| l.clone().unbind()),
-                threads: Mutex::new(Vec::new()),
+                inner: OnceLock::new(),
+                token,
+                pattern: pattern.to_owned(),
+                bus_id: this.bus_id,
+                handler: handler.clone().unbind(),
+                event_loop: event_loop.map(Bound::unbind),
+                routes: this.routes.clone(),
             },
         )?;
-        let thread_class = THREAD.import(py, "threading", "Thread")?;
-        let target = sub.getattr(intern!(py, "_serve"))?;
-        let args = PyTuple::new(py, [handler.clone(), event_loop.into_pyobject(py)?])?;
-        let mut started = Vec::with_capacity(threads as usize);
-        for i in 0..threads {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("target", &target)?;
-            kwargs.set_item("args", &args)?;
-            kwargs.set_item("name", format!("polybus {} #{i}", sub.get().pattern))?;
-            kwargs.set_item("daemon", true)?;
-            let thread = thread_class.call((), Some(&kwargs))?;
-            if let Err(e) = thread.call_method0(intern!(py, "start")) {
-                sub.get().inner.stop();
+        this.routes.sweep();
+        // Routed before the core can deliver a batch of it.
+        lock(&this.routes.by_token).insert(token, sub.clone().unbind());
+        let queue = this.queue.clone();
+        let bus = bus.clone();
+        let subscribed = block_on(py, async move {
+            bus.subscribe_to_queue(pattern, options, &queue, token).await
+        })
+        .and_then(|r| r.map_err(to_py));
+        let inner = match subscribed {
+            Ok(inner) => inner,
+            Err(e) => {
+                let removed = this.routes.remove(token);
+                drop(removed);
                 return Err(e);
             }
-            started.push(thread.unbind());
+        };
+        let _ = sub.get().inner.set(inner);
+        if let Err(e) = Dispatcher::grow(slf, threads.max(MIN_THREADS)) {
+            sub.get().stop();
+            return Err(e);
         }
-        *lock(&sub.get().threads) = started;
         Ok(sub)
     }
 
-    /// Whether it has been closed (by itself or by its bus).
-    pub(crate) fn is_closed(&self) -> bool {
-        self.inner.is_closed()
+    /// Starts dispatcher threads until there are `wanted`.
+    fn grow(slf: &Bound<'_, Self>, wanted: usize) -> PyResult<()> {
+        static THREAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let py = slf.py();
+        let this = slf.get();
+        let mut threads = lock(&this.threads);
+        if threads.len() >= wanted {
+            return Ok(());
+        }
+        let thread_class = THREAD.import(py, "threading", "Thread")?;
+        let target = slf.getattr(intern!(py, "_serve"))?;
+        while threads.len() < wanted {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("target", &target)?;
+            kwargs.set_item(
+                "name",
+                format!("polybus-dispatch-{}-{}", this.bus_id, threads.len()),
+            )?;
+            kwargs.set_item("daemon", true)?;
+            let thread = thread_class.call((), Some(&kwargs))?;
+            thread.call_method0(intern!(py, "start"))?;
+            threads.push(thread.unbind());
+        }
+        Ok(())
     }
 
-    /// Whether `event_loop` is the loop this subscription's coroutine handlers run on.
-    pub(crate) fn runs_on(&self, event_loop: &Bound<'_, PyAny>) -> bool {
-        self.event_loop.as_ref().is_some_and(|l| l.is(event_loop))
+    /// No new subscription may feed the queue; the threads end once every subscription has
+    /// drained.
+    pub(crate) fn close_queue(&self) {
+        self.queue.close();
     }
 
-    /// Waits for the dispatcher threads to end, except the calling one.
+    /// The close timed out: batches still queued are handed back without running handlers.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    /// Whether `caller` runs in a handler of this bus or on a loop its coroutine handlers need.
+    pub(crate) fn serves(&self, py: Python<'_>, caller: &Caller<'_>) -> bool {
+        caller.in_handler_of(self.bus_id)
+            || self
+                .routes
+                .all(py)
+                .iter()
+                .any(|s| caller.inside(s.bind(py)))
+    }
+
+    /// Waits for the dispatcher threads to end, except the calling one. Call after the queue
+    /// is closed (they end once every subscription has drained).
     pub(crate) fn join(&self, py: Python<'_>) -> PyResult<()> {
         static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let threads = std::mem::take(&mut *lock(&self.threads));
@@ -144,9 +270,91 @@ impl Subscription {
     }
 }
 
-/// Locks a mutex, ignoring poisoning (the data is a plain list).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+#[pymethods]
+impl Dispatcher {
+    /// The body of a dispatcher thread: take batches until the queue is closed and drained.
+    fn _serve(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let dispatch = dispatch_module(py)?;
+        let current = dispatch.getattr(intern!(py, "current"))?;
+        let schedule = dispatch.getattr(intern!(py, "schedule"))?;
+        loop {
+            // No timeout: Python delivers signals to the main thread only, so nothing but a
+            // batch or the end of the queue needs to wake this one.
+            let batch = match py.detach(|| this.queue.next_blocking(None)) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => continue,
+                // Closed, and every subscription feeding it has ended.
+                Err(_) => break,
+            };
+            if this.abandoned.load(Ordering::Acquire) {
+                batch.complete(0, None);
+                continue;
+            }
+            let Some(sub) = this.routes.get(py, batch.token()) else {
+                // Not routed (cannot happen while the bus lives): deliver it again.
+                batch.complete(0, None);
+                continue;
+            };
+            let sub = sub.into_bound(py);
+            if let Err(e) = current.call_method1(intern!(py, "set"), (&sub,)) {
+                e.write_unraisable(py, None);
+            }
+            let s = sub.get();
+            match &s.event_loop {
+                None => run(py, &s.pattern, s.handler.bind(py), batch),
+                Some(event_loop) => {
+                    let batch = Batch {
+                        inner: Mutex::new(Some(batch)),
+                    };
+                    if let Err(e) = schedule.call1((event_loop, &s.handler, batch, &sub)) {
+                        e.write_unraisable(py, Some(&sub));
+                    }
+                }
+            }
+        }
+        // Nothing can come any more: let the handlers go.
+        this.routes.clear();
+        Ok(())
+    }
+}
+
+/// A running subscription: a pattern and a handler, served by its bus's dispatcher threads.
+///
+/// Close it with `close()` (or `unsubscribe()`, or a `with` block): it stops receiving, lets
+/// queued and in-flight events finish, then returns. A subscription that is not closed runs
+/// until its bus is closed, whether or not the Python object is kept.
+#[pyclass(frozen, module = "polybus")]
+pub(crate) struct Subscription {
+    /// Set once the core has subscribed (before the object is handed out).
+    inner: OnceLock<BatchSubscription>,
+    token: u64,
+    pattern: String,
+    bus_id: u64,
+    handler: Py<PyAny>,
+    event_loop: Option<Py<PyAny>>,
+    routes: Arc<Routes>,
+}
+
+impl Subscription {
+    /// Whether it has been closed (by itself or by its bus).
+    fn is_closed(&self) -> bool {
+        self.inner.get().is_none_or(|i| i.is_closed())
+    }
+
+    /// Stops receiving without waiting; its route goes once it has drained.
+    fn stop(&self) {
+        if let Some(inner) = self.inner.get() {
+            inner.stop();
+        }
+        lock(&self.routes.stopping).push(self.token);
+    }
+
+    /// Whether `event_loop` is the loop this subscription's coroutine handlers run on.
+    fn runs_on(&self, event_loop: &Bound<'_, PyAny>) -> bool {
+        self.event_loop.as_ref().is_some_and(|l| l.is(event_loop))
+    }
 }
 
 /// Where the calling code runs, to tell whether waiting for a drain would wait on itself.
@@ -201,7 +409,7 @@ impl Subscription {
     /// Whether the subscription has been closed (by itself or by its bus).
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.is_closed()
+        self.is_closed()
     }
 
     /// Stops receiving, lets queued and in-flight events finish, then returns. Idempotent.
@@ -211,12 +419,18 @@ impl Subscription {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let Some(inner) = this.inner.get() else {
+            return Ok(());
+        };
         if Caller::here(py)?.inside(slf) {
-            this.inner.stop();
+            this.stop();
             return Ok(());
         }
-        block_on(py, this.inner.close())?.map_err(to_py)?;
-        this.join(py)
+        // The dispatcher threads keep completing its batches while this waits.
+        let closed = block_on(py, inner.close())?;
+        let removed = this.routes.remove(this.token);
+        drop(removed);
+        closed.map_err(to_py)
     }
 
     /// The same as `close()`.
@@ -229,7 +443,7 @@ impl Subscription {
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
         Subscription::close(slf)?;
         Ok(false)
     }
@@ -238,82 +452,51 @@ impl Subscription {
         format!(
             "Subscription(pattern={:?}, closed={})",
             self.pattern,
-            crate::py_bool(self.inner.is_closed())
+            crate::py_bool(self.is_closed())
         )
-    }
-
-    /// The body of a dispatcher thread: pull batches until the subscription is drained.
-    fn _serve(
-        slf: &Bound<'_, Self>,
-        handler: &Bound<'_, PyAny>,
-        event_loop: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let dispatch = dispatch_module(py)?;
-        dispatch
-            .getattr(intern!(py, "current"))?
-            .call_method1(intern!(py, "set"), (slf,))?;
-        let this = slf.get();
-        loop {
-            match py.detach(|| this.inner.next_batch_blocking(SIGNAL_CHECK_INTERVAL)) {
-                Ok(None) => {}
-                Ok(Some(batch)) => match event_loop {
-                    None => run(py, &this.pattern, handler, batch),
-                    Some(l) => {
-                        let batch = Batch {
-                            inner: Mutex::new(Some(batch)),
-                        };
-                        dispatch
-                            .getattr(intern!(py, "schedule"))?
-                            .call1((l, handler, batch, slf))?;
-                    }
-                },
-                // Closed and drained.
-                Err(_) => return Ok(()),
-            }
-        }
     }
 }
 
-/// Runs a plain handler over one batch, in order, stopping at the first failure.
+/// Runs a plain handler over one batch, in order, stopping at the first failure, and reports
+/// how far it got.
 fn run(py: Python<'_>, pattern: &str, handler: &Bound<'_, PyAny>, batch: polybus::Batch) {
-    let n = batch.events().len();
-    let mut outcomes = Vec::with_capacity(n);
-    for event in batch.events() {
-        let outcome = match Bound::new(py, Event::new(event.clone())) {
+    let mut failed = None;
+    for (i, event) in batch.events().iter().enumerate() {
+        let reason = match Bound::new(py, Event::new(event.clone())) {
             Ok(event) => match handler.call1((&event,)) {
-                Ok(r) if r.is_none() => Outcome::Ack,
+                Ok(r) if r.is_none() => None,
                 Ok(r) => returned(py, pattern, &event, r),
-                Err(err) => Outcome::Nack(failure(py, pattern, &event, err)),
+                Err(err) => Some(failure(py, pattern, &event, err)),
             },
-            Err(err) => Outcome::Nack(err.to_string()),
+            Err(err) => Some(err.to_string()),
         };
-        let failed = outcome != Outcome::Ack;
-        outcomes.push(outcome);
-        if failed {
+        if let Some(reason) = reason {
+            failed = Some((i, reason));
             break;
         }
     }
-    outcomes.resize(n, Outcome::Skipped);
-    batch.complete(outcomes);
+    match failed {
+        None => batch.ack_all(),
+        Some((i, reason)) => batch.complete(i, Some(reason)),
+    }
 }
 
-/// The outcome of a plain handler that returned something: an awaitable means an async
-/// handler that was not recognised as one, which cannot be run here.
+/// The failure of a plain handler that returned something, if any: an awaitable means an
+/// async handler that was not recognised as one, which cannot be run here.
 fn returned(
     py: Python<'_>,
     pattern: &str,
     event: &Bound<'_, Event>,
     value: Bound<'_, PyAny>,
-) -> Outcome {
+) -> Option<String> {
     if !value.hasattr(intern!(py, "__await__")).unwrap_or(false) {
-        return Outcome::Ack;
+        return None;
     }
     let _ = value.call_method0(intern!(py, "close"));
     let err = pyo3::exceptions::PyTypeError::new_err(
         "the handler returned an awaitable; pass an `async def` function to run it on an event loop",
     );
-    Outcome::Nack(failure(py, pattern, event, err))
+    Some(failure(py, pattern, event, err))
 }
 
 /// Logs a handler failure to the `polybus` logger and returns the nack reason.
@@ -344,23 +527,19 @@ impl Batch {
             .collect()
     }
 
-    /// Reports the outcome: every event acked, or those before `failed` acked, the one at
-    /// `failed` nacked with `reason` and the rest skipped.
-    #[pyo3(signature = (failed, reason))]
-    fn complete(&self, failed: Option<usize>, reason: String) {
-        let Some(batch) = lock(&self.inner).take() else {
-            return;
-        };
-        let n = batch.events().len();
-        let outcomes = match failed {
-            None => vec![Outcome::Ack; n],
-            Some(i) => {
-                let mut o = vec![Outcome::Ack; i.min(n)];
-                o.push(Outcome::Nack(reason));
-                o.resize(n, Outcome::Skipped);
-                o
-            }
-        };
-        batch.complete(outcomes);
+    /// Reports how far the handler got: the first `handled` events succeeded; `reason`, if
+    /// given, is why the next one failed. The core delivers the rest again. Once only.
+    #[pyo3(signature = (handled, reason=None))]
+    fn complete(&self, handled: usize, reason: Option<String>) {
+        if let Some(batch) = lock(&self.inner).take() {
+            batch.complete(handled, reason);
+        }
+    }
+
+    /// Reports every event as handled. Once only.
+    fn ack_all(&self) {
+        if let Some(batch) = lock(&self.inner).take() {
+            batch.ack_all();
+        }
     }
 }

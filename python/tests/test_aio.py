@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 
 import pytest
@@ -121,6 +122,7 @@ def test_publish_sets_the_event_time() -> None:
             await done.wait()
             with pytest.raises(polybus.InvalidArgumentError):
                 await bus.publish("t", b"x", time=-1.0)
-        assert got[0].time == 1_234_567_890.5
+        utc = datetime.timezone.utc
+        assert got[0].time == datetime.datetime.fromtimestamp(1_234_567_890.5, utc)
 
     run(main())

@@ -42,7 +42,8 @@ def test_round_trip_keeps_every_field(bus: polybus.Bus, collector: Collector) ->
     assert event.type == "order.created"
     assert event.source == "billing"
     assert event.attempt == 1
-    assert before - 1 <= event.time <= time.time() + 1
+    assert event.time.tzinfo is datetime.timezone.utc
+    assert before - 1 <= event.time.timestamp() <= time.time() + 1
     assert "orders.created" in repr(event)
 
 
@@ -61,6 +62,38 @@ def test_payload_forms(bus: polybus.Bus, collector: Collector) -> None:
     assert events[0].id != events[1].id
     assert events[0].type == "p"
     assert events[0].key is None and events[0].source is None
+
+
+def test_json_payloads_are_compact_and_keep_a_publisher_content_type(
+    bus: polybus.Bus, collector: Collector
+) -> None:
+    bus.subscribe("j", collector)
+    value = {"a": [1, 2, {"b": None}], "s": "é", "t": True}
+    bus.publish("j", value)
+    bus.publish("j", value, headers={"content-type": "application/vnd.x+json"})
+    bus.publish_batch([{"topic": "j", "payload": [1, "x"]}])
+    events = collector.wait(3)
+    # The text Go's json.Marshal and JS JSON.stringify give these values.
+    assert events[0].payload == '{"a":[1,2,{"b":null}],"s":"é","t":true}'.encode()
+    assert events[0].headers == {"content-type": "application/json"}
+    assert events[1].headers == {"content-type": "application/vnd.x+json"}
+    assert (events[2].payload, events[2].headers) == (
+        b'[1,"x"]',
+        {"content-type": "application/json"},
+    )
+
+
+def test_error_text_is_the_cores() -> None:
+    with polybus.connect("memory://") as bus:
+        with pytest.raises(polybus.InvalidTopicError) as topic:
+            bus.publish("a..b", b"x")
+        with pytest.raises(polybus.InvalidArgumentError) as start:
+            bus.subscribe("a", print, start="middle")
+    assert str(topic.value).startswith('invalid topic: topic "a..b": empty token')
+    assert str(start.value).startswith("invalid argument: start must be")
+    with pytest.raises(polybus.ClosedError) as closed:
+        bus.publish("a", b"x")
+    assert str(closed.value) == "closed: bus is closed"
 
 
 def test_json_of_a_non_json_payload_is_a_payload_error(
@@ -91,7 +124,7 @@ def test_handlers_run_on_dispatcher_threads(bus: polybus.Bus, collector: Collect
     bus.publish_many(("t", str(i)) for i in range(30))
     collector.wait(30)
     assert threading.current_thread().name not in collector.threads
-    assert all(name.startswith("polybus t") for name in collector.threads)
+    assert all(name.startswith("polybus-dispatch-") for name in collector.threads)
 
 
 def test_publish_many_keeps_order_and_counts(bus: polybus.Bus, collector: Collector) -> None:
@@ -110,12 +143,42 @@ def test_publish_many_keeps_order_and_counts(bus: polybus.Bus, collector: Collec
     )
 
 
-def test_publish_many_reports_the_failed_index(bus: polybus.Bus) -> None:
-    with pytest.raises(polybus.InvalidTopicError, match="event 2 of publish_many"):
-        bus.publish_many([("a", b""), ("b", b""), ("c..d", b"")])
-    with pytest.raises(TypeError):
-        bus.publish_many([42])  # type: ignore[list-item]
+def test_publish_batch_reports_the_failed_index_and_how_many_were_published(
+    bus: polybus.Bus,
+) -> None:
+    with pytest.raises(polybus.InvalidTopicError, match="event 2 of the batch") as info:
+        bus.publish_batch([("a", b""), ("b", b""), ("c..d", b""), ("e", b"")])
+    assert info.value.published == 2
     assert bus.stats()["published"] == 2
+    # Items are converted before any is published.
+    with pytest.raises(TypeError, match="event 1 of the batch") as type_error:
+        bus.publish_batch([("a", b""), 42])  # type: ignore[list-item]
+    assert type_error.value.published == 0  # type: ignore[attr-defined]
+    with pytest.raises(polybus.PayloadError, match="event 0 of the batch") as payload:
+        bus.publish_many([("a", object())])
+    assert payload.value.published == 0
+    assert bus.stats()["published"] == 2
+    assert polybus.ClosedError("x").published is None
+
+
+def test_publish_batch_and_its_alias_count(bus: polybus.Bus, collector: Collector) -> None:
+    bus.subscribe("n", collector)
+    assert bus.publish_batch([]) == 0
+    assert bus.publish_batch(("n", str(i)) for i in range(5)) == 5
+    assert bus.publish_many([("n", "5")]) == 1
+    assert [e.payload for e in collector.wait(6)] == [str(i).encode() for i in range(6)]
+
+
+def test_publish_batch_from_another_thread(bus: polybus.Bus, collector: Collector) -> None:
+    bus.subscribe("n", collector, queue_size=4)
+    counts: list[int] = []
+    thread = threading.Thread(
+        target=lambda: counts.append(bus.publish_batch(("n", str(i)) for i in range(500)))
+    )
+    thread.start()
+    thread.join(TIMEOUT)
+    assert counts == [500]
+    assert [e.payload for e in collector.wait(500)] == [str(i).encode() for i in range(500)]
 
 
 def test_a_raising_handler_is_a_nack_that_is_retried(
@@ -381,10 +444,11 @@ def test_publisher_set_time_round_trips(bus: polybus.Bus, collector: Collector) 
     bus.publish("t", b"int", time=0)
     assert bus.publish_many([{"topic": "t", "payload": b"many", "time": aware}]) == 1
     events = collector.wait(6)
-    as_datetime = [datetime.datetime.fromtimestamp(e.time, utc) for e in events]
-    assert as_datetime[:3] == [aware, aware, naive.replace(tzinfo=utc)]
-    assert [e.time for e in events[3:5]] == [seconds, 0.0]
-    assert as_datetime[5] == aware
+    assert all(e.time.tzinfo is utc for e in events)
+    assert [e.time for e in events[:3]] == [aware, aware, naive.replace(tzinfo=utc)]
+    assert events[3].time == datetime.datetime(2023, 11, 14, 22, 13, 20, 654321, tzinfo=utc)
+    assert events[4].time == datetime.datetime(1970, 1, 1, tzinfo=utc)
+    assert events[5].time == aware
 
 
 @pytest.mark.parametrize(
