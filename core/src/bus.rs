@@ -547,7 +547,11 @@ impl Bus {
             executor,
         );
         let mut subs = self.inner.subscriptions.lock();
-        subs.retain(|w| w.strong_count() > 0);
+        // Forget ended subscriptions only when the list would grow: amortised O(1) per
+        // subscribe, so subscribing 10,000 times does not rescan the list 10,000 times.
+        if subs.len() == subs.capacity() {
+            subs.retain(|w| w.strong_count() > 0);
+        }
         subs.push(Arc::downgrade(&control));
         drop(subs);
         // Closed while subscribing: do not leave it running.
