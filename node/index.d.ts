@@ -32,9 +32,18 @@ export type ErrorCode =
   | 'POLYBUS_ERR_ABI_MISMATCH'
   | 'POLYBUS_ERR_INTERNAL'
 
-/** An error thrown or rejected by polybus. */
+/**
+ * An error thrown or rejected by polybus. Its `message` is the core's text for the error, the
+ * same in every language: the kind, then the detail (`invalid topic: topic "a..b": empty
+ * token at position 2 ...`).
+ */
 export interface PolybusError extends Error {
   code: ErrorCode
+  /**
+   * Set on the error of {@link Bus.publishBatch}: how many events, from the first, were
+   * published before the failed one.
+   */
+  published?: number
 }
 
 /**
@@ -230,7 +239,7 @@ export interface PublishOptions {
   time?: Date | number
 }
 
-/** One event of {@link Bus.publishMany}. */
+/** One event of {@link Bus.publishBatch}. */
 export interface OutgoingMessage extends PublishOptions {
   topic: string
   payload: Payload
@@ -290,7 +299,8 @@ export declare class Event {
 
 /**
  * Handles one event. Returning (or resolving) acknowledges it; throwing (or rejecting) is a
- * nack. Runs on the JavaScript thread; events of one lane are handled one after another.
+ * nack. Runs on the JavaScript thread; events of one lane are handled one after another. It
+ * may close its own subscription or bus: that stops without waiting for itself.
  */
 export type Handler = (event: Event) => unknown
 
@@ -312,21 +322,36 @@ export interface Stats {
   dropped: number
 }
 
-/** A running subscription. It does not keep the process running by itself. */
+/**
+ * A running subscription. Like a listening socket, it keeps the process alive until it is
+ * closed (or its bus is), so a consumer-only service keeps running and accepted events are
+ * handled; {@link Subscription.unref} opts out.
+ */
 export declare class Subscription {
   private constructor()
   /** The pattern subscribed to. */
   readonly pattern: string
   /** Whether the subscription has been closed. */
   readonly closed: boolean
-  /** Stops receiving without waiting; events already queued are still handled. */
-  unsubscribe(): void
   /**
-   * Stops receiving and resolves once queued and in-flight events are handled. Idempotent.
+   * Stops receiving and resolves once queued and in-flight events are handled; then it no
+   * longer keeps the process alive. Idempotent. Called from inside one of the subscription's
+   * own handlers it stops and resolves at once (waiting would wait for that handler); the
+   * drain finishes in the background.
    * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when they were not handled within the bus's
    * `closeTimeoutMs` (the rest is dropped).
    */
   close(): Promise<void>
+  /** The same as {@link Subscription.close}: the one meaning of unsubscribe in every language. */
+  unsubscribe(): Promise<void>
+  /**
+   * Lets the process exit while the subscription is live, as `unref()` of a Node socket or
+   * timer does: its events are then handled only while something else keeps the process
+   * running. Returns the subscription.
+   */
+  unref(): this
+  /** Makes the subscription keep the process alive again (the default). Returns it. */
+  ref(): this
 }
 
 /** A connection to an event bus, made by {@link connect}. */
@@ -347,8 +372,11 @@ export declare class Bus {
   onConnectionStateChange(callback: (state: ConnectionState) => void | Promise<void>): void
   /**
    * Publishes one event; resolves once the backend accepted it (memory: queued to every
-   * matching subscription, waiting while a queue is full). Publishes made without awaiting
-   * are accepted in call order.
+   * matching subscription, waiting while a queue is full; a broker: once it confirmed).
+   * Publishes made without awaiting go straight to the core, which keeps them in call order
+   * and pipelines them. A payload that is not bytes or text is sent as `JSON.stringify` text,
+   * with the core's JSON rule (`content-type: application/json` unless a `content-type`
+   * header is set).
    * @throws {PolybusError} `POLYBUS_ERR_CLOSED` after `close`, `POLYBUS_ERR_INVALID_TOPIC`,
    * `POLYBUS_ERR_TOO_LARGE` (over `maxPayload`), `POLYBUS_ERR_PAYLOAD` (a value JSON cannot
    * encode: a function, a BigInt), `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header, key,
@@ -357,12 +385,16 @@ export declare class Bus {
    */
   publish(topic: string, payload: Payload, options?: PublishOptions): Promise<void>
   /**
-   * Publishes many events in order and resolves once all are accepted: the fast path, which
-   * crosses into the native module once per chunk of events rather than once per event.
-   * Stops at the first error; the events before it were published.
-   * @throws {PolybusError} As {@link Bus.publish}; the message names the failed event's index.
+   * Publishes many events in order with one call into the core's pipelined publish (as many
+   * in flight as the backend allows, confirmations awaited together) and resolves with how
+   * many were published: all of them.
+   * @throws {PolybusError} As {@link Bus.publish}, for the first event that failed: the
+   * message names its index, and `published` says how many events before it were published
+   * (an event that cannot be converted fails the batch once the ones before it are published).
    */
-  publishMany(messages: Iterable<OutgoingMessage>): Promise<void>
+  publishBatch(messages: Iterable<OutgoingMessage>): Promise<number>
+  /** The same as {@link Bus.publishBatch} (its former name). */
+  publishMany(messages: Iterable<OutgoingMessage>): Promise<number>
   /**
    * Subscribes `handler` to `pattern` (`*` matches one token, `>` the rest).
    * @throws {PolybusError} `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_PATTERN`,
@@ -374,7 +406,9 @@ export declare class Bus {
   /**
    * Closes the bus: new publishes and subscribes fail with `POLYBUS_ERR_CLOSED`, every
    * subscription stops receiving, queued and in-flight events are still handled, then the
-   * connection is released. Idempotent.
+   * connection is released and its subscriptions no longer keep the process alive.
+   * Idempotent. Called from inside a handler of this bus it resolves at once (waiting would
+   * wait for that handler): the bus is closed, and the drain finishes in the background.
    * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when handlers did not finish within
    * `closeTimeoutMs` (the rest is dropped).
    */

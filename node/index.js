@@ -4,16 +4,24 @@
 // each handler's result to an acknowledgement. Retries, backoff, ordering and dead-lettering
 // all happen in the core.
 
+const { AsyncLocalStorage } = require('node:async_hooks')
 const { inspect } = require('node:util')
 const native = require('./native.js')
 
 const RESOLVED = Promise.resolve()
 const noop = () => {}
 
-/** An `Error` whose `code` is the C name of a polybus status. */
-function polybusError(code, message, cause) {
-  const err = new Error(message, cause === undefined ? undefined : { cause })
+/** The detail of an error raised here (its message without the core's `kind: ` prefix). */
+const DETAIL = Symbol('polybus.detail')
+
+/**
+ * An `Error` whose `code` is the C name of a polybus status and whose message is the core's
+ * text for it (`kind: detail`, as in every language).
+ */
+function polybusError(code, detail, cause) {
+  const err = new Error(native.errorMessage(code, detail), cause === undefined ? undefined : { cause })
   err.code = code
+  Object.defineProperty(err, DETAIL, { value: detail })
   return err
 }
 
@@ -23,8 +31,14 @@ function polybusError(code, message, cause) {
  */
 function argumentError(err) {
   if (typeof err?.code === 'string' && err.code.startsWith('POLYBUS_')) return err
-  return polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `invalid argument: ${err?.message}`, err)
+  return polybusError('POLYBUS_ERR_INVALID_ARGUMENT', String(err?.message), err)
 }
+
+/**
+ * The subscription (and its bus) whose handler is running, across the handler's awaits: a
+ * close from inside one's own handler stops without waiting for itself.
+ */
+const running = new AsyncLocalStorage()
 
 /** `connectTimeoutMs` -> `connect_timeout_ms`; snake_case names stay as they are. */
 const snakeCase = (name) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
@@ -71,7 +85,7 @@ function encodePayload(payload) {
   try {
     text = JSON.stringify(payload)
   } catch (err) {
-    throw polybusError('POLYBUS_ERR_PAYLOAD', `cannot encode the payload as JSON: ${err.message}`, err)
+    throw polybusError('POLYBUS_ERR_PAYLOAD', `cannot encode the payload as JSON: ${err?.message}`, err)
   }
   if (text === undefined) {
     throw polybusError(
@@ -136,8 +150,8 @@ class Event {
 }
 
 /**
- * Runs `handler` over one batch (one lane) in order, awaiting each returned promise, and stops
- * at the first failure: that event is nacked with the reason, the rest are skipped.
+ * Runs `handler` over one batch (one lane) in order, awaiting each returned promise, until one
+ * fails; reports how many succeeded and why the next failed. The core decides the rest.
  */
 async function handleBatch(batch, handler) {
   const n = batch.length
@@ -154,9 +168,6 @@ async function handleBatch(batch, handler) {
   batch.complete(n)
 }
 
-/** How many events `publishMany` hands to the native module in one call. */
-const PUBLISH_CHUNK = 1024
-
 /** Milliseconds since the Unix epoch of a publish option `time`: a `Date` or a number of ms. */
 function timeMs(time) {
   if (time === undefined || time === null) return undefined
@@ -168,21 +179,53 @@ function timeMs(time) {
   )
 }
 
-/** Whether `options` (publish options, or a message of `publishMany`) sets any option. */
+/** Whether `options` (publish options, or a message of `publishBatch`) sets any option. */
 function hasOptions(options) {
   return options.key !== undefined || options.headers !== undefined || options.id !== undefined ||
     options.type !== undefined || options.time !== undefined
 }
 
+/** A running subscription; see index.d.ts. */
+class Subscription {
+  #native
+  #scope
+
+  constructor(nativeSubscription, scope) {
+    this.#native = nativeSubscription
+    this.#scope = scope
+  }
+
+  get pattern() { return this.#native.pattern }
+  get closed() { return this.#native.closed }
+
+  close() {
+    const store = running.getStore()
+    if (store !== undefined && store === this.#scope) {
+      // From inside one of its own handlers: waiting would wait for that handler.
+      this.#native.stop()
+      return RESOLVED
+    }
+    return this.#native.close()
+  }
+
+  unsubscribe() {
+    return this.close()
+  }
+
+  ref() {
+    this.#native.ref()
+    return this
+  }
+
+  unref() {
+    this.#native.unref()
+    return this
+  }
+}
+
 /** A connection to an event bus; see index.d.ts. */
 class Bus {
   #native
-  /**
-   * The last publish the backend has not accepted yet. Later publishes wait behind it here
-   * rather than in the core: waiting in the core costs one cross-thread promise per publish,
-   * here one per wait.
-   */
-  #tail = null
 
   constructor(nativeBus) {
     this.#native = nativeBus
@@ -192,85 +235,63 @@ class Bus {
     try {
       const data = encodePayload(payload)
       const json = data !== payload && typeof data === 'string'
-      if (this.#tail !== null) {
-        const send = () => this.#send(topic, data, json, options)
-        return this.#follow(this.#tail.then(send, send))
+      let pending
+      if (!json && (options === undefined || options === null || !hasOptions(options))) {
+        pending = this.#native.publish(topic, data)
+      } else {
+        pending = this.#native.publishWith(topic, data, json, options?.key, options?.headers, options?.id,
+          options?.type, timeMs(options?.time))
       }
-      const pending = this.#send(topic, data, json, options)
-      return pending === null ? RESOLVED : this.#follow(pending)
+      return pending === null ? RESOLVED : pending
     } catch (err) {
       return Promise.reject(argumentError(err))
     }
   }
 
-  /** One native publish: the lean call for bytes or text without options, else the full one. */
-  #send(topic, data, json, options) {
-    try {
-      if (!json && (options === undefined || options === null || !hasOptions(options))) {
-        return this.#native.publish(topic, data)
-      }
-      return this.#native.publishWith(topic, data, json, options?.key, options?.headers, options?.id,
-        options?.type, timeMs(options?.time))
-    } catch (err) {
-      throw argumentError(err)
-    }
-  }
-
-  /** Keeps later publishes behind `pending` until the backend accepted it. */
-  #follow(pending) {
-    this.#tail = pending
-    const clear = () => {
-      if (this.#tail === pending) this.#tail = null
-    }
-    pending.then(clear, clear)
-    return pending
-  }
-
-  async publishMany(messages) {
-    const chunk = { topics: [], payloads: [], json: null, metas: null, first: 0 }
+  async publishBatch(messages) {
+    const topics = []
+    const payloads = []
+    let json = null
+    let metas = null
     let topic
-    // Converts up to PUBLISH_CHUNK messages, then publishes them with one native call (more
-    // only when the backend makes one wait). A message that cannot be converted fails the
-    // batch once the messages before it are published.
+    let failure
+    // Converts the messages, then publishes them with one native call (the core's pipelined
+    // publish). A message that cannot be converted fails the batch once the ones before it
+    // are published.
     for (const m of messages) {
-      const i = chunk.topics.length
+      const i = topics.length
       try {
         if (m === null || typeof m !== 'object' || typeof m.topic !== 'string') {
           throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `expected {topic: string, payload}, got ${inspect(m)}`)
         }
         const data = encodePayload(m.payload)
-        if (data !== m.payload && typeof data === 'string') (chunk.json ??= new Uint8Array(PUBLISH_CHUNK))[i] = 1
-        if (hasOptions(m)) {
-          const { key, headers, id, type } = m
-          ;(chunk.metas ??= [])[i] = { key, headers, id, type, time: timeMs(m.time) }
-        }
+        const meta = hasOptions(m)
+          ? { key: m.key, headers: m.headers, id: m.id, type: m.type, time: timeMs(m.time) }
+          : undefined
+        if (data !== m.payload && typeof data === 'string') (json ??= [])[i] = 1
+        if (meta !== undefined) (metas ??= [])[i] = meta
         // A topic repeated from the message before is passed as undefined: converted once.
-        chunk.topics.push(m.topic === topic ? undefined : (topic = m.topic))
-        chunk.payloads.push(data)
+        topics.push(m.topic === topic ? undefined : (topic = m.topic))
+        payloads.push(data)
       } catch (err) {
-        await this.#publishChunk(chunk)
-        err.message = `event ${chunk.first + i} of the batch: ${err.message}`
-        throw err
-      }
-      if (chunk.topics.length === PUBLISH_CHUNK) {
-        await this.#publishChunk(chunk)
-        chunk.first += PUBLISH_CHUNK
-        chunk.topics.length = 0
-        chunk.payloads.length = 0
-        chunk.json = null
-        chunk.metas = null
-        topic = undefined
+        const e = argumentError(err)
+        failure = polybusError(e.code, `event ${i} of the batch: ${e[DETAIL] ?? e.message}`, e.cause)
+        failure.published = i
+        break
       }
     }
-    await this.#publishChunk(chunk)
+    let published
+    try {
+      published = await this.#native.publishBatch(topics, payloads, json && Uint8Array.from(json), metas)
+    } catch (err) {
+      throw argumentError(err)
+    }
+    if (failure !== undefined) throw failure
+    return published
   }
 
-  /** Publishes one chunk of `publishMany`, behind the publishes made before. */
-  async #publishChunk({ topics, payloads, json, metas, first }) {
-    if (topics.length === 0) return
-    while (this.#tail !== null) await this.#tail.then(noop, noop)
-    let next = this.#native.publishMany(topics, payloads, json, metas, first, 0)
-    while (next !== null) next = this.#native.publishMany(topics, payloads, json, metas, first, await next)
+  publishMany(messages) {
+    return this.publishBatch(messages)
   }
 
   async subscribe(pattern, handler, options = {}) {
@@ -278,19 +299,26 @@ class Bus {
       throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `handler must be a function, got ${inspect(handler)}`)
     }
     const json = coreJson(options, 'subscribe options', 'POLYBUS_ERR_INVALID_ARGUMENT')
+    // What a close from inside this subscription's handlers sees (see Subscription.close).
+    const scope = { bus: this }
     const onBatch = (batch) => {
-      handleBatch(batch, handler)
+      running.run(scope, handleBatch, batch, handler)
     }
     let subscribed
     try {
-      subscribed = this.#native.subscribe(pattern, json, onBatch)
+      subscribed = await this.#native.subscribe(pattern, json, onBatch)
     } catch (err) {
       throw argumentError(err)
     }
-    return subscribed
+    return new Subscription(subscribed, scope)
   }
 
   close() {
+    if (running.getStore()?.bus === this) {
+      // From inside a handler of this bus: waiting would wait for that handler.
+      this.#native.closeNow()
+      return RESOLVED
+    }
     return this.#native.close()
   }
 
@@ -336,4 +364,4 @@ async function connect(config) {
   return new Bus(await native.connect(text))
 }
 
-module.exports = { connect, Bus, Event, Subscription: native.Subscription }
+module.exports = { connect, Bus, Event, Subscription }

@@ -30,17 +30,25 @@ export declare class Bus {
    */
   publishWith(topic: string, payload: Uint8Array | string, json: boolean, key?: string | undefined | null, headers?: Record<string, string> | undefined | null, id?: string | undefined | null, eventType?: string | undefined | null, time?: number | undefined | null): Promise<void> | null
   /**
-   * Publishes events `from`, `from + 1`, ... of the parallel arrays `topics` (`undefined`
-   * repeats the topic of the event before, converted once), `payloads` (bytes or text),
-   * `json` (1 for a payload that is JSON text; `null` for none) and `metas` (a
-   * `PublishMeta` or `undefined` per event; `null` for none) in order, in one call, until the backend makes one wait. Returns `null` when all were
-   * accepted, else a promise of the index to continue from once that one is accepted.
+   * Publishes the events of the parallel arrays `topics` (`undefined` repeats the topic of
+   * the event before, converted once), `payloads` (bytes or text), `json` (1 for a payload
+   * JavaScript encoded from a value; `null` for none) and `metas` (a `PublishMeta` or
+   * `undefined` per event, the array ending at the last event with options; `null` for
+   * none) in order, through the core's pipelined `publish_batch`. Resolves with how many
+   * were published (all of them).
    *
-   * Throws, or rejects, as `publish` does; the message names the event's index in the
-   * batch, `first` being the index of the arrays' first event. The events before it were
-   * published.
+   * Rejects as `publish` does, the message naming the failed event's index and the error's
+   * `published` saying how many events, from the first, were published before it. An event
+   * that cannot be converted fails the batch the same way, after the events before it.
    */
-  publishMany(topics: Array<string | undefined>, payloads: Array<Uint8Array | string>, json: Uint8Array | undefined | null, metas: Array<PublishMeta | undefined> | null, first: number, from: number): Promise<number> | null
+  publishBatch(topics: Array<string | undefined>, payloads: Array<Uint8Array | string>, json?: Uint8Array | undefined | null, metas?: Array<PublishMeta | undefined> | null): Promise<number>
+  /**
+   * Closes the bus without waiting, from inside one of its own handlers (waiting would
+   * wait for the handler itself): publishes and subscribes fail with `POLYBUS_ERR_CLOSED`
+   * and every subscription stops receiving before it returns; queued and in-flight events
+   * are handled and the connection released in the background.
+   */
+  closeNow(): void
   /**
    * Subscribes to `pattern` with `options` in the core's JSON form
    * (`{"group": ..., "concurrency": ..., "max_attempts": ...}`).
@@ -81,12 +89,12 @@ export declare class EventBatch {
   /** How many events the batch holds. */
   get length(): number
   /**
-   * Reports the outcome: the first `acked` events succeeded; when `reason` is given, the
-   * next one failed with it (a nack: the core retries or dead-letters it) and the rest were
-   * not run (redelivered as they are). Throws `POLYBUS_ERR_INVALID_ARGUMENT` when the batch
-   * was already completed.
+   * Reports how far the handlers got: the first `handled` events succeeded; `failure`, if
+   * given, is why the next one failed. The core decides the rest (acks, the retry or
+   * dead letter of the failed one, redelivery of those not run). Throws
+   * `POLYBUS_ERR_INVALID_ARGUMENT` when the batch was already completed.
    */
-  complete(acked: number, reason?: string | undefined | null): void
+  complete(handled: number, failure?: string | undefined | null): void
   /** The topic of event `index`. */
   topic(index: number): string
   /** A copy of the payload of event `index`. */
@@ -116,14 +124,28 @@ export declare class Subscription {
   get pattern(): string
   /** Whether the subscription has been closed. */
   get closed(): boolean
-  /** Stops receiving without waiting; events already queued are still handled. */
-  unsubscribe(): void
+  /**
+   * Stops receiving without waiting; queued and in-flight events are still handled. What
+   * `index.js` calls when `close` comes from inside one of the subscription's own handlers
+   * (waiting would wait for itself). Idempotent.
+   */
+  stop(): void
   /**
    * Stops receiving and resolves once queued and in-flight events are handled (keep
    * handling batches meanwhile). Idempotent. Rejects with `POLYBUS_ERR_TIMEOUT` when they
    * were not handled within the bus's `close_timeout_ms`.
    */
   close(): Promise<void>
+  /**
+   * Makes the subscription keep the process alive again (the default). No effect once it
+   * has ended.
+   */
+  ref(): void
+  /**
+   * Lets the process exit while the subscription is live (its events are then handled
+   * only while something else keeps the process running).
+   */
+  unref(): void
 }
 
 /**
@@ -135,7 +157,14 @@ export declare class Subscription {
  */
 export declare function connect(config: string): Promise<Bus>
 
-/** The options of an event of `publishMany`, as `index.js` passes them. */
+/**
+ * The core's text for an error of `code` (a status name such as `POLYBUS_ERR_PAYLOAD`) with
+ * `detail`: what `index.js` uses as the message of the errors it raises itself, so they read
+ * as the core's do (`payload error: ...`).
+ */
+export declare function errorMessage(code: string, detail: string): string
+
+/** The options of an event of `publishBatch`, as `index.js` passes them. */
 export interface PublishMeta {
   /** The ordering key. */
   key?: string

@@ -839,3 +839,4 @@ module.exports.Bus = nativeBinding.Bus
 module.exports.EventBatch = nativeBinding.EventBatch
 module.exports.Subscription = nativeBinding.Subscription
 module.exports.connect = nativeBinding.connect
+module.exports.errorMessage = nativeBinding.errorMessage

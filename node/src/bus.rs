@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -43,7 +44,7 @@ pub struct Stats {
     pub dropped: i64,
 }
 
-/// The options of an event of `publishMany`, as `index.js` passes them.
+/// The options of an event of `publishBatch`, as `index.js` passes them.
 #[napi(object)]
 pub struct PublishMeta {
     /// The ordering key.
@@ -70,8 +71,9 @@ type Payload<'a> = Either<&'a [u8], String>;
 /// The largest time a JavaScript `Date` holds, in milliseconds since the Unix epoch.
 const MAX_DATE_MS: f64 = 8.64e15;
 
-/// Builds the core message for `topic` and `payload`; `json` marks a payload that is JSON text
-/// (adds the `content-type: application/json` header, as the core's `Message::json` does).
+/// Builds the core message for `topic` and `payload`; `json` marks a payload that JavaScript
+/// encoded from a value (`JSON.stringify`): the core's JSON rule applies
+/// (`Message::json_encoded`).
 fn message(
     topic: String,
     payload: Payload<'_>,
@@ -83,26 +85,25 @@ fn message(
         Either::B(text) => text.into_bytes(),
     };
     let mut message = Message::new(topic, payload);
+    if let Some(meta) = meta {
+        for (name, value) in meta.headers.into_iter().flatten() {
+            message = message.header(name, value);
+        }
+        if let Some(key) = meta.key {
+            message = message.key(key);
+        }
+        if let Some(id) = meta.id {
+            message = message.id(id);
+        }
+        if let Some(t) = meta.event_type {
+            message = message.event_type(t);
+        }
+        if let Some(ms) = meta.time {
+            message = message.time(time_from_ms(ms)?);
+        }
+    }
     if json {
-        message = message.header("content-type", "application/json");
-    }
-    let Some(meta) = meta else {
-        return Ok(message);
-    };
-    for (name, value) in meta.headers.into_iter().flatten() {
-        message = message.header(name, value);
-    }
-    if let Some(key) = meta.key {
-        message = message.key(key);
-    }
-    if let Some(id) = meta.id {
-        message = message.id(id);
-    }
-    if let Some(t) = meta.event_type {
-        message = message.event_type(t);
-    }
-    if let Some(ms) = meta.time {
-        message = message.time(time_from_ms(ms)?);
+        message = message.json_encoded();
     }
     Ok(message)
 }
@@ -126,14 +127,6 @@ fn time_from_ms(ms: f64) -> error::Result<SystemTime> {
     let whole = ms.trunc();
     let nanos = ((ms - whole) * 1e6).round() as u64;
     Ok(UNIX_EPOCH + Duration::from_millis(whole as u64) + Duration::from_nanos(nanos))
-}
-
-/// Prefixes an error with the index of the event of `publishMany` it is about.
-fn in_batch(index: u32, e: polybus::Error) -> polybus::Error {
-    polybus::Error::new(
-        e.kind(),
-        format!("event {index} of the batch: {}", e.message()),
-    )
 }
 
 /// Element `index` of `array`, which the caller knows exists.
@@ -211,35 +204,33 @@ impl Bus {
         self.start(env, message(topic, payload, json, Some(meta))?)
     }
 
-    /// Publishes events `from`, `from + 1`, ... of the parallel arrays `topics` (`undefined`
-    /// repeats the topic of the event before, converted once), `payloads` (bytes or text),
-    /// `json` (1 for a payload that is JSON text; `null` for none) and `metas` (a
-    /// `PublishMeta` or `undefined` per event; `null` for none) in order, in one call, until the backend makes one wait. Returns `null` when all were
-    /// accepted, else a promise of the index to continue from once that one is accepted.
+    /// Publishes the events of the parallel arrays `topics` (`undefined` repeats the topic of
+    /// the event before, converted once), `payloads` (bytes or text), `json` (1 for a payload
+    /// JavaScript encoded from a value; `null` for none) and `metas` (a `PublishMeta` or
+    /// `undefined` per event, the array ending at the last event with options; `null` for
+    /// none) in order, through the core's pipelined `publish_batch`. Resolves with how many
+    /// were published (all of them).
     ///
-    /// Throws, or rejects, as `publish` does; the message names the event's index in the
-    /// batch, `first` being the index of the arrays' first event. The events before it were
-    /// published.
-    #[allow(clippy::too_many_arguments)]
-    #[napi(catch_unwind, ts_return_type = "Promise<number> | null")]
-    pub fn publish_many<'env>(
+    /// Rejects as `publish` does, the message naming the failed event's index and the error's
+    /// `published` saying how many events, from the first, were published before it. An event
+    /// that cannot be converted fails the batch the same way, after the events before it.
+    #[napi(catch_unwind, ts_return_type = "Promise<number>")]
+    pub fn publish_batch<'env>(
         &self,
         env: &'env Env,
         #[napi(ts_arg_type = "Array<string | undefined>")] topics: Array<'env>,
         #[napi(ts_arg_type = "Array<Uint8Array | string>")] payloads: Array<'env>,
         json: Option<Uint8ArraySlice<'env>>,
         #[napi(ts_arg_type = "Array<PublishMeta | undefined> | null")] metas: Option<Array<'env>>,
-        first: u32,
-        from: u32,
-    ) -> error::Result<Option<Object<'env>>> {
-        // The topic events repeat; when resuming, the one last set before `from`.
-        let mut topic = String::new();
-        for j in (0..from).rev() {
-            if let Some(t) = element::<Option<String>>(&topics, j)? {
-                topic = t;
-                break;
-            }
+    ) -> error::Result<Object<'env>> {
+        let n = topics.len();
+        if payloads.len() != n {
+            return Err(error::new(
+                ErrorKind::InvalidArgument,
+                "the arrays differ in length",
+            ));
         }
+        let mut topic = String::new();
         let mut read = |i: u32| -> error::Result<Message> {
             if let Some(t) = element::<Option<String>>(&topics, i)? {
                 topic = t;
@@ -247,37 +238,64 @@ impl Bus {
             let json = json
                 .as_ref()
                 .is_some_and(|flags| flags.get(i as usize) == Some(&1));
-            // `metas` ends at its last event with options.
             let meta = match &metas {
-                Some(metas) => metas
+                Some(metas) if i < metas.len() => metas
                     .get::<Option<PublishMeta>>(i)
                     .map_err(error::from_napi)?
                     .flatten(),
-                None => None,
+                _ => None,
             };
             message(topic.clone(), element(&payloads, i)?, json, meta)
         };
-        for i in from..topics.len() {
-            let index = first + i;
-            let message = read(i).map_err(|e| {
-                error::Error::new(
-                    e.status,
-                    format!("event {index} of the batch: {}", e.reason),
-                )
-            })?;
-            match self.inner.publish_nowait(message) {
-                Ok(None) => {}
-                Ok(Some(pending)) => {
-                    let accepted = async move {
-                        pending.wait().await.map_err(|e| in_batch(index, e))?;
-                        Ok(i + 1)
-                    };
-                    return crate::promise(env, accepted).map(Some);
+        // Converted here, on the JavaScript thread; published on the runtime.
+        let mut messages = Vec::with_capacity(n as usize);
+        let mut failed = None;
+        for i in 0..n {
+            match read(i) {
+                Ok(m) => messages.push(m),
+                Err(e) => {
+                    failed = Some((i as usize, e));
+                    break;
                 }
-                Err(e) => return Err(error::from_core(in_batch(index, e))),
             }
         }
-        Ok(None)
+        let bus = self.inner.clone();
+        let (deferred, promise) = env.create_deferred().map_err(error::from_napi)?;
+        polybus::runtime::global().spawn(async move {
+            let result = match bus.publish_batch(messages).await {
+                Err(e) => Err((e, None)),
+                Ok(count) => match failed {
+                    None => Ok(count as f64),
+                    Some((i, e)) => {
+                        let e = error::to_core(&e);
+                        let detail = format!("event {i} of the batch: {}", e.message());
+                        Err((polybus::Error::new(e.kind(), detail), Some(i)))
+                    }
+                },
+            };
+            deferred.resolve(move |env| result.map_err(|(e, n)| error::rejection(&env, e, n)));
+        });
+        Ok(promise)
+    }
+
+    /// Closes the bus without waiting, from inside one of its own handlers (waiting would
+    /// wait for the handler itself): publishes and subscribes fail with `POLYBUS_ERR_CLOSED`
+    /// and every subscription stops receiving before it returns; queued and in-flight events
+    /// are handled and the connection released in the background.
+    #[napi(catch_unwind)]
+    pub fn close_now(&self) {
+        let bus = self.inner.clone();
+        let runtime = polybus::runtime::global();
+        let _context = runtime.enter();
+        let mut close = Box::pin(async move {
+            let _ = bus.close().await;
+        });
+        // The first poll marks the bus closed and stops its subscriptions, here and now; the
+        // drain that follows runs on the runtime.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if close.as_mut().poll(&mut cx).is_pending() {
+            runtime.spawn(close);
+        }
     }
 
     /// Subscribes to `pattern` with `options` in the core's JSON form

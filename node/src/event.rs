@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use napi::{bindgen_prelude::BufferSlice, Env};
 use napi_derive::napi;
-use polybus::{Batch, ErrorKind, Event, Outcome};
+use polybus::{Batch, ErrorKind, Event};
 
 use crate::error;
 
@@ -47,26 +47,22 @@ impl EventBatch {
         self.events.len() as u32
     }
 
-    /// Reports the outcome: the first `acked` events succeeded; when `reason` is given, the
-    /// next one failed with it (a nack: the core retries or dead-letters it) and the rest were
-    /// not run (redelivered as they are). Throws `POLYBUS_ERR_INVALID_ARGUMENT` when the batch
-    /// was already completed.
+    /// Reports how far the handlers got: the first `handled` events succeeded; `failure`, if
+    /// given, is why the next one failed. The core decides the rest (acks, the retry or
+    /// dead letter of the failed one, redelivery of those not run). Throws
+    /// `POLYBUS_ERR_INVALID_ARGUMENT` when the batch was already completed.
     #[napi(catch_unwind)]
-    pub fn complete(&mut self, acked: u32, reason: Option<String>) -> error::Result<()> {
+    pub fn complete(&mut self, handled: u32, failure: Option<String>) -> error::Result<()> {
         let batch = self.batch.take().ok_or_else(|| {
             error::new(
                 ErrorKind::InvalidArgument,
                 "the batch was already completed",
             )
         })?;
-        let n = self.events.len();
-        let acked = (acked as usize).min(n);
-        let mut outcomes = vec![Outcome::Ack; acked];
-        if let Some(reason) = reason.filter(|_| acked < n) {
-            outcomes.push(Outcome::Nack(reason));
-            outcomes.resize(n, Outcome::Skipped);
+        match failure {
+            None if handled as usize >= self.events.len() => batch.ack_all(),
+            failure => batch.complete(handled as usize, failure),
         }
-        batch.complete(outcomes);
         Ok(())
     }
 

@@ -32,7 +32,7 @@ where
     let (deferred, promise) = env.create_deferred().map_err(error::from_napi)?;
     polybus::runtime::global().spawn(async move {
         let result = fut.await;
-        deferred.resolve(move |env| result.map_err(|e| error::rejection(&env, e)));
+        deferred.resolve(move |env| result.map_err(|e| error::rejection(&env, e, None)));
     });
     Ok(promise)
 }

@@ -173,13 +173,14 @@ test('closed handles fail with POLYBUS_ERR_CLOSED; close is idempotent', async (
   await sub.close()
   assert.equal(sub.closed, true)
   const other = await bus.subscribe('a.b', () => {})
-  other.unsubscribe()
+  await other.unsubscribe()
   assert.equal(other.closed, true)
   await bus.close()
   await bus.close()
   assert.equal(bus.closed, true)
   await rejectsWith(bus.publish('a.b', 'x'), 'POLYBUS_ERR_CLOSED')
   await rejectsWith(bus.publishMany([{ topic: 'a.b', payload: 'x' }]), 'POLYBUS_ERR_CLOSED')
+  await rejectsWith(bus.publishBatch([{ topic: 'a.b', payload: 'x' }]), 'POLYBUS_ERR_CLOSED')
   await rejectsWith(bus.subscribe('a.b', () => {}), 'POLYBUS_ERR_CLOSED')
 })
 
@@ -240,7 +241,7 @@ test('a time before 1970, invalid or of the wrong type is POLYBUS_ERR_INVALID_AR
   assert.equal(bus.stats().published, 1)
 })
 
-test('publishMany crosses chunks, repeats topics and resumes after waiting', async () => {
+test('publishMany crosses the backend\'s waits and repeats topics', async () => {
   const bus = await connect('memory://')
   const got = []
   await bus.subscribe('jobs.>', (e) => {
@@ -258,3 +259,120 @@ test('publishMany crosses chunks, repeats topics and resumes after waiting', asy
   const expected = messages.map((m) => `${m.topic}:${m.payload}:${m.key ?? null}`)
   assert.deepEqual(got, [...expected, ...expected.slice(0, 1500)])
 })
+
+test('publishBatch resolves with the count; a failure says how many were published', async () => {
+  const bus = await connect('memory://')
+  const got = []
+  await bus.subscribe('jobs.*', (e) => {
+    got.push(e.payload.toString())
+  }, { queueSize: 4 })
+  assert.equal(await bus.publishBatch(Array.from({ length: 20 }, (_, i) => ({ topic: 'jobs.run', payload: String(i) }))), 20)
+  assert.equal(await bus.publishBatch([]), 0)
+  // A failure the core reports (a bad topic) and one found converting (a bad payload).
+  await assert.rejects(bus.publishBatch([{ topic: 'jobs.run', payload: 'a' }, { topic: 'jobs.run', payload: 'b' }, { topic: 'jobs..x', payload: 'c' }]), (err) => {
+    assert.equal(err.code, 'POLYBUS_ERR_INVALID_TOPIC')
+    assert.equal(err.published, 2)
+    assert.match(err.message, /^invalid topic: event 2 of the batch: /)
+    return true
+  })
+  await assert.rejects(bus.publishBatch([{ topic: 'jobs.run', payload: 'd' }, { topic: 'jobs.run', payload: 10n }]), (err) => {
+    assert.equal(err.code, 'POLYBUS_ERR_PAYLOAD')
+    assert.equal(err.published, 1)
+    assert.match(err.message, /^payload error: event 1 of the batch: /)
+    return true
+  })
+  await assert.rejects(bus.publishMany([{ topic: 'jobs.run', payload: 'e' }, null]), (err) => err.published === 1)
+  await bus.close()
+  assert.deepEqual(got, [...Array.from({ length: 20 }, (_, i) => String(i)), 'a', 'b', 'd', 'e'])
+})
+
+test('JSON payloads follow the core\'s rule: content-type unless the publisher set one', async () => {
+  const bus = await connect('memory://')
+  const seen = []
+  await bus.subscribe('j.*', (e) => {
+    seen.push(e.headers['content-type'] ?? null)
+  })
+  await bus.publish('j.a', { a: 1 })
+  await bus.publish('j.b', { a: 1 }, { headers: { 'content-type': 'application/vnd.x+json' } })
+  await bus.publish('j.c', 'text')
+  await bus.publishBatch([{ topic: 'j.d', payload: [1] }, { topic: 'j.e', payload: 2, headers: { 'content-type': 'text/plain' } }, { topic: 'j.f', payload: Buffer.from('x') }])
+  await bus.close()
+  assert.deepEqual(seen, ['application/json', 'application/vnd.x+json', null, 'application/json', 'text/plain', null])
+})
+
+test('error messages are the core\'s text, with the code', async () => {
+  const bus = await connect('memory://')
+  await assert.rejects(bus.publish('a..b', 'x'), (err) => {
+    assert.equal(err.code, 'POLYBUS_ERR_INVALID_TOPIC')
+    assert.match(err.message, /^invalid topic: topic "a\.\.b": empty token/)
+    return true
+  })
+  await assert.rejects(bus.subscribe('a.b', 7), { code: 'POLYBUS_ERR_INVALID_ARGUMENT', message: /^invalid argument: handler must be a function/ })
+  await assert.rejects(bus.publish('a.b', 'x', { time: -1 }), { code: 'POLYBUS_ERR_INVALID_ARGUMENT', message: /^invalid argument: time -1 ms is before 1970/ })
+  await assert.rejects(bus.publish('a.b', () => {}), { code: 'POLYBUS_ERR_PAYLOAD', message: /^payload error: / })
+  await assert.rejects(connect('nope://x'), { code: 'POLYBUS_ERR_INVALID_CONFIG', message: /^invalid config: / })
+  await bus.close()
+  await assert.rejects(bus.publish('a.b', 'x'), { code: 'POLYBUS_ERR_CLOSED', message: /^closed: bus is closed$/ })
+})
+
+test('unsubscribe is close: it resolves once queued events are handled', async () => {
+  const bus = await connect('memory://')
+  let handled = 0
+  const sub = await bus.subscribe('a.b', async () => {
+    await new Promise((r) => setTimeout(r, 2))
+    handled++
+  })
+  for (let i = 0; i < 10; i++) bus.publish('a.b', 'x')
+  await bus.publish('a.b', 'x')
+  await sub.unsubscribe()
+  assert.equal(handled, 11)
+  assert.equal(sub.closed, true)
+  await bus.publish('a.b', 'late')
+  await bus.close()
+  assert.equal(handled, 11)
+})
+
+/** `promise`, or a rejection after a deadline far beyond any close timeout met by accident. */
+function promptly(promise, what, ms = 20_000) {
+  let timer
+  const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} did not return`)), ms) })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
+for (const when of ['synchronously', 'after an await']) {
+  test(`close and unsubscribe from inside their own handler return without waiting (${when})`, async () => {
+    // A close that waited for itself would wait out closeTimeoutMs (an hour).
+    const bus = await connect({ url: 'memory://', closeTimeoutMs: 3_600_000 })
+    for (const method of ['close', 'unsubscribe']) {
+      let calls = 0
+      let returned
+      const sub = await bus.subscribe(`s.${method}`, async () => {
+        calls++
+        if (when !== 'synchronously') await new Promise(setImmediate)
+        if (calls === 1) returned = promptly(sub[method](), `${method} from a handler`)
+      })
+      await bus.publish(`s.${method}`, 'first')
+      await eventually(() => returned !== undefined, 'the handler')
+      await returned
+      assert.equal(sub.closed, true)
+      await bus.publish(`s.${method}`, 'later')
+      await promptly(sub.close(), 'close after the drain')
+      assert.equal(calls, 1, `${method}: later events are not delivered`)
+    }
+    // bus.close() from inside a handler of that bus.
+    let calls = 0
+    let returned
+    await bus.subscribe('s.bus', async () => {
+      calls++
+      if (when !== 'synchronously') await new Promise(setImmediate)
+      returned = promptly(bus.close(), 'bus.close from a handler')
+    })
+    await bus.publish('s.bus', 'first')
+    await eventually(() => returned !== undefined, 'the handler')
+    await returned
+    assert.equal(bus.closed, true)
+    await rejectsWith(bus.publish('s.bus', 'later'), 'POLYBUS_ERR_CLOSED')
+    await promptly(bus.close(), 'bus.close after the drain')
+    assert.equal(calls, 1)
+  })
+}

@@ -1,4 +1,5 @@
-// Process lifecycle: polybus alone never keeps Node running, and repeated use does not leak.
+// Process lifecycle: a live subscription keeps Node running (as a socket does) until it or its
+// bus is closed, or it is unref'd; nothing else of polybus does; repeated use does not leak.
 
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -6,24 +7,40 @@ import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 
 const index = fileURLToPath(new URL('../index.js', import.meta.url))
+const NATS = process.env.POLYBUS_TEST_NATS_URL ?? 'nats://127.0.0.1:4222'
 
-/** Runs `script` (ESM, with `connect` imported) in a child `node`; resolves with its exit. */
-function runChild(script, { args = [], timeoutMs = 5000 } = {}) {
+/**
+ * Runs `script` (ESM, with `connect` imported) in a child `node`; resolves with its exit.
+ * With `until`, the child is expected to keep running: once its output matches `until` it is
+ * killed (`killed: true` in the result); exiting first resolves as usual. The returned
+ * promise has the child as `.child`.
+ */
+function runChild(script, { args = [], timeoutMs = 20_000, until } = {}) {
   const source = `import { connect } from ${JSON.stringify(index)}\n${script}`
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...args, '--input-type=module', '-e', source], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...args, '--input-type=module', '-e', source], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const exited = new Promise((resolve, reject) => {
     let output = ''
-    child.stdout.on('data', (d) => { output += d })
-    child.stderr.on('data', (d) => { output += d })
+    let killed = false
+    const onData = (d) => {
+      output += d
+      if (until !== undefined && !killed && until.test(output)) {
+        killed = true
+        child.kill('SIGKILL')
+      }
+    }
+    child.stdout.on('data', onData)
+    child.stderr.on('data', onData)
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
-      reject(new Error(`the child did not exit within ${timeoutMs} ms; output:\n${output}`))
+      reject(new Error(`the child did not finish within ${timeoutMs} ms; output:\n${output}`))
     }, timeoutMs)
     child.on('exit', (code, signal) => {
       clearTimeout(timer)
-      resolve({ code, signal, output })
+      resolve({ code, signal, output, killed })
     })
   })
+  exited.child = child
+  return exited
 }
 
 test('a script that subscribes and closes its bus exits on its own', async () => {
@@ -39,12 +56,77 @@ test('a script that subscribes and closes its bus exits on its own', async () =>
   assert.match(output, /handled 100/)
 })
 
-test('a script that subscribes and never closes exits on its own', async () => {
+test('a consumer-only script stays alive for its subscription until it closes', async () => {
+  // The consumer only subscribes; its events come from another process over NATS.
+  const topic = `life.p${process.pid}.t${Date.now()}`
+  const consumer = runChild(`
+    const bus = await connect(${JSON.stringify(NATS)})
+    let n = 0
+    await bus.subscribe(${JSON.stringify(topic)}, async () => {
+      if (++n === 5) {
+        await bus.close()
+        console.log('handled', n)
+      }
+    })
+    console.log('subscribed')
+  `)
+  await new Promise((resolve, reject) => {
+    let out = ''
+    consumer.child.stdout.on('data', (d) => {
+      out += d
+      if (/subscribed/.test(out)) resolve()
+    })
+    consumer.then(({ output }) => reject(new Error(`the consumer exited before any event:\n${output}`)), reject)
+  })
+  // Time to exit, were the subscription not keeping the consumer alive.
+  await new Promise((r) => setTimeout(r, 300))
+  assert.equal(consumer.child.exitCode, null, 'the consumer is still running')
+  const producer = await runChild(`
+    const bus = await connect(${JSON.stringify(NATS)})
+    for (let i = 0; i < 5; i++) await bus.publish(${JSON.stringify(topic)}, String(i))
+    await bus.close()
+  `)
+  assert.equal(producer.code, 0, producer.output)
+  const { code, output } = await consumer
+  assert.equal(code, 0, output)
+  assert.match(output, /handled 5/)
+})
+
+test('a script that publishes to its own subscription and never closes stays alive; unref() lets it exit', async () => {
+  // Referenced (the default): every accepted event is handled, and the process keeps running
+  // for the subscription, as for a listening socket; the test ends it.
+  const kept = await runChild(`
+    const bus = await connect('memory://')
+    let n = 0
+    await bus.subscribe('a.*', () => { if (++n === 10) setTimeout(() => console.log('handled', n), 200) }, { concurrency: 4 })
+    for (let i = 0; i < 10; i++) bus.publish('a.b', 'x')
+  `, { until: /handled 10/ })
+  assert.ok(kept.killed, `the child exited by itself (code ${kept.code}):\n${kept.output}`)
+  // unref(): the subscriptions no longer keep the process alive; it exits when the rest of its
+  // work is done (events not handled by then are not).
   const { code, output } = await runChild(`
     const bus = await connect('memory://')
-    await bus.subscribe('a.*', () => {}, { concurrency: 4 })
-    await bus.subscribe('a.*', () => {}, { group: 'g' })
+    const sub = await bus.subscribe('a.*', () => {}, { concurrency: 4 })
+    sub.unref()
+    ;(await bus.subscribe('a.*', () => {}, { group: 'g' })).unref().ref().unref()
     await bus.publish('a.b', 'x')
+    console.log('done')
+  `)
+  assert.equal(code, 0, output)
+  assert.match(output, /done/)
+})
+
+test('closing a subscription, or its bus, lets the process exit', async () => {
+  const { code, output } = await runChild(`
+    const bus = await connect('memory://')
+    const sub = await bus.subscribe('a.*', () => {})
+    await bus.subscribe('a.*', () => {})
+    await bus.publish('a.b', 'x')
+    await sub.close()
+    const other = await connect('memory://')
+    await other.subscribe('b.*', () => {})
+    await other.close()
+    await bus.close()
     console.log('done')
   `)
   assert.equal(code, 0, output)

@@ -47,9 +47,7 @@ pub(crate) fn connect<'py>(
             closing: Gate::default(),
         },
     )?;
-    dispatch_module(py)?
-        .getattr("track")?
-        .call1((&bus,))?;
+    dispatch_module(py)?.getattr("track")?.call1((&bus,))?;
     Ok(bus)
 }
 

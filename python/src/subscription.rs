@@ -189,7 +189,8 @@ impl Dispatcher {
         let queue = this.queue.clone();
         let bus = bus.clone();
         let subscribed = block_on(py, async move {
-            bus.subscribe_to_queue(pattern, options, &queue, token).await
+            bus.subscribe_to_queue(pattern, options, &queue, token)
+                .await
         })
         .and_then(|r| r.map_err(to_py));
         let inner = match subscribed {
