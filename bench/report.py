@@ -40,7 +40,7 @@ def main(results: str, out: str) -> None:
     for r in rows:
         target = TARGETS.get(r["lang"])
         peer = "(peer" in r["case"]
-        broker = "kafka" in r["case"]
+        broker = "kafka" in r["case"] or "://" in r["case"]
         t = "" if peer or broker or target is None else f"{target:,}"
         lines.append(
             f"| {r['lang']} | {r['case']} | {r['events']:,} | {r['seconds']:.3f} | "

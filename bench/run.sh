@@ -47,5 +47,16 @@ for case in kafka kafka-peer; do
     cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
 done
 
+# publishBatch from Node on every broker (the Rust core's Kafka row above is the reference).
+eval "$(bash tests/harness/brokers.sh start nats)"
+POLYBUS_BENCH_URL="jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,$POLYBUS_TEST_KAFKA_URL" \
+  node node/bench/bench_pubsub.mjs | grep '^{' | grep '://' | tee -a "$results"
+
+echo "== scale (subscriptions: threads, memory, idle CPU, subscribe and close times)"
+scale="$out/scale.jsonl"
+: >"$scale"
+(source bindings/go/cgo-env.sh && cd bindings/go && go run ./cmd/polybus-scale) | grep '^{' | tee -a "$scale"
+"$py" python/bench/bench_scale.py | grep '^{' | tee -a "$scale"
+
 python3 bench/report.py "$results" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"
