@@ -194,8 +194,8 @@ fn cluster_node_of(ports: &[String], key: &str) -> Option<String> {
     })
 }
 
-#[tokio::test]
-async fn a_redis_cluster_carries_wildcards_across_nodes_and_shares_a_group() {
+/// Starts the harness's cluster (if it is not running): its URL and its nodes' ports.
+fn start_cluster() -> (String, Vec<String>) {
     let out = harness(&["start", "redis-cluster"]);
     let url = out
         .lines()
@@ -207,6 +207,12 @@ async fn a_redis_cluster_carries_wildcards_across_nodes_and_shares_a_group() {
         .split(',')
         .map(|hp| hp.rsplit(':').next().unwrap().to_owned())
         .collect();
+    (url, ports)
+}
+
+#[tokio::test]
+async fn a_redis_cluster_carries_wildcards_across_nodes_and_shares_a_group() {
+    let (url, ports) = start_cluster();
     let prefix = unique("cluster");
     let cfg = || Config::new(&url).prefix(&prefix);
     let a = Bus::connect(cfg()).await.unwrap();
@@ -271,17 +277,7 @@ async fn a_redis_cluster_carries_wildcards_across_nodes_and_shares_a_group() {
 /// XRANGE showed `0, 26, 27, ...`).
 #[tokio::test]
 async fn a_batch_on_a_redis_cluster_is_stored_in_publish_order() {
-    let out = harness(&["start", "redis-cluster"]);
-    let url = out
-        .lines()
-        .find_map(|l| l.strip_prefix("export POLYBUS_TEST_REDIS_CLUSTER_URL="))
-        .expect("the harness prints the cluster's URL")
-        .to_owned();
-    let ports: Vec<String> = url
-        .trim_start_matches("redis+cluster://")
-        .split(',')
-        .map(|hp| hp.rsplit(':').next().unwrap().to_owned())
-        .collect();
+    let (url, ports) = start_cluster();
     let prefix = unique("clusterorder");
     let bus = Bus::connect(Config::new(&url).prefix(&prefix))
         .await
