@@ -161,6 +161,10 @@ enum polybus_status_t
    */
   POLYBUS_ERR_ABI_MISMATCH = -15,
   /**
+   * The caller cancelled the call (a fired polybus_cancel_t).
+   */
+  POLYBUS_ERR_CANCELLED = -16,
+  /**
    * An internal invariant was broken (please report it).
    */
   POLYBUS_ERR_INTERNAL = -100,
@@ -178,6 +182,24 @@ typedef int32_t polybus_status_t;
  * polybus_batch_free().
  */
 typedef struct polybus_batch_t polybus_batch_t;
+
+/**
+ * @brief A cancel handle (opaque): fired by polybus_cancel() from any thread, or by its
+ * deadline. Made by polybus_cancel_new(), released by polybus_cancel_free().
+ *
+ * Pass it to the calls that block (polybus_open(), polybus_publish(),
+ * polybus_publish_batch(), polybus_close(), polybus_subscription_close()); NULL there means
+ * no cancel. One handle may guard any number of calls, on any threads. When it fires, the
+ * calls it guards stop waiting and return POLYBUS_ERR_CANCELLED (POLYBUS_ERR_TIMEOUT when its
+ * deadline passed), and leave behind the same as in every language:
+ * - polybus_open(): nothing is left open;
+ * - polybus_publish(): the event may still be published (its place in the order was fixed);
+ * - polybus_publish_batch(): no further events are started; `published` counts those
+ *   confirmed before it gave up; events started after them may still be published;
+ * - polybus_close(), polybus_subscription_close(): closed at once either way; the drain goes on
+ *   in the background, bounded by `close_timeout_ms`.
+ */
+typedef struct polybus_cancel_t polybus_cancel_t;
 
 /**
  * @brief A delivery queue (opaque): many subscriptions feed it, a few threads drain it with
@@ -532,19 +554,54 @@ polybus_status_t polybus_batch_complete(struct polybus_batch_t *batch,
 void polybus_batch_free(struct polybus_batch_t *batch);
 
 /**
+ * @brief Fires a cancel handle: every call it guards stops waiting and returns
+ * POLYBUS_ERR_CANCELLED, and so does every later call given it. Idempotent; any thread,
+ * including a polybus callback. NULL is a no-op.
+ *
+ * @param cancel *borrowed* The handle.
+ */
+void polybus_cancel(const struct polybus_cancel_t *cancel);
+
+/**
+ * @brief Releases a cancel handle. NULL is a no-op.
+ *
+ * @param cancel *consumed* The handle; no call it guards may still be running.
+ */
+void polybus_cancel_free(struct polybus_cancel_t *cancel);
+
+/**
+ * @brief Makes a cancel handle.
+ *
+ * @param timeout_ms A deadline this many milliseconds from now, after which the handle counts
+ *        as fired (calls fail with POLYBUS_ERR_TIMEOUT); negative for no deadline.
+ * @param out *out* The new handle; set to NULL on failure.
+ * @param err *out, optional* Error detail on failure.
+ * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL `out`).
+ * @sa polybus_cancel, polybus_cancel_free
+ */
+polybus_status_t polybus_cancel_new(int64_t timeout_ms,
+                                    struct polybus_cancel_t **out,
+                                    struct polybus_error_t *err);
+
+/**
  * @brief Closes the bus: publishes and subscribes fail with POLYBUS_ERR_CLOSED from now on,
  * every subscription stops receiving, queued and in-flight events are handled, then the
  * connection is released. Idempotent.
  *
  * @param bus *borrowed* The bus; still to be released with polybus_free().
+ * @param cancel *borrowed, optional* Stops the wait when fired: the bus is closed either way
+ *        and the drain goes on in the background (see polybus_cancel_t); NULL for none.
  * @param err *out, optional* Error detail on failure.
  * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_TIMEOUT (handlers did
- *         not finish within `close_timeout_ms`; the rest was abandoned and counted as dropped).
+ *         not finish within `close_timeout_ms`; the rest was abandoned and counted as dropped),
+ *         POLYBUS_ERR_CANCELLED.
  * @remark Blocks until drained, at most `close_timeout_ms` (default 30000). Callback
  *         subscriptions keep running their callbacks meanwhile. Called from inside a callback
  *         it does not wait (it would wait for itself): the drain finishes in the background.
  */
-polybus_status_t polybus_close(const struct polybus_t *bus, struct polybus_error_t *err);
+polybus_status_t polybus_close(const struct polybus_t *bus,
+                               const struct polybus_cancel_t *cancel,
+                               struct polybus_error_t *err);
 
 /**
  * @brief Reads the state of the bus's connection to its broker.
@@ -609,10 +666,13 @@ void polybus_free(struct polybus_t *bus);
  *        consumer settings), `redis` (servers, credentials, TLS, stream settings) and `kafka`
  *        (client id, SASL, TLS, topic and consumer settings, raw librdkafka properties);
  *        NUL-terminated UTF-8.
+ * @param cancel *borrowed, optional* Stops the wait for the connection when fired (see
+ *        polybus_cancel_t); NULL for none.
  * @param out *out* The new handle; set to NULL on failure.
  * @param err *out, optional* Error detail on failure.
  * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_INVALID_CONFIG,
- *         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CONNECTION, POLYBUS_ERR_AUTH.
+ *         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CONNECTION, POLYBUS_ERR_AUTH,
+ *         POLYBUS_ERR_CANCELLED.
  * @remark Blocks until connected, at most `connect_timeout_ms` (default 5000). Once open, a
  *         broker connection that drops is re-established automatically (see
  *         polybus_connection_state()).
@@ -622,6 +682,7 @@ void polybus_free(struct polybus_t *bus);
  * @sa polybus_close, polybus_free, polybus_connection_state
  */
 polybus_status_t polybus_open(const char *config,
+                              const struct polybus_cancel_t *cancel,
                               struct polybus_t **out,
                               struct polybus_error_t *err);
 
@@ -630,10 +691,12 @@ polybus_status_t polybus_open(const char *config,
  *
  * @param bus *borrowed* An open bus.
  * @param message *borrowed* The event; copied before the call returns.
+ * @param cancel *borrowed, optional* Stops the wait when fired (the event may still be
+ *        published; see polybus_cancel_t); NULL for none.
  * @param err *out, optional* Error detail on failure.
  * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL, bad UTF-8, bad header or key),
  *         POLYBUS_ERR_INVALID_TOPIC, POLYBUS_ERR_TOO_LARGE, POLYBUS_ERR_CLOSED,
- *         POLYBUS_ERR_TIMEOUT, backend errors.
+ *         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CANCELLED, backend errors.
  * @remark Blocks while a subscriber's queue is full (backpressure), at most
  *         `publish_timeout_ms`. Do not call it from a polybus callback on a subscription that
  *         may be the one waiting.
@@ -641,6 +704,7 @@ polybus_status_t polybus_open(const char *config,
  */
 polybus_status_t polybus_publish(const struct polybus_t *bus,
                                  const struct polybus_message_t *message,
+                                 const struct polybus_cancel_t *cancel,
                                  struct polybus_error_t *err);
 
 /**
@@ -652,6 +716,8 @@ polybus_status_t polybus_publish(const struct polybus_t *bus,
  * @param bus *borrowed* An open bus.
  * @param messages *borrowed* An array of `len` events.
  * @param len Number of events.
+ * @param cancel *borrowed, optional* Stops starting events and waiting when fired (see
+ *        polybus_cancel_t); NULL for none.
  * @param published *out, optional* How many were accepted: all of them on success; on failure
  *        the events before the failing one.
  * @param err *out, optional* Error detail on failure, naming the failing index.
@@ -660,6 +726,7 @@ polybus_status_t polybus_publish(const struct polybus_t *bus,
 polybus_status_t polybus_publish_batch(const struct polybus_t *bus,
                                        const struct polybus_message_t *messages,
                                        size_t len,
+                                       const struct polybus_cancel_t *cancel,
                                        size_t *published,
                                        struct polybus_error_t *err);
 
@@ -811,9 +878,12 @@ polybus_status_t polybus_subscribe_queue(const struct polybus_t *bus,
  * This is the one meaning of unsubscribe in every front end.
  *
  * @param sub *borrowed* The subscription; still to be released with polybus_subscription_free().
+ * @param cancel *borrowed, optional* Stops the wait when fired: the subscription is closed
+ *        either way and the drain goes on in the background (see polybus_cancel_t); NULL for
+ *        none.
  * @param err *out, optional* Error detail on failure.
  * @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_TIMEOUT (not drained
- *         within the bus's `close_timeout_ms`).
+ *         within the bus's `close_timeout_ms`), POLYBUS_ERR_CANCELLED.
  * @remark Blocks until drained. For a callback subscription, every `call` has returned and
  *         `drop` has run when it returns, unless called from inside a callback of the bus:
  *         then it stops the subscription and returns at once (it would wait for itself), and
@@ -821,6 +891,7 @@ polybus_status_t polybus_subscribe_queue(const struct polybus_t *bus,
  *         completing from another thread until next_batch returns POLYBUS_ERR_CLOSED.
  */
 polybus_status_t polybus_subscription_close(struct polybus_subscription_t *sub,
+                                            const struct polybus_cancel_t *cancel,
                                             struct polybus_error_t *err);
 
 /**

@@ -35,7 +35,7 @@ static double now(void) {
 static void run(const char *name, long n, int batch) {
   polybus_t *bus = NULL;
   polybus_error_t err;
-  if (polybus_open("memory://", &bus, &err) != POLYBUS_OK) {
+  if (polybus_open("memory://", NULL, &bus, &err) != POLYBUS_OK) {
     fprintf(stderr, "%s\n", err.message);
     exit(1);
   }
@@ -56,10 +56,10 @@ static void run(const char *name, long n, int batch) {
   if (batch) {
     for (long sent = 0; sent < n; sent += CHUNK) {
       size_t k = (size_t)(n - sent < CHUNK ? n - sent : CHUNK);
-      polybus_publish_batch(bus, many, k, NULL, &err);
+      polybus_publish_batch(bus, many, k, NULL, NULL, &err);
     }
   } else {
-    for (long i = 0; i < n; i++) polybus_publish(bus, &m, &err);
+    for (long i = 0; i < n; i++) polybus_publish(bus, &m, NULL, &err);
   }
   pthread_mutex_lock(&mu);
   while (atomic_load(&seen) < n) pthread_cond_wait(&cv, &mu);

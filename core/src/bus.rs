@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     backend::{self, Backend, Publishing},
+    cancel::Cancel,
     config::Config,
     connection::ConnectionState,
     dispatch::{self, Counters, Executor, Handler, Stats, SubControl},
@@ -113,6 +114,14 @@ impl PendingPublish {
             .unwrap_or_else(|_| Err(Error::closed("bus")))
     }
 }
+
+/// What a cancelled publish leaves behind.
+const MAY_STILL_BE_PUBLISHED: &str = "; the event may still be published";
+/// What a cancelled batch publish leaves behind.
+const MAY_STILL_BE_PUBLISHED_BATCH: &str =
+    "; it and the events started after it may still be published";
+/// What a cancelled close leaves behind.
+const DRAIN_GOES_ON: &str = "; the bus is closed and its drain goes on in the background";
 
 /// A publish waiting in the bus's slow lane.
 struct Waiting {
@@ -408,6 +417,24 @@ impl Bus {
         self.inner.shared.publish_internal(message).await
     }
 
+    /// [`publish`](Bus::publish), giving up the wait when `cancel` fires (see [`Cancel`] for
+    /// what a cancelled publish leaves behind: the event may still be published).
+    ///
+    /// # Errors
+    /// As [`publish`](Bus::publish); [`ErrorKind::Cancelled`], or [`ErrorKind::Timeout`] when
+    /// `cancel`'s deadline passed.
+    pub async fn publish_until(&self, message: Message, cancel: &Cancel) -> Result<()> {
+        cancel.check("publish")?;
+        match self.publish_nowait(message)? {
+            None => Ok(()),
+            Some(p) => {
+                cancel
+                    .guard_noting("publish", MAY_STILL_BE_PUBLISHED, p.wait())
+                    .await
+            }
+        }
+    }
+
     /// Starts publishing without waiting: `Ok(None)` when the backend accepted the event at
     /// once, `Ok(Some(pending))` when it must be waited on. Front ends use it to avoid blocking
     /// (and, in Python, releasing the interpreter) on the common path.
@@ -450,7 +477,40 @@ impl Bus {
         &self,
         messages: impl IntoIterator<Item = Message>,
     ) -> Result<usize> {
+        self.publish_batch_inner(messages, None).await
+    }
+
+    /// [`publish_batch`](Bus::publish_batch), starting no further events and giving up the
+    /// wait when `cancel` fires. [`Error::published`] says how many were confirmed before it
+    /// gave up; events started after those may still be published (see [`Cancel`]).
+    ///
+    /// # Errors
+    /// As [`publish_batch`](Bus::publish_batch); [`ErrorKind::Cancelled`], or
+    /// [`ErrorKind::Timeout`] when `cancel`'s deadline passed.
+    pub async fn publish_batch_until(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+        cancel: &Cancel,
+    ) -> Result<usize> {
+        self.publish_batch_inner(messages, Some(cancel)).await
+    }
+
+    async fn publish_batch_inner(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+        cancel: Option<&Cancel>,
+    ) -> Result<usize> {
         self.check_open()?;
+        // Waits for one confirmation, or for the cancel.
+        let confirmed = |p: PendingPublish| async move {
+            match cancel {
+                None => p.wait().await,
+                Some(c) => {
+                    c.guard_noting("publish", MAY_STILL_BE_PUBLISHED_BATCH, p.wait())
+                        .await
+                }
+            }
+        };
         let mut pending: std::collections::VecDeque<(usize, PendingPublish)> = Default::default();
         // The failure with the lowest index is the one reported.
         let mut failed: Option<(usize, Error)> = None;
@@ -465,11 +525,15 @@ impl Bus {
             count = i + 1;
             if pending.len() >= window {
                 if let Some((j, p)) = pending.pop_front() {
-                    if let Err(e) = p.wait().await {
+                    if let Err(e) = confirmed(p).await {
                         note(j, e);
                         break;
                     }
                 }
+            }
+            if let Some(Err(e)) = cancel.map(|c| c.check("publish")) {
+                note(i, e);
+                break;
             }
             match self.inner.shared.start_publish(m) {
                 Ok(None) => {}
@@ -481,8 +545,13 @@ impl Bus {
             }
         }
         for (j, p) in pending {
-            if let Err(e) = p.wait().await {
+            if let Err(e) = confirmed(p).await {
+                let given_up = matches!(e.kind(), ErrorKind::Cancelled)
+                    || cancel.is_some_and(|c| c.check("").is_err());
                 note(j, e);
+                if given_up {
+                    break;
+                }
             }
         }
         match failed {
@@ -630,6 +699,31 @@ impl Bus {
     /// [`ErrorKind::Timeout`] when handlers did not finish in time (the rest is abandoned and
     /// counted as dropped).
     pub async fn close(&self) -> Result<()> {
+        self.close_inner().await
+    }
+
+    /// [`close`](Bus::close), giving up the wait when `cancel` fires: the bus is closed at
+    /// once either way, and its drain goes on in the background (bounded by
+    /// `close_timeout_ms`), as a cancelled close does in every front end.
+    ///
+    /// # Errors
+    /// As [`close`](Bus::close); [`ErrorKind::Cancelled`], or [`ErrorKind::Timeout`] when
+    /// `cancel`'s deadline passed.
+    pub async fn close_until(&self, cancel: &Cancel) -> Result<()> {
+        let bus = self.clone();
+        let closing = self
+            .inner
+            .shared
+            .runtime
+            .spawn(async move { bus.close_inner().await });
+        cancel
+            .guard_noting("close", DRAIN_GOES_ON, async {
+                closing.await.unwrap_or_else(|_| Err(Error::closed("bus")))
+            })
+            .await
+    }
+
+    async fn close_inner(&self) -> Result<()> {
         let shared = &self.inner.shared;
         if shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

@@ -140,7 +140,7 @@ pub(crate) struct SubControl {
     done: watch::Receiver<()>,
     abort: watch::Sender<bool>,
     close_timeout: Duration,
-    runtime: tokio::runtime::Handle,
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for SubControl {

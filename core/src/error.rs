@@ -80,6 +80,8 @@ error_kinds! {
     Panic = -14, "POLYBUS_ERR_PANIC", "panic";
     /// The library and its front end were built for different ABI versions.
     AbiMismatch = -15, "POLYBUS_ERR_ABI_MISMATCH", "abi version mismatch";
+    /// The caller cancelled the call (a Go context, a Node AbortSignal, a C cancel handle).
+    Cancelled = -16, "POLYBUS_ERR_CANCELLED", "cancelled";
     /// An internal invariant was broken; please report it.
     Internal = -100, "POLYBUS_ERR_INTERNAL", "internal error";
 }

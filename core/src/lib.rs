@@ -38,6 +38,7 @@
 
 mod backend;
 mod bus;
+mod cancel;
 mod config;
 mod connection;
 pub mod dispatch;
@@ -51,6 +52,7 @@ mod subscription;
 mod topic;
 
 pub use bus::{Bus, IntoConfig, PendingPublish};
+pub use cancel::Cancel;
 pub use config::{Config, JetStreamConfig, KafkaConfig, NatsConfig, RedisConfig};
 pub use connection::ConnectionState;
 pub use dispatch::{Handler, Stats};

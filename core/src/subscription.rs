@@ -339,6 +339,33 @@ impl BatchSubscription {
         self.control.close_blocking()
     }
 
+    /// [`close`](BatchSubscription::close), giving up the wait when `cancel` fires: the
+    /// subscription stops at once either way, and its drain goes on in the background (bounded
+    /// by `close_timeout_ms`).
+    ///
+    /// # Errors
+    /// As [`close`](BatchSubscription::close); [`ErrorKind::Cancelled`], or
+    /// [`ErrorKind::Timeout`] when `cancel`'s deadline passed.
+    pub async fn close_until(&self, cancel: &crate::Cancel) -> Result<()> {
+        self.control.stop();
+        let control = self.control.clone();
+        let closing = self
+            .control
+            .runtime
+            .spawn(async move { control.close().await });
+        cancel
+            .guard_noting(
+                "close",
+                "; the subscription is closed and its drain goes on in the background",
+                async {
+                    closing
+                        .await
+                        .unwrap_or_else(|_| Err(crate::Error::closed("subscription")))
+                },
+            )
+            .await
+    }
+
     /// Stops receiving without waiting; queued and in-flight batches still drain.
     pub fn stop(&self) {
         self.control.stop();

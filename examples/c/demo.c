@@ -43,7 +43,7 @@ int main(void) {
   const char *url = getenv("POLYBUS_URL") ? getenv("POLYBUS_URL") : "memory://";
   polybus_error_t err;
   polybus_t *bus = NULL;
-  if (polybus_open(url, &bus, &err) != POLYBUS_OK) {
+  if (polybus_open(url, NULL, &bus, &err) != POLYBUS_OK) {
     fprintf(stderr, "open %s: %s\n", url, err.message);
     return 1;
   }
@@ -61,7 +61,7 @@ int main(void) {
   m.payload.ptr = (const uint8_t *)payload;
   m.payload.len = strlen(payload);
   for (int i = 0; i < 3; i++) {
-    if (polybus_publish(bus, &m, &err) != POLYBUS_OK) {
+    if (polybus_publish(bus, &m, NULL, &err) != POLYBUS_OK) {
       fprintf(stderr, "publish: %s\n", err.message);
       break;
     }

@@ -5,6 +5,7 @@ use std::ffi::c_char;
 use polybus_core::{runtime, Bus, Config, Error, ErrorKind};
 
 use crate::{
+    cancel::{cancel_ref, polybus_cancel_t},
     error::polybus_error_t,
     status::polybus_status_t::{self, POLYBUS_OK},
     subscription::{on_dispatcher_thread, Callbacks},
@@ -58,10 +59,13 @@ pub(crate) unsafe fn bus_ref<'a>(bus: *const polybus_t) -> Result<&'a Bus, Error
 ///        consumer settings), `redis` (servers, credentials, TLS, stream settings) and `kafka`
 ///        (client id, SASL, TLS, topic and consumer settings, raw librdkafka properties);
 ///        NUL-terminated UTF-8.
+/// @param cancel *borrowed, optional* Stops the wait for the connection when fired (see
+///        polybus_cancel_t); NULL for none.
 /// @param out *out* The new handle; set to NULL on failure.
 /// @param err *out, optional* Error detail on failure.
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_INVALID_CONFIG,
-///         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CONNECTION, POLYBUS_ERR_AUTH.
+///         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CONNECTION, POLYBUS_ERR_AUTH,
+///         POLYBUS_ERR_CANCELLED.
 /// @remark Blocks until connected, at most `connect_timeout_ms` (default 5000). Once open, a
 ///         broker connection that drops is re-established automatically (see
 ///         polybus_connection_state()).
@@ -72,6 +76,7 @@ pub(crate) unsafe fn bus_ref<'a>(bus: *const polybus_t) -> Result<&'a Bus, Error
 #[no_mangle]
 pub unsafe extern "C" fn polybus_open(
     config: *const c_char,
+    cancel: *const polybus_cancel_t,
     out: *mut *mut polybus_t,
     err: *mut polybus_error_t,
 ) -> polybus_status_t {
@@ -81,7 +86,11 @@ pub unsafe extern "C" fn polybus_open(
         }
         *out = std::ptr::null_mut();
         let config = Config::parse(cstr(config, "config")?)?;
-        let bus = runtime::global().block_on(Bus::connect(config))?;
+        let connect = Bus::connect(config);
+        let bus = match cancel_ref(cancel) {
+            Some(c) => runtime::global().block_on(c.guard("connect", connect)),
+            None => runtime::global().block_on(connect),
+        }?;
         *out = Box::into_raw(Box::new(polybus_t {
             bus,
             callbacks: Callbacks::new(),
@@ -94,10 +103,12 @@ pub unsafe extern "C" fn polybus_open(
 ///
 /// @param bus *borrowed* An open bus.
 /// @param message *borrowed* The event; copied before the call returns.
+/// @param cancel *borrowed, optional* Stops the wait when fired (the event may still be
+///        published; see polybus_cancel_t); NULL for none.
 /// @param err *out, optional* Error detail on failure.
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL, bad UTF-8, bad header or key),
 ///         POLYBUS_ERR_INVALID_TOPIC, POLYBUS_ERR_TOO_LARGE, POLYBUS_ERR_CLOSED,
-///         POLYBUS_ERR_TIMEOUT, backend errors.
+///         POLYBUS_ERR_TIMEOUT, POLYBUS_ERR_CANCELLED, backend errors.
 /// @remark Blocks while a subscriber's queue is full (backpressure), at most
 ///         `publish_timeout_ms`. Do not call it from a polybus callback on a subscription that
 ///         may be the one waiting.
@@ -106,6 +117,7 @@ pub unsafe extern "C" fn polybus_open(
 pub unsafe extern "C" fn polybus_publish(
     bus: *const polybus_t,
     message: *const polybus_message_t,
+    cancel: *const polybus_cancel_t,
     err: *mut polybus_error_t,
 ) -> polybus_status_t {
     ffi_guard!(err, {
@@ -114,7 +126,10 @@ pub unsafe extern "C" fn polybus_publish(
             .as_ref()
             .ok_or_else(|| null("message"))?
             .to_message()?;
-        bus.publish_blocking(m)?;
+        match cancel_ref(cancel) {
+            Some(c) => runtime::global().block_on(bus.publish_until(m, c))?,
+            None => bus.publish_blocking(m)?,
+        }
         Ok(POLYBUS_OK)
     })
 }
@@ -127,6 +142,8 @@ pub unsafe extern "C" fn polybus_publish(
 /// @param bus *borrowed* An open bus.
 /// @param messages *borrowed* An array of `len` events.
 /// @param len Number of events.
+/// @param cancel *borrowed, optional* Stops starting events and waiting when fired (see
+///        polybus_cancel_t); NULL for none.
 /// @param published *out, optional* How many were accepted: all of them on success; on failure
 ///        the events before the failing one.
 /// @param err *out, optional* Error detail on failure, naming the failing index.
@@ -136,6 +153,7 @@ pub unsafe extern "C" fn polybus_publish_batch(
     bus: *const polybus_t,
     messages: *const polybus_message_t,
     len: usize,
+    cancel: *const polybus_cancel_t,
     published: *mut usize,
     err: *mut polybus_error_t,
 ) -> polybus_status_t {
@@ -163,7 +181,10 @@ pub unsafe extern "C" fn polybus_publish_batch(
                     None
                 }
             });
-        let result = bus.publish_batch_blocking(converted);
+        let result = match cancel_ref(cancel) {
+            Some(c) => runtime::global().block_on(bus.publish_batch_until(converted, c)),
+            None => bus.publish_batch_blocking(converted),
+        };
         let (count, result) = match (result, bad) {
             (Err(e), _) => (e.published().unwrap_or(0), Err(e)),
             (Ok(n), None) => (n, Ok(POLYBUS_OK)),
@@ -216,15 +237,19 @@ pub unsafe extern "C" fn polybus_stats(
 /// connection is released. Idempotent.
 ///
 /// @param bus *borrowed* The bus; still to be released with polybus_free().
+/// @param cancel *borrowed, optional* Stops the wait when fired: the bus is closed either way
+///        and the drain goes on in the background (see polybus_cancel_t); NULL for none.
 /// @param err *out, optional* Error detail on failure.
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_TIMEOUT (handlers did
-///         not finish within `close_timeout_ms`; the rest was abandoned and counted as dropped).
+///         not finish within `close_timeout_ms`; the rest was abandoned and counted as dropped),
+///         POLYBUS_ERR_CANCELLED.
 /// @remark Blocks until drained, at most `close_timeout_ms` (default 30000). Callback
 ///         subscriptions keep running their callbacks meanwhile. Called from inside a callback
 ///         it does not wait (it would wait for itself): the drain finishes in the background.
 #[no_mangle]
 pub unsafe extern "C" fn polybus_close(
     bus: *const polybus_t,
+    cancel: *const polybus_cancel_t,
     err: *mut polybus_error_t,
 ) -> polybus_status_t {
     ffi_guard!(err, {
@@ -235,6 +260,8 @@ pub unsafe extern "C" fn polybus_close(
             runtime::global().spawn(async move {
                 let _ = bus.close().await;
             });
+        } else if let Some(c) = cancel_ref(cancel) {
+            runtime::global().block_on(bus.close_until(c))?;
         } else {
             runtime::global().block_on(bus.close())?;
         }
@@ -255,7 +282,7 @@ pub unsafe extern "C" fn polybus_free(bus: *mut polybus_t) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let b = Box::from_raw(bus);
         if !b.bus.is_closed() {
-            let _ = polybus_close(&*b, std::ptr::null_mut());
+            let _ = polybus_close(&*b, std::ptr::null(), std::ptr::null_mut());
         }
         drop(b);
     }));

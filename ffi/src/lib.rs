@@ -11,6 +11,7 @@
 #[macro_use]
 mod guard;
 mod bus;
+mod cancel;
 mod connection;
 mod error;
 mod status;
@@ -18,6 +19,7 @@ mod subscription;
 mod types;
 
 pub use bus::*;
+pub use cancel::*;
 pub use connection::*;
 pub use error::*;
 pub use status::*;

@@ -49,6 +49,8 @@ pub enum polybus_status_t {
     POLYBUS_ERR_PANIC = -14,
     /// The library and its caller were built for different ABI versions.
     POLYBUS_ERR_ABI_MISMATCH = -15,
+    /// The caller cancelled the call (a fired polybus_cancel_t).
+    POLYBUS_ERR_CANCELLED = -16,
     /// An internal invariant was broken (please report it).
     POLYBUS_ERR_INTERNAL = -100,
 }
@@ -72,6 +74,7 @@ impl polybus_status_t {
             ErrorKind::Handler => POLYBUS_ERR_HANDLER,
             ErrorKind::Panic => POLYBUS_ERR_PANIC,
             ErrorKind::AbiMismatch => POLYBUS_ERR_ABI_MISMATCH,
+            ErrorKind::Cancelled => POLYBUS_ERR_CANCELLED,
             _ => POLYBUS_ERR_INTERNAL,
         }
     }

@@ -19,6 +19,7 @@ use polybus_core::{
 
 use crate::{
     bus::{bus_ref, null, polybus_t},
+    cancel::{cancel_ref, polybus_cancel_t},
     error::polybus_error_t,
     status::polybus_status_t::{self, POLYBUS_NO_EVENTS, POLYBUS_OK},
     types::{cstr, cstr_opt, polybus_event_t, EventView},
@@ -627,9 +628,12 @@ pub unsafe extern "C" fn polybus_batch_free(batch: *mut polybus_batch_t) {
 /// This is the one meaning of unsubscribe in every front end.
 ///
 /// @param sub *borrowed* The subscription; still to be released with polybus_subscription_free().
+/// @param cancel *borrowed, optional* Stops the wait when fired: the subscription is closed
+///        either way and the drain goes on in the background (see polybus_cancel_t); NULL for
+///        none.
 /// @param err *out, optional* Error detail on failure.
 /// @return POLYBUS_OK, POLYBUS_ERR_INVALID_ARGUMENT (NULL), POLYBUS_ERR_TIMEOUT (not drained
-///         within the bus's `close_timeout_ms`).
+///         within the bus's `close_timeout_ms`), POLYBUS_ERR_CANCELLED.
 /// @remark Blocks until drained. For a callback subscription, every `call` has returned and
 ///         `drop` has run when it returns, unless called from inside a callback of the bus:
 ///         then it stops the subscription and returns at once (it would wait for itself), and
@@ -638,6 +642,7 @@ pub unsafe extern "C" fn polybus_batch_free(batch: *mut polybus_batch_t) {
 #[no_mangle]
 pub unsafe extern "C" fn polybus_subscription_close(
     sub: *mut polybus_subscription_t,
+    cancel: *const polybus_cancel_t,
     err: *mut polybus_error_t,
 ) -> polybus_status_t {
     ffi_guard!(err, {
@@ -649,9 +654,17 @@ pub unsafe extern "C" fn polybus_subscription_close(
             }
             return Ok(POLYBUS_OK);
         }
-        let result = s.sub.close_blocking();
+        let result = match cancel_ref(cancel) {
+            Some(c) => runtime::global().block_on(s.sub.close_until(c)),
+            None => s.sub.close_blocking(),
+        };
         if let Some(cb) = &s.callbacks {
-            cb.release(s.sub.token());
+            if s.sub.is_drained() {
+                cb.release(s.sub.token());
+            } else {
+                // Cancelled: the drain goes on; the handler is released once it is over.
+                release_when_drained(cb.clone(), s.sub.clone());
+            }
         }
         result?;
         Ok(POLYBUS_OK)
@@ -708,7 +721,7 @@ pub unsafe extern "C" fn polybus_subscription_free(sub: *mut polybus_subscriptio
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut s = Box::from_raw(sub);
         if s.callbacks.is_some() {
-            let _ = polybus_subscription_close(&mut *s, std::ptr::null_mut());
+            let _ = polybus_subscription_close(&mut *s, std::ptr::null(), std::ptr::null_mut());
         } else {
             // Nobody may be pulling any more: waiting for a drain could only time out.
             s.sub.stop();

@@ -105,7 +105,7 @@ static void test_versions(void) {
 static void test_callback_subscription(void) {
   polybus_t *bus = NULL;
   polybus_error_t err;
-  CHECK_STATUS(polybus_open("{\"url\":\"memory://\",\"name\":\"c-test\"}", &bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_open("{\"url\":\"memory://\",\"name\":\"c-test\"}", NULL, &bus, &err), POLYBUS_OK);
 
   recorder_t rec;
   recorder_init(&rec, 1); /* every event fails its first attempt */
@@ -123,12 +123,12 @@ static void test_callback_subscription(void) {
   m.key = polybus_str_from_cstr("order-1");
   m.headers = &hdr;
   m.headers_len = 1;
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
 
   polybus_message_t batch[3] = {message("orders.created", "b0"), message("orders.updated", "b1"),
                                 message("orders.created", "b2")};
   size_t published = 0;
-  CHECK_STATUS(polybus_publish_batch(bus, batch, 3, &published, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish_batch(bus, batch, 3, NULL, &published, &err), POLYBUS_OK);
   CHECK(published == 3);
   CHECK(wait_acked(&rec, 4));
 
@@ -140,19 +140,19 @@ static void test_callback_subscription(void) {
   CHECK(strcmp(rec.header_tenant, "acme") == 0);
   pthread_mutex_unlock(&rec.mu);
 
-  CHECK_STATUS(polybus_subscription_close(sub, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_subscription_close(sub, NULL, &err), POLYBUS_OK);
   CHECK(rec.drops == 1); /* drop ran once, after the last call */
   polybus_stats_t stats; /* final once the subscription has drained */
   CHECK_STATUS(polybus_stats(bus, &stats, &err), POLYBUS_OK);
   CHECK(stats.published == 4 && stats.acked == 4 && stats.failed == 4 && stats.retried == 4);
-  CHECK_STATUS(polybus_subscription_close(sub, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_subscription_close(sub, NULL, &err), POLYBUS_OK);
   polybus_subscription_free(sub);
   CHECK(rec.drops == 1);
 
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   memset(&err, 0, sizeof err);
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_ERR_CLOSED);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_ERR_CLOSED);
   CHECK(err.code == POLYBUS_ERR_CLOSED);
   CHECK(strstr(err.message, "closed") != NULL);
   recorder_t rec2;
@@ -169,7 +169,7 @@ static void test_callback_subscription(void) {
 static void test_pull_subscription(void) {
   polybus_t *bus = NULL;
   polybus_error_t err;
-  CHECK_STATUS(polybus_open("memory://", &bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_open("memory://", NULL, &bus, &err), POLYBUS_OK);
   polybus_subscribe_options_t opts;
   polybus_subscribe_options_default(&opts);
   opts.backoff_initial_ms = 1;
@@ -180,7 +180,7 @@ static void test_pull_subscription(void) {
   polybus_event_batch_t b;
   CHECK_STATUS(polybus_subscription_next_batch(sub, 0, &b, &err), POLYBUS_NO_EVENTS);
   polybus_message_t m = message("jobs.run.now", "work");
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
   CHECK(b.len == 1 && b.events[0].attempt == 1);
   CHECK(b.events[0].topic.len == 12 && memcmp(b.events[0].topic.ptr, "jobs.run.now", 12) == 0);
@@ -193,7 +193,7 @@ static void test_pull_subscription(void) {
   CHECK_STATUS(polybus_batch_complete(b.batch, SIZE_MAX, NULL, &err), POLYBUS_OK);
 
   /* A batch freed without results is redelivered. */
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
   polybus_batch_free(b.batch);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
@@ -206,15 +206,15 @@ static void test_pull_subscription(void) {
   /* A publisher-set time travels with the event; one before 1970 is refused. */
   polybus_message_t timed = message("jobs.timed", "t");
   timed.time_unix_ns = INT64_C(1700000000123456789);
-  CHECK_STATUS(polybus_publish(bus, &timed, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &timed, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 5000, &b, &err), POLYBUS_OK);
   CHECK(b.events[0].time_unix_ns == INT64_C(1700000000123456789));
   CHECK_STATUS(polybus_batch_complete(b.batch, SIZE_MAX, NULL, &err), POLYBUS_OK);
   timed.time_unix_ns = -1;
-  CHECK_STATUS(polybus_publish(bus, &timed, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_publish(bus, &timed, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
 
   polybus_subscription_t *s2 = sub;
-  CHECK_STATUS(polybus_subscription_close(s2, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_subscription_close(s2, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_subscription_next_batch(sub, 1000, &b, &err), POLYBUS_ERR_CLOSED);
   polybus_subscription_free(sub);
   polybus_free(bus);
@@ -223,7 +223,7 @@ static void test_pull_subscription(void) {
 static void test_connection_state(void) {
   polybus_t *bus = NULL;
   polybus_error_t err;
-  CHECK_STATUS(polybus_open("memory://", &bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_open("memory://", NULL, &bus, &err), POLYBUS_OK);
   int32_t state = -1;
   CHECK_STATUS(polybus_connection_state(bus, &state, &err), POLYBUS_OK);
   CHECK(state == POLYBUS_STATE_CONNECTED);
@@ -239,7 +239,7 @@ static void test_connection_state(void) {
                POLYBUS_OK);
   CHECK(state == POLYBUS_STATE_CONNECTED);
 
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_connection_state(bus, &state, &err), POLYBUS_OK);
   CHECK(state == POLYBUS_STATE_CLOSED);
   CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_CONNECTED, 5000, &state, &err),
@@ -267,11 +267,11 @@ static void *wait_for_change(void *arg) {
 static void test_connection_state_wakes_on_close(void) {
   polybus_t *bus = NULL;
   polybus_error_t err;
-  CHECK_STATUS(polybus_open("memory://", &bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_open("memory://", NULL, &bus, &err), POLYBUS_OK);
   waiter_t w = {bus, POLYBUS_ERR_INTERNAL, -1};
   pthread_t t;
   CHECK(pthread_create(&t, NULL, wait_for_change, &w) == 0);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   pthread_join(t, NULL);
   CHECK(w.status == POLYBUS_OK);
   CHECK(w.state == POLYBUS_STATE_CLOSED);
@@ -281,20 +281,20 @@ static void test_connection_state_wakes_on_close(void) {
 static void test_misuse(void) {
   polybus_error_t err;
   polybus_t *bus = (polybus_t *)1;
-  CHECK_STATUS(polybus_open(NULL, &bus, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_open(NULL, NULL, &bus, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK(bus == NULL);
   CHECK(strstr(err.message, "config is NULL") != NULL);
-  CHECK_STATUS(polybus_open("memory://", NULL, NULL), POLYBUS_ERR_INVALID_ARGUMENT);
-  CHECK_STATUS(polybus_open("{\"url\":\"memory://\",\"colour\":1}", &bus, &err), POLYBUS_ERR_INVALID_CONFIG);
+  CHECK_STATUS(polybus_open("memory://", NULL, NULL, NULL), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_open("{\"url\":\"memory://\",\"colour\":1}", NULL, &bus, &err), POLYBUS_ERR_INVALID_CONFIG);
   CHECK(strstr(err.message, "colour") != NULL);
-  CHECK_STATUS(polybus_open("nats//nope", &bus, &err), POLYBUS_ERR_INVALID_CONFIG);
-  CHECK_STATUS(polybus_open("{not json", &bus, &err), POLYBUS_ERR_INVALID_CONFIG);
+  CHECK_STATUS(polybus_open("nats//nope", NULL, &bus, &err), POLYBUS_ERR_INVALID_CONFIG);
+  CHECK_STATUS(polybus_open("{not json", NULL, &bus, &err), POLYBUS_ERR_INVALID_CONFIG);
 
   polybus_message_t m = message("a.b", "x");
-  CHECK_STATUS(polybus_publish(NULL, &m, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_publish(NULL, &m, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK(strstr(err.message, "bus is NULL") != NULL);
   CHECK_STATUS(polybus_stats(NULL, NULL, NULL), POLYBUS_ERR_INVALID_ARGUMENT);
-  CHECK_STATUS(polybus_close(NULL, NULL), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_close(NULL, NULL, NULL), POLYBUS_ERR_INVALID_ARGUMENT);
   int32_t state = -1;
   CHECK_STATUS(polybus_connection_state(NULL, &state, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK(strstr(err.message, "bus is NULL") != NULL);
@@ -302,8 +302,8 @@ static void test_misuse(void) {
                POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK(state == -1);
 
-  CHECK_STATUS(polybus_open("{\"url\":\"memory://\",\"max_payload\":4}", &bus, &err), POLYBUS_OK);
-  CHECK_STATUS(polybus_publish(bus, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_open("{\"url\":\"memory://\",\"max_payload\":4}", NULL, &bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, NULL, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(polybus_connection_state(bus, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK(strstr(err.message, "out is NULL") != NULL);
   CHECK_STATUS(polybus_connection_state_wait(bus, POLYBUS_STATE_CONNECTED, 0, NULL, NULL),
@@ -311,21 +311,21 @@ static void test_misuse(void) {
   CHECK_STATUS(polybus_connection_state_wait(bus, 3, 0, &state, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK(strstr(err.message, "POLYBUS_STATE_") != NULL);
   polybus_message_t bad = message("a..b", "x");
-  CHECK_STATUS(polybus_publish(bus, &bad, &err), POLYBUS_ERR_INVALID_TOPIC);
+  CHECK_STATUS(polybus_publish(bus, &bad, NULL, &err), POLYBUS_ERR_INVALID_TOPIC);
   CHECK(strstr(err.message, "empty token") != NULL);
   polybus_message_t big = message("a.b", "12345");
-  CHECK_STATUS(polybus_publish(bus, &big, &err), POLYBUS_ERR_TOO_LARGE);
+  CHECK_STATUS(polybus_publish(bus, &big, NULL, &err), POLYBUS_ERR_TOO_LARGE);
   polybus_message_t notutf8 = message("a.b", "x");
   notutf8.topic.ptr = "\xff\xfe";
   notutf8.topic.len = 2;
-  CHECK_STATUS(polybus_publish(bus, &notutf8, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_publish(bus, &notutf8, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK(strstr(err.message, "UTF-8") != NULL);
   polybus_message_t nullpayload = message("a.b", "x");
   nullpayload.payload.ptr = NULL;
-  CHECK_STATUS(polybus_publish(bus, &nullpayload, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_publish(bus, &nullpayload, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   polybus_message_t batch[2] = {message("a.b", "ok"), message("a b", "no")};
   size_t published = 99;
-  CHECK_STATUS(polybus_publish_batch(bus, batch, 2, &published, &err), POLYBUS_ERR_INVALID_TOPIC);
+  CHECK_STATUS(polybus_publish_batch(bus, batch, 2, NULL, &published, &err), POLYBUS_ERR_INVALID_TOPIC);
   CHECK(published == 1);
   CHECK(strstr(err.message, "event 1 of the batch") != NULL);
 
@@ -350,7 +350,7 @@ static void test_misuse(void) {
   CHECK_STATUS(polybus_subscribe_pull(bus, "a.b", &opts, &sub, &err), POLYBUS_ERR_UNSUPPORTED);
   CHECK_STATUS(polybus_subscription_next_batch(NULL, 0, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(polybus_batch_complete(NULL, 0, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
-  CHECK_STATUS(polybus_subscription_close(NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(polybus_subscription_close(NULL, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
 
   /* A callback subscription cannot be pulled. */
   recorder_t rec3;
@@ -377,7 +377,7 @@ static void test_misuse(void) {
 static void test_delivery_queue(void) {
   polybus_error_t err;
   polybus_t *bus = NULL;
-  CHECK_STATUS(polybus_open("memory://", &bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_open("memory://", NULL, &bus, &err), POLYBUS_OK);
   polybus_queue_t *q = NULL;
   CHECK_STATUS(polybus_queue_new(&q, &err), POLYBUS_OK);
   enum { N = 50 };
@@ -391,7 +391,7 @@ static void test_delivery_queue(void) {
   for (int i = 0; i < N; i++) {
     snprintf(topic, sizeof topic, "q.s%d", i);
     polybus_message_t m = message(topic, topic);
-    CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+    CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   }
   int seen[N] = {0};
   for (int i = 0; i < N; i++) {
@@ -413,12 +413,12 @@ static void test_delivery_queue(void) {
   polybus_subscription_t *held = NULL;
   CHECK_STATUS(polybus_subscribe_queue(bus, "q.part", NULL, q, 7, &held, &err), POLYBUS_OK);
   polybus_message_t first = message("q.part", "0");
-  CHECK_STATUS(polybus_publish(bus, &first, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &first, NULL, &err), POLYBUS_OK);
   polybus_event_batch_t b;
   CHECK_STATUS(polybus_queue_next_batch(q, 5000, &b, &err), POLYBUS_OK);
   polybus_message_t more[3] = {message("q.part", "1"), message("q.part", "2"), message("q.part", "3")};
   size_t published = 0;
-  CHECK_STATUS(polybus_publish_batch(bus, more, 3, &published, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish_batch(bus, more, 3, NULL, &published, &err), POLYBUS_OK);
   CHECK(published == 3);
   CHECK_STATUS(polybus_batch_complete(b.batch, b.len, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_queue_next_batch(q, 5000, &b, &err), POLYBUS_OK);
@@ -438,7 +438,7 @@ static void test_delivery_queue(void) {
   polybus_subscription_t *late = NULL;
   CHECK_STATUS(polybus_subscribe_queue(bus, "q.late", NULL, q, 9, &late, &err), POLYBUS_ERR_CLOSED);
   CHECK(late == NULL);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   for (int i = 0; i < N; i++) polybus_subscription_free(subs[i]);
   polybus_subscription_free(held);
   CHECK_STATUS(polybus_queue_next_batch(q, 5000, &none, &err), POLYBUS_ERR_CLOSED);
@@ -463,7 +463,7 @@ static int32_t close_self(const polybus_event_t *e, void *ctx) {
   pthread_mutex_lock(&c->rec.mu);
   self = c->self;
   pthread_mutex_unlock(&c->rec.mu);
-  int st = polybus_subscription_close(self, NULL);
+  int st = polybus_subscription_close(self, NULL, NULL);
   pthread_mutex_lock(&c->rec.mu);
   c->close_status = st;
   c->rec.acked++;
@@ -477,7 +477,7 @@ static void closer_drop(void *ctx) { on_drop(&((closer_t *)ctx)->rec); }
 static void test_close_from_own_callback(void) {
   polybus_error_t err;
   polybus_t *bus = NULL;
-  CHECK_STATUS(polybus_open("memory://", &bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_open("memory://", NULL, &bus, &err), POLYBUS_OK);
   closer_t c;
   memset(&c, 0, sizeof c);
   recorder_init(&c.rec, 0);
@@ -490,13 +490,13 @@ static void test_close_from_own_callback(void) {
   c.self = sub;
   pthread_mutex_unlock(&c.rec.mu);
   polybus_message_t m = message("self.close", "x");
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   CHECK(wait_acked(&c.rec, 1));
   CHECK(c.close_status == POLYBUS_OK);
   /* Closed: a later publish reaches nobody, and free waits for the drop. */
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   polybus_subscription_free(sub);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   pthread_mutex_lock(&c.rec.mu);
   struct timespec deadline;
   clock_gettime(CLOCK_REALTIME, &deadline);

@@ -58,7 +58,7 @@ static void test_round_trip(const char *url) {
            prefix);
   polybus_t *bus = NULL;
   polybus_error_t err;
-  polybus_status_t st = polybus_open(config, &bus, &err);
+  polybus_status_t st = polybus_open(config, NULL, &bus, &err);
   if (st != POLYBUS_OK) {
     fprintf(stderr, "%s: polybus_open: %s: %s (is the broker up? bash tests/harness/setup.sh)\n",
             url, polybus_status_name(st), err.message);
@@ -76,9 +76,9 @@ static void test_round_trip(const char *url) {
   m.key = polybus_str_from_cstr("order-1");
   m.headers = &hdr;
   m.headers_len = 1;
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   polybus_message_t other = message("orders.updated", "second");
-  CHECK_STATUS(polybus_publish(bus, &other, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &other, NULL, &err), POLYBUS_OK);
 
   const char *want[2] = {"{\"id\":1}", "second"};
   int got = 0;
@@ -113,9 +113,9 @@ static void test_round_trip(const char *url) {
   }
   CHECK(got == 2);
 
-  CHECK_STATUS(polybus_subscription_close(sub, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_subscription_close(sub, NULL, &err), POLYBUS_OK);
   polybus_subscription_free(sub);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_connection_state(bus, &state, &err), POLYBUS_OK);
   CHECK(state == POLYBUS_STATE_CLOSED);
   polybus_free(bus);
@@ -132,12 +132,12 @@ static void test_sasl(const char *url, const char *mechanism) {
            "{\"url\":\"%s\",\"connect_timeout_ms\":5000,\"kafka\":{\"sasl_mechanism\":\"%s\","
            "\"username\":\"polybus\",\"password\":\"secret\"}}",
            url, mechanism);
-  polybus_status_t st = polybus_open(config, &bus, &err);
+  polybus_status_t st = polybus_open(config, NULL, &bus, &err);
   if (st != POLYBUS_OK)
     fprintf(stderr, "%s: polybus_open with the right password: %s: %s\n", url,
             polybus_status_name(st), err.message);
   CHECK(st == POLYBUS_OK);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   polybus_free(bus);
 
   bus = (polybus_t *)1;
@@ -146,7 +146,7 @@ static void test_sasl(const char *url, const char *mechanism) {
            "{\"url\":\"%s\",\"connect_timeout_ms\":5000,\"kafka\":{\"sasl_mechanism\":\"%s\","
            "\"username\":\"polybus\",\"password\":\"wrong\"}}",
            url, mechanism);
-  CHECK_STATUS(polybus_open(config, &bus, &err), POLYBUS_ERR_AUTH);
+  CHECK_STATUS(polybus_open(config, NULL, &bus, &err), POLYBUS_ERR_AUTH);
   CHECK(bus == NULL);
   CHECK(err.code == POLYBUS_ERR_AUTH);
   CHECK(strstr(err.message, "uthentication") != NULL);
@@ -161,7 +161,7 @@ static void test_unreachable(void) {
   memset(&err, 0, sizeof err);
   time_t started = time(NULL);
   polybus_status_t st =
-      polybus_open("{\"url\":\"kafka://127.0.0.1:1\",\"connect_timeout_ms\":2000}", &bus, &err);
+      polybus_open("{\"url\":\"kafka://127.0.0.1:1\",\"connect_timeout_ms\":2000}", NULL, &bus, &err);
   CHECK(st == POLYBUS_ERR_CONNECTION || st == POLYBUS_ERR_TIMEOUT);
   CHECK(bus == NULL);
   CHECK(err.code == st);

@@ -8,8 +8,12 @@
  */
 #include "polybus.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,7 +63,7 @@ static void test_round_trip(const char *url) {
            prefix);
   polybus_t *bus = NULL;
   polybus_error_t err;
-  polybus_status_t st = polybus_open(config, &bus, &err);
+  polybus_status_t st = polybus_open(config, NULL, &bus, &err);
   if (st != POLYBUS_OK) {
     fprintf(stderr, "%s: polybus_open: %s: %s (is the broker up? bash tests/harness/setup.sh)\n",
             url, polybus_status_name(st), err.message);
@@ -77,9 +81,9 @@ static void test_round_trip(const char *url) {
   m.key = polybus_str_from_cstr("order-1");
   m.headers = &hdr;
   m.headers_len = 1;
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   polybus_message_t other = message("orders.updated", "second");
-  CHECK_STATUS(polybus_publish(bus, &other, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &other, NULL, &err), POLYBUS_OK);
 
   const char *want[2] = {"{\"id\":1}", "second"};
   int got = 0;
@@ -114,9 +118,9 @@ static void test_round_trip(const char *url) {
   }
   CHECK(got == 2);
 
-  CHECK_STATUS(polybus_subscription_close(sub, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_subscription_close(sub, NULL, &err), POLYBUS_OK);
   polybus_subscription_free(sub);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_connection_state(bus, &state, &err), POLYBUS_OK);
   CHECK(state == POLYBUS_STATE_CLOSED);
   polybus_free(bus);
@@ -132,7 +136,7 @@ static void test_auth(const char *url) {
            "{\"url\":\"%s\",\"connect_timeout_ms\":5000,"
            "\"nats\":{\"user\":\"polybus\",\"password\":\"secret\"}}",
            url);
-  polybus_status_t st = polybus_open(config, &bus, &err);
+  polybus_status_t st = polybus_open(config, NULL, &bus, &err);
   if (st != POLYBUS_OK)
     fprintf(stderr, "%s: polybus_open with the right password: %s: %s\n", url,
             polybus_status_name(st), err.message);
@@ -145,7 +149,7 @@ static void test_auth(const char *url) {
            "{\"url\":\"%s\",\"connect_timeout_ms\":5000,"
            "\"nats\":{\"user\":\"polybus\",\"password\":\"wrong\"}}",
            url);
-  CHECK_STATUS(polybus_open(config, &bus, &err), POLYBUS_ERR_AUTH);
+  CHECK_STATUS(polybus_open(config, NULL, &bus, &err), POLYBUS_ERR_AUTH);
   CHECK(bus == NULL);
   CHECK(err.code == POLYBUS_ERR_AUTH);
   CHECK(strlen(err.message) > 0);
@@ -159,12 +163,55 @@ static void test_unreachable(const char *url) {
   polybus_t *bus = (polybus_t *)1;
   polybus_error_t err;
   memset(&err, 0, sizeof err);
-  polybus_status_t st = polybus_open(config, &bus, &err);
+  polybus_status_t st = polybus_open(config, NULL, &bus, &err);
   CHECK(st == POLYBUS_ERR_CONNECTION || st == POLYBUS_ERR_TIMEOUT);
   CHECK(bus == NULL);
   CHECK(err.code == st);
   CHECK(strlen(err.message) > 0);
   printf("int_nats: %s unreachable: %s: %s\n", url, polybus_status_name(st), err.message);
+}
+
+typedef struct {
+  polybus_cancel_t *cancel;
+  int fd;
+} silent_t;
+
+/* Fires the handle once the bus has connected to the silent server (it is in the accept queue). */
+static void *cancel_when_connected(void *arg) {
+  silent_t *s = (silent_t *)arg;
+  int c = accept(s->fd, NULL, NULL);
+  polybus_cancel(s->cancel);
+  if (c >= 0) close(c);
+  return NULL;
+}
+
+/* A server that accepts and never speaks: the open waits for its greeting until cancelled,
+ * not for the 60 s connect timeout. */
+static void test_open_cancelled(void) {
+  silent_t s;
+  s.fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(s.fd, (struct sockaddr *)&addr, sizeof addr) == 0);
+  CHECK(listen(s.fd, 4) == 0);
+  socklen_t len = sizeof addr;
+  CHECK(getsockname(s.fd, (struct sockaddr *)&addr, &len) == 0);
+  char config[160];
+  snprintf(config, sizeof config,
+           "{\"url\":\"nats://127.0.0.1:%d\",\"connect_timeout_ms\":60000}", ntohs(addr.sin_port));
+  polybus_error_t err;
+  CHECK_STATUS(polybus_cancel_new(-1, &s.cancel, &err), POLYBUS_OK);
+  pthread_t t;
+  pthread_create(&t, NULL, cancel_when_connected, &s);
+  polybus_t *bus = (polybus_t *)&s; /* set to NULL by the failed open */
+  CHECK_STATUS(polybus_open(config, s.cancel, &bus, &err), POLYBUS_ERR_CANCELLED);
+  CHECK(bus == NULL);
+  CHECK(strcmp(err.message, "cancelled: connect") == 0);
+  pthread_join(t, NULL);
+  polybus_cancel_free(s.cancel);
+  close(s.fd);
 }
 
 int main(void) {
@@ -173,6 +220,7 @@ int main(void) {
   test_auth(env_or("POLYBUS_TEST_NATS_AUTH_URL", "nats://127.0.0.1:4223"));
   test_unreachable("nats://127.0.0.1:1");
   test_unreachable("jetstream://127.0.0.1:1");
+  test_open_cancelled();
   if (failures) {
     fprintf(stderr, "int_nats: %d check(s) failed\n", failures);
     return 1;

@@ -59,7 +59,7 @@ static void test_round_trip(const char *url) {
            prefix);
   polybus_t *bus = NULL;
   polybus_error_t err;
-  polybus_status_t st = polybus_open(config, &bus, &err);
+  polybus_status_t st = polybus_open(config, NULL, &bus, &err);
   if (st != POLYBUS_OK) {
     fprintf(stderr, "%s: polybus_open: %s: %s (is the broker up? bash tests/harness/setup.sh)\n",
             url, polybus_status_name(st), err.message);
@@ -77,9 +77,9 @@ static void test_round_trip(const char *url) {
   m.key = polybus_str_from_cstr("order-1");
   m.headers = &hdr;
   m.headers_len = 1;
-  CHECK_STATUS(polybus_publish(bus, &m, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &m, NULL, &err), POLYBUS_OK);
   polybus_message_t other = message("orders.updated", "second");
-  CHECK_STATUS(polybus_publish(bus, &other, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_publish(bus, &other, NULL, &err), POLYBUS_OK);
 
   const char *want[2] = {"{\"id\":1}", "second"};
   int got = 0;
@@ -114,9 +114,9 @@ static void test_round_trip(const char *url) {
   }
   CHECK(got == 2);
 
-  CHECK_STATUS(polybus_subscription_close(sub, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_subscription_close(sub, NULL, &err), POLYBUS_OK);
   polybus_subscription_free(sub);
-  CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+  CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
   CHECK_STATUS(polybus_connection_state(bus, &state, &err), POLYBUS_OK);
   CHECK(state == POLYBUS_STATE_CLOSED);
   polybus_free(bus);
@@ -131,7 +131,7 @@ static polybus_status_t open_with(const char *url, const char *section, polybus_
            url, section);
   *bus = (polybus_t *)1;
   memset(err, 0, sizeof *err);
-  return polybus_open(config, bus, err);
+  return polybus_open(config, NULL, bus, err);
 }
 
 /* The ACL server: the right credentials in the redis section connect; a wrong password and no
@@ -146,7 +146,7 @@ static void test_acl(const char *url) {
             err.message);
   CHECK(st == POLYBUS_OK);
   if (st == POLYBUS_OK) {
-    CHECK_STATUS(polybus_close(bus, &err), POLYBUS_OK);
+    CHECK_STATUS(polybus_close(bus, NULL, &err), POLYBUS_OK);
     polybus_free(bus);
   }
   const char *refused[2] = {"{\"username\":\"polybus\",\"password\":\"wrong\"}", "{}"};
@@ -166,7 +166,7 @@ static void test_unreachable(void) {
   polybus_error_t err;
   memset(&err, 0, sizeof err);
   polybus_status_t st =
-      polybus_open("{\"url\":\"redis://127.0.0.1:1\",\"connect_timeout_ms\":2000}", &bus, &err);
+      polybus_open("{\"url\":\"redis://127.0.0.1:1\",\"connect_timeout_ms\":2000}", NULL, &bus, &err);
   CHECK(st == POLYBUS_ERR_CONNECTION || st == POLYBUS_ERR_TIMEOUT);
   CHECK(bus == NULL);
   CHECK(err.code == st);

@@ -15,7 +15,7 @@ int main(void) {
   for (int round = 0; round < 20; round++) {
     polybus_t *bus = NULL;
     polybus_error_t err;
-    if (polybus_open("memory://", &bus, &err) != POLYBUS_OK) {
+    if (polybus_open("memory://", NULL, &bus, &err) != POLYBUS_OK) {
       fprintf(stderr, "open: %s\n", err.message);
       return 1;
     }
@@ -28,7 +28,7 @@ int main(void) {
     m.topic = polybus_str_from_cstr("leak.test");
     m.payload.ptr = (const uint8_t *)"payload";
     m.payload.len = 7;
-    for (int i = 0; i < 10; i++) polybus_publish(bus, &m, &err);
+    for (int i = 0; i < 10; i++) polybus_publish(bus, &m, NULL, &err);
     polybus_event_batch_t b;
     int pulled = 0;
     while (pulled < 10 && polybus_subscription_next_batch(pull, 5000, &b, &err) == POLYBUS_OK) {
@@ -38,7 +38,7 @@ int main(void) {
     /* error paths allocate messages too */
     polybus_message_t bad = m;
     bad.topic = polybus_str_from_cstr("bad..topic");
-    polybus_publish(bus, &bad, &err);
+    polybus_publish(bus, &bad, NULL, &err);
     polybus_subscription_free(cb);
     polybus_subscription_free(pull);
     polybus_free(bus);
