@@ -75,9 +75,13 @@ struct Broker {
     next_id: AtomicU64,
 }
 
+/// Who receives what. Exact topics are indexed by name, so a topic's targets are found
+/// without looking at every subscription (10,000 subscriptions to 10,000 topics cost one hash
+/// lookup per new topic, not 10,000 pattern matches); only wildcard patterns are scanned.
 #[derive(Default)]
 struct Table {
-    routes: Vec<Route>,
+    exact: HashMap<String, Vec<Route>, BuildHasherDefault<FxHasher>>,
+    wild: Vec<Route>,
     cache: RwLock<HashMap<String, Arc<[Target]>, BuildHasherDefault<FxHasher>>>,
 }
 
@@ -105,9 +109,11 @@ impl Table {
             return t.clone();
         }
         let t: Arc<[Target]> = self
-            .routes
-            .iter()
-            .filter(|r| r.pattern.matches(topic))
+            .exact
+            .get(topic)
+            .into_iter()
+            .flatten()
+            .chain(self.wild.iter().filter(|r| r.pattern.matches(topic)))
             .map(|r| r.target.clone())
             .collect();
         let mut cache = self.cache.write();
@@ -118,8 +124,23 @@ impl Table {
         t
     }
 
-    fn changed(&mut self) {
-        self.cache.get_mut().clear();
+    /// The routes a pattern's subscriptions go to.
+    fn routes_of(&mut self, pattern: &Pattern) -> &mut Vec<Route> {
+        if pattern.is_wildcard() {
+            &mut self.wild
+        } else {
+            self.exact.entry(pattern.as_str().to_owned()).or_default()
+        }
+    }
+
+    /// Forgets the cached targets a change of `pattern`'s routes affects.
+    fn changed(&mut self, pattern: &Pattern) {
+        let cache = self.cache.get_mut();
+        if pattern.is_wildcard() {
+            cache.clear();
+        } else {
+            cache.remove(pattern.as_str());
+        }
     }
 }
 
@@ -226,14 +247,15 @@ impl Backend for MemoryBackend {
             let (tx, rx) = flume::bounded(options.queue_size as usize);
             let id = self.broker.next_id.fetch_add(1, Ordering::Relaxed);
             let mut table = self.broker.table.write();
+            let routes = table.routes_of(pattern);
             match &options.group {
-                None => table.routes.push(Route {
+                None => routes.push(Route {
                     pattern: pattern.clone(),
                     group: None,
                     target: Target::One(id, tx),
                 }),
                 Some(g) => {
-                    let existing = table.routes.iter().find_map(|r| match &r.target {
+                    let existing = routes.iter().find_map(|r| match &r.target {
                         Target::Group(grp)
                             if r.group.as_deref() == Some(g) && r.pattern == *pattern =>
                         {
@@ -246,7 +268,7 @@ impl Backend for MemoryBackend {
                         None => {
                             let grp = Arc::new(Group::default());
                             grp.members.write().push((id, tx));
-                            table.routes.push(Route {
+                            routes.push(Route {
                                 pattern: pattern.clone(),
                                 group: Some(g.clone()),
                                 target: Target::Group(grp),
@@ -255,9 +277,10 @@ impl Backend for MemoryBackend {
                     }
                 }
             }
-            table.changed();
+            table.changed(pattern);
             let unsub = MemoryUnsubscribe {
                 broker: Arc::downgrade(&self.broker),
+                pattern: pattern.clone(),
                 id,
             };
             Ok((
@@ -274,6 +297,7 @@ impl Backend for MemoryBackend {
 
 struct MemoryUnsubscribe {
     broker: Weak<Broker>,
+    pattern: Pattern,
     id: u64,
 }
 
@@ -284,7 +308,8 @@ impl Unsubscribe for MemoryUnsubscribe {
         };
         let mut table = broker.table.write();
         let id = self.id;
-        table.routes.retain(|r| match &r.target {
+        let routes = table.routes_of(&self.pattern);
+        routes.retain(|r| match &r.target {
             Target::One(rid, _) => *rid != id,
             Target::Group(g) => {
                 let mut m = g.members.write();
@@ -292,6 +317,9 @@ impl Unsubscribe for MemoryUnsubscribe {
                 !m.is_empty()
             }
         });
-        table.changed();
+        if routes.is_empty() && !self.pattern.is_wildcard() {
+            table.exact.remove(self.pattern.as_str());
+        }
+        table.changed(&self.pattern);
     }
 }
