@@ -693,7 +693,8 @@ impl Bus {
 
     /// Closes the bus: new publishes and subscribes fail with [`ErrorKind::Closed`], every
     /// subscription stops receiving, queued and in-flight events are handled (bounded by
-    /// `close_timeout_ms`), then the connection is released. Idempotent.
+    /// `close_timeout_ms`), then the connection is released. Idempotent: a second close, or
+    /// one racing the first, returns once the first is over.
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`] when handlers did not finish in time (the rest is abandoned and
@@ -726,6 +727,13 @@ impl Bus {
     async fn close_inner(&self) -> Result<()> {
         let shared = &self.inner.shared;
         if shared.closed.swap(true, Ordering::AcqRel) {
+            // Closed by another caller: return once that close is over, so that after any
+            // close returns, every handler is done.
+            // Bounded, in case the first close was dropped half-way by its caller.
+            let mut state = shared.state.subscribe();
+            let over = state.wait_for(|s| *s == ConnectionState::Closed);
+            let _ =
+                tokio::time::timeout(shared.close_timeout() + Duration::from_secs(1), over).await;
             return Ok(());
         }
         let subs: Vec<Arc<SubControl>> = self
