@@ -47,6 +47,7 @@ def main(results: str, out: str) -> None:
             f"{r['events_per_sec']:,} | {t} |"
         )
     lines.append("")
+    lines += broker_table(rows)
     with open(out, "w") as f:
         f.write("\n".join(lines))
     # The analysis (where the time goes) is kept by hand in bench/NOTES.md.
@@ -57,6 +58,37 @@ def main(results: str, out: str) -> None:
         extra = ""
     with open(out, "a") as f:
         f.write("\n" + extra if extra else "")
+
+def broker_table(rows: list) -> list:
+    """Batch publish on each broker: every language beside the Rust core, same run, same broker."""
+    batch = {}
+    for r in rows:
+        case = r["case"]
+        if "://" in case and "publish_batch" in case:
+            scheme = next(t for t in case.split() if "://" in t)
+            batch[(scheme, r["lang"])] = r["events_per_sec"]
+    schemes = sorted({s for s, _ in batch})
+    if not schemes:
+        return []
+    lines = [
+        "Batch publish on each broker (chunks of 4,096, one subscriber, publish to last handled),",
+        "each language beside the Rust core in the same run; the target is at least 0.8x.",
+        "",
+        "| broker | language | events/s | the core's | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for scheme in schemes:
+        core = batch.get((scheme, "rust"))
+        for lang in ("rust", "c", "go", "python", "node"):
+            rate = batch.get((scheme, lang))
+            if rate is None:
+                continue
+            ratio = f"{rate / core:.2f}x" if core else ""
+            ref = f"{core:,}" if core else ""
+            lines.append(f"| {scheme} | {lang} | {rate:,} | {ref} | {ratio} |")
+    lines.append("")
+    return lines
+
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

@@ -5,6 +5,12 @@
 //! With `POLYBUS_BENCH_KAFKA_URL` (`kafka://host:port`) it also measures `kafka://` beside
 //! librdkafka used directly (rdkafka's producer and consumer, the same settings):
 //! `POLYBUS_BENCH_KAFKA_EVENTS` events (default 200,000), each published and handled once.
+//!
+//! With `POLYBUS_BENCH_URL` (one URL or several, comma-separated, for example
+//! `jetstream://127.0.0.1:4222,redis://127.0.0.1:6390`) it measures `publish_batch` on each
+//! broker the way the Python and Node benches do (chunks of 4096, one subscriber, a fresh
+//! prefix, after an unreported warm-up round of a quarter), `POLYBUS_BENCH_BROKER_EVENTS`
+//! events each (default 200,000): the core's own figure beside theirs.
 
 use std::{
     sync::{
@@ -86,13 +92,14 @@ async fn channel_case(n: u64) {
     report("rust tokio::mpsc (peer)", n, start.elapsed().as_secs_f64());
 }
 
-/// `kafka://`: pipelined publishes (`publish_batch`), one subscriber; from the first publish to
-/// the last event handled.
-async fn kafka_polybus_case(url: &str, n: u64) {
+/// A broker: pipelined publishes (`publish_batch`), one subscriber; from the first publish to
+/// the last event handled. Reported as `rust <scheme>:// publish_batch` when `report` is set.
+async fn broker_case(url: &str, n: u64, report_it: bool) {
     let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
-    let bus = Bus::connect(polybus::Config::new(url).prefix(prefix))
-        .await
-        .unwrap();
+    let mut config = polybus::Config::new(url).prefix(prefix);
+    // Redis streams keep every event (no trimming), so a subscriber that lags loses none.
+    config.redis.max_len = 0;
+    let bus = Bus::connect(config).await.unwrap();
     let seen = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
     let (s, d) = (seen.clone(), done.clone());
@@ -117,11 +124,11 @@ async fn kafka_polybus_case(url: &str, n: u64) {
         sent += k;
     }
     done.notified().await;
-    report(
-        "rust kafka:// publish_batch",
-        n,
-        start.elapsed().as_secs_f64(),
-    );
+    let secs = start.elapsed().as_secs_f64();
+    if report_it {
+        let scheme = &url[..url.find("://").map_or(0, |i| i + 3)];
+        report(&format!("rust {scheme} publish_batch"), n, secs);
+    }
     bus.close().await.unwrap();
 }
 
@@ -212,7 +219,7 @@ fn main() {
         .build()
         .unwrap();
     let n = events();
-    // POLYBUS_BENCH_CASE=publish|batch|peer runs one case (for profiling).
+    // POLYBUS_BENCH_CASE=publish|batch|peer|broker|kafka|kafka-peer runs one case.
     let only = std::env::var("POLYBUS_BENCH_CASE").ok();
     let run = |case: &str| only.as_deref().is_none_or(|o| o == case);
     rt.block_on(async {
@@ -225,6 +232,19 @@ fn main() {
         if run("peer") {
             channel_case(n).await;
         }
+        if let Some(urls) = std::env::var("POLYBUS_BENCH_URL")
+            .ok()
+            .filter(|_| run("broker"))
+        {
+            let k: u64 = std::env::var("POLYBUS_BENCH_BROKER_EVENTS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200_000);
+            for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                broker_case(url, (k / 4).max(1), false).await;
+                broker_case(url, k, true).await;
+            }
+        }
         if let Ok(url) = std::env::var("POLYBUS_BENCH_KAFKA_URL") {
             let k = std::env::var("POLYBUS_BENCH_KAFKA_EVENTS")
                 .ok()
@@ -233,7 +253,7 @@ fn main() {
             // A first, unreported round warms the broker's JIT, so neither case pays for it.
             kafka_rdkafka_case(&url, k / 2, None).await;
             if run("kafka") {
-                kafka_polybus_case(&url, k).await;
+                broker_case(&url, k, true).await;
             }
             if run("kafka-peer") {
                 kafka_rdkafka_case(&url, k, Some("rust rdkafka (peer)")).await;
