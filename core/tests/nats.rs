@@ -129,8 +129,9 @@ async fn wrong_credentials_fail_with_auth_within_the_connect_timeout() {
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.message().contains(&hostport), "names the server: {e}");
     assert!(!e.to_string().contains("wrong"), "hides the password: {e}");
+    // Generous for a loaded runner; a connect that ignored the timeout would still fail it.
     assert!(
-        start.elapsed() < limit + Duration::from_secs(1),
+        start.elapsed() < limit * 2 + Duration::from_secs(5),
         "took {:?}",
         start.elapsed()
     );
@@ -177,8 +178,9 @@ async fn unreachable_server_fails_clearly_within_the_connect_timeout() {
         );
         let host = url.split("://").nth(1).unwrap();
         assert!(e.message().contains(host), "names the server: {e}");
+        // Generous for a loaded runner; a connect that ignored the timeout would still fail it.
         assert!(
-            start.elapsed() < limit + Duration::from_millis(500),
+            start.elapsed() < limit * 2 + Duration::from_secs(5),
             "{url}: took {:?}",
             start.elapsed()
         );
