@@ -347,6 +347,20 @@ pub(crate) fn publish_error(topic: &str, e: async_nats::PublishError) -> Error {
     Error::new(kind, format!("publish on {topic:?}: {e}"))
 }
 
+/// A round trip to the server: once it returns, the server has handled every command this
+/// connection sent before (a subscribe, publishes), and the client has handed this connection's
+/// subscriptions every message the server routed to them before its answer. A flush alone only
+/// empties the socket buffer, so a request nobody answers makes the round trip: the server's
+/// "no responders" reply comes back in order on the same connection.
+pub(crate) async fn round_trip(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(client.new_inbox(), bytes::Bytes::new()),
+    )
+    .await;
+}
+
 /// Stops a subscription's pump task.
 pub(crate) struct StopPump(pub(crate) watch::Sender<bool>);
 
@@ -419,15 +433,8 @@ impl Backend for NatsBackend {
                 )
             })?;
             // Make sure the server knows the subscription before events are published (by this
-            // or any other connection): a flush only empties the socket buffer, so a request
-            // nobody answers makes the round trip. The server handles a connection's commands
-            // in order, so once its "no responders" reply is back the subscription is in place.
-            let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                client.request(client.new_inbox(), bytes::Bytes::new()),
-            )
-            .await;
+            // or any other connection).
+            round_trip(client).await;
             let (tx, rx) = flume::bounded(options.queue_size as usize);
             let (stop_tx, mut stop) = watch::channel(false);
             let conn = self.conn.clone();
@@ -461,11 +468,11 @@ impl Backend for NatsBackend {
                 // subscription before (among them everything this connection published before
                 // the stop) are still handed over; then the source drains and ends.
                 let drained = async {
-                    // A round trip first: the server answers the PING only after it has sent
-                    // this connection every message it routed before, and the client hands
-                    // those to the subscription before the answer. Unsubscribing before that
-                    // could drop messages still on the wire.
-                    let _ = conn.client.flush().await;
+                    // A round trip first: the server answers only after it has sent this
+                    // connection every message it routed before, and the client hands those
+                    // to the subscription before the answer. Unsubscribing before that could
+                    // drop messages still on the wire.
+                    round_trip(&conn.client).await;
                     if sub.drain().await.is_err() {
                         return;
                     }
