@@ -711,12 +711,7 @@ impl Bus {
     /// As [`close`](Bus::close); [`ErrorKind::Cancelled`], or [`ErrorKind::Timeout`] when
     /// `cancel`'s deadline passed.
     pub async fn close_until(&self, cancel: &Cancel) -> Result<()> {
-        let bus = self.clone();
-        let closing = self
-            .inner
-            .shared
-            .runtime
-            .spawn(async move { bus.close_inner().await });
+        let closing = self.close_in_background();
         cancel
             .guard_noting("close", DRAIN_GOES_ON, async {
                 closing.await.unwrap_or_else(|_| Err(Error::closed("bus")))
@@ -724,17 +719,29 @@ impl Bus {
             .await
     }
 
+    /// Closes the bus without waiting: publishes and subscribes fail with
+    /// [`ErrorKind::Closed`] and every subscription stops receiving before this returns; the
+    /// drain and the release of the connection go on in the background (bounded by
+    /// `close_timeout_ms`). What a front end calls when the caller is one of the bus's own
+    /// handlers (a close that waited would wait for itself). The handle tells how it ended.
+    pub fn close_in_background(&self) -> tokio::task::JoinHandle<Result<()>> {
+        let begun = self.begin_close();
+        let bus = self.clone();
+        self.inner
+            .shared
+            .runtime
+            .spawn(async move { bus.finish_close(begun).await })
+    }
+
     async fn close_inner(&self) -> Result<()> {
-        let shared = &self.inner.shared;
-        if shared.closed.swap(true, Ordering::AcqRel) {
-            // Closed by another caller: return once that close is over, so that after any
-            // close returns, every handler is done.
-            // Bounded, in case the first close was dropped half-way by its caller.
-            let mut state = shared.state.subscribe();
-            let over = state.wait_for(|s| *s == ConnectionState::Closed);
-            let _ =
-                tokio::time::timeout(shared.close_timeout() + Duration::from_secs(1), over).await;
-            return Ok(());
+        let begun = self.begin_close();
+        self.finish_close(begun).await
+    }
+
+    /// Marks the bus closed and stops its subscriptions: `None` when another close did.
+    fn begin_close(&self) -> Option<Vec<Arc<SubControl>>> {
+        if self.inner.shared.closed.swap(true, Ordering::AcqRel) {
+            return None;
         }
         let subs: Vec<Arc<SubControl>> = self
             .inner
@@ -746,6 +753,23 @@ impl Bus {
         for s in &subs {
             s.stop();
         }
+        Some(subs)
+    }
+
+    /// Drains the subscriptions [`begin_close`](Bus::begin_close) stopped and releases the
+    /// connection; when another close began, waits until it is over.
+    async fn finish_close(&self, begun: Option<Vec<Arc<SubControl>>>) -> Result<()> {
+        let shared = &self.inner.shared;
+        let Some(subs) = begun else {
+            // Closed by another caller: return once that close is over, so that after any
+            // close returns, every handler is done. Bounded, in case the first close was
+            // dropped half-way by its caller.
+            let mut state = shared.state.subscribe();
+            let over = state.wait_for(|s| *s == ConnectionState::Closed);
+            let _ =
+                tokio::time::timeout(shared.close_timeout() + Duration::from_secs(1), over).await;
+            return Ok(());
+        };
         let limit = shared.close_timeout();
         let results = futures::future::join_all(subs.iter().map(|s| s.close_within(limit))).await;
         let backend = shared.backend.close().await;

@@ -257,9 +257,8 @@ pub unsafe extern "C" fn polybus_close(
         b.callbacks.close();
         let bus = b.bus.clone();
         if on_dispatcher_thread() {
-            runtime::global().spawn(async move {
-                let _ = bus.close().await;
-            });
+            // Closed before this returns; the drain goes on in the background.
+            drop(bus.close_in_background());
         } else if let Some(c) = cancel_ref(cancel) {
             runtime::global().block_on(bus.close_until(c))?;
         } else {

@@ -213,7 +213,7 @@ impl Callbacks {
             match handler {
                 Some(h) => {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_batch(batch, &h)
+                        run_batch(batch, h)
                     }));
                 }
                 // Its subscription was released: dropping the batch hands the events back.
@@ -240,17 +240,23 @@ pub struct polybus_subscription_t {
 
 /// Runs `handler` over one batch in order, stopping at the first failure, and tells the core
 /// how far it got.
-fn run_batch(batch: Batch, handler: &Handler) {
+fn run_batch(batch: Batch, handler: Arc<Handler>) {
+    let mut handled = batch.events().len();
+    let mut failure = None;
     for (i, e) in batch.events().iter().enumerate() {
         let view = EventView::new(e);
         // SAFETY: `call` is a valid function per polybus_subscribe's contract.
         let rc = unsafe { (handler.call)(&view.event, handler.context) };
         if rc != 0 {
-            batch.complete(i, Some(format!("handler returned {rc}")));
-            return;
+            (handled, failure) = (i, Some(format!("handler returned {rc}")));
+            break;
         }
     }
-    batch.ack_all();
+    // Let go of the handler before completing: once the last batch is complete, a close may
+    // release the subscription's handler, and its `drop` must run there (before the close
+    // returns), not later here.
+    drop(handler);
+    batch.complete(handled, failure);
 }
 
 unsafe fn subscribe_with(
