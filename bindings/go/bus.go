@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +33,7 @@ type Config struct {
 	Prefix string
 	// Name is the service name, sent as each event's Source.
 	Name string
-	// ConnectTimeout bounds Open (default 5s). A deadline on Open's context shortens it.
+	// ConnectTimeout bounds Open (default 5s). Open also gives up when its context ends.
 	ConnectTimeout time.Duration
 	// PublishTimeout bounds how long a publish waits for the backend to accept an event, for
 	// example while a subscriber's queue is full (default 30s).
@@ -249,15 +248,17 @@ func millis(name string, d time.Duration) (uint64, error) {
 }
 
 // Bus is an open event bus. It is safe for concurrent use. Make one with Open, OpenConfig or
-// OpenJSON and release it with Close.
+// OpenJSON and release it with Close (or Shutdown).
 type Bus struct {
 	// mu guards c and queue: calls into C hold it for reading, Close frees the handles holding
 	// it.
 	mu     sync.RWMutex
 	c      *C.polybus_t
 	closed atomic.Bool
-	done   chan struct{} // closed when Close has finished
+	done   chan struct{} // closed when the bus has been closed and released
 	final  Stats         // the counters when the handle was freed
+	// closeErr is the result of closing the bus, set before done is closed.
+	closeErr error
 
 	// queue is the delivery queue every subscription of the bus feeds, drained by pool.
 	queue *C.polybus_queue_t
@@ -268,6 +269,8 @@ type Bus struct {
 	nextToken atomic.Uint64
 	// background counts the goroutines finishing subscriptions closed from their own handler.
 	background sync.WaitGroup
+	// watch follows the connection state for WatchConnectionState.
+	watch stateWatch
 }
 
 // Open opens a bus on a URL such as "memory://", with every other setting at its default.
@@ -276,27 +279,13 @@ func Open(ctx context.Context, url string) (*Bus, error) {
 	return OpenConfig(ctx, Config{URL: url})
 }
 
-// OpenConfig opens a bus. It blocks until connected, at most cfg.ConnectTimeout or until the
-// deadline of ctx, whichever comes first.
+// OpenConfig opens a bus. It blocks until connected, at most cfg.ConnectTimeout, and gives up
+// when ctx ends (cancelled, or its deadline passed), leaving nothing open.
 //
 // Errors: ErrInvalidConfig, ErrTimeout, ErrConnection, ErrAuth, ErrAbiMismatch when the linked
-// library has another C ABI, or the context's error when ctx is already done.
+// library has another C ABI. When ctx ends first, an *Error with StatusCancelled or
+// StatusTimeout that matches ctx.Err() with errors.Is (see Error).
 func OpenConfig(ctx context.Context, cfg Config) (*Bus, error) {
-	if err := checkABI(); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if deadline, ok := ctx.Deadline(); ok {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, context.DeadlineExceeded
-		}
-		if cfg.ConnectTimeout == 0 || left < cfg.ConnectTimeout {
-			cfg.ConnectTimeout = left
-		}
-	}
 	text, err := json.Marshal(cfg)
 	if err != nil {
 		var pe *Error
@@ -305,7 +294,7 @@ func OpenConfig(ctx context.Context, cfg Config) (*Bus, error) {
 		}
 		return nil, newError(StatusInvalidConfig, "%v", err)
 	}
-	return open(string(text))
+	return open(ctx, string(text))
 }
 
 // OpenJSON opens a bus from the JSON configuration text every language takes, for example
@@ -315,52 +304,19 @@ func OpenConfig(ctx context.Context, cfg Config) (*Bus, error) {
 //
 // The text goes to the core as it is, so it may use any field the core knows, also those
 // Config has no field for; the core rejects unknown ones with ErrInvalidConfig. A URL alone
-// (OpenJSON(ctx, "memory://")) is accepted too. A deadline on ctx shortens connect_timeout_ms
-// as in OpenConfig.
+// (OpenJSON(ctx, "memory://")) is accepted too. ctx is honoured as in OpenConfig.
 //
 // Errors: OpenConfig's.
 func OpenJSON(ctx context.Context, text string) (*Bus, error) {
+	return open(ctx, text)
+}
+
+// open opens a bus on a URL or JSON configuration text, under ctx, and makes its delivery
+// queue: what OpenConfig and OpenJSON share.
+func open(ctx context.Context, config string) (*Bus, error) {
 	if err := checkABI(); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if deadline, ok := ctx.Deadline(); ok {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, context.DeadlineExceeded
-		}
-		text = withConnectTimeout(text, left)
-	}
-	return open(text)
-}
-
-// withConnectTimeout returns the JSON configuration text with connect_timeout_ms at most left.
-// Text that is not a JSON object (a URL, or text the core will reject) is returned as it is.
-func withConnectTimeout(text string, left time.Duration) string {
-	dec := json.NewDecoder(strings.NewReader(text))
-	dec.UseNumber() // keeps every other number exactly as written
-	var obj map[string]any
-	if dec.Decode(&obj) != nil || obj == nil || dec.More() {
-		return text
-	}
-	ms, _ := millis("", left)
-	if cur, ok := obj["connect_timeout_ms"].(json.Number); ok {
-		if v, err := cur.Int64(); err == nil && v > 0 && uint64(v) <= ms {
-			return text
-		}
-	}
-	obj["connect_timeout_ms"] = ms
-	out, err := json.Marshal(obj)
-	if err != nil {
-		return text
-	}
-	return string(out)
-}
-
-// open opens a bus on a URL or JSON configuration text and makes its delivery queue.
-func open(config string) (*Bus, error) {
 	ctext := C.CString(config)
 	defer C.free(unsafe.Pointer(ctext))
 	var (
@@ -371,7 +327,10 @@ func open(config string) (*Bus, error) {
 	if err := errorFrom(C.polybus_queue_new(&queue, &detail), &detail); err != nil {
 		return nil, err
 	}
-	if err := errorFrom(C.polybus_open(ctext, &handle, &detail), &detail); err != nil {
+	cc := newCallCancel(ctx)
+	err := cc.wrap(ctx, errorFrom(C.polybus_open(ctext, cc.c, &handle, &detail), &detail))
+	cc.release()
+	if err != nil {
 		C.polybus_queue_free(queue)
 		return nil, err
 	}
@@ -395,10 +354,24 @@ func (b *Bus) acquire() (*C.polybus_t, error) {
 	return b.c, nil
 }
 
+// acquireOpen is acquire for the calls a closed bus refuses (publishing, subscribing): they
+// fail with ErrClosed, as the core's do, from the moment Close or Shutdown has begun, also
+// while the core's close has not started yet (Close called from a handler hands it to a
+// goroutine) or has just been spawned by a close given up at once.
+func (b *Bus) acquireOpen() (*C.polybus_t, error) {
+	c, err := b.acquire()
+	if err == nil && b.closed.Load() {
+		b.mu.RUnlock()
+		return nil, newError(StatusClosed, "bus is closed")
+	}
+	return c, err
+}
+
 // Close closes the bus: publishes and subscribes fail with ErrClosed from now on, every
 // subscription stops receiving, and queued and in-flight events are still handled (the bus's
 // goroutines keep running handlers) for at most Config.CloseTimeout. Then those goroutines
-// end and the bus is released.
+// end and the bus is released. Close is Shutdown(context.Background()), and implements
+// io.Closer.
 //
 // Close is idempotent: later calls wait for the first to finish and return nil. It returns
 // ErrTimeout when handlers did not finish in time (the rest was abandoned and counted as
@@ -408,29 +381,55 @@ func (b *Bus) acquire() (*C.polybus_t, error) {
 // it closes the bus in the background, where the drain goes on as above, and returns nil at
 // once.
 func (b *Bus) Close() error {
+	return b.Shutdown(context.Background())
+}
+
+// Shutdown closes the bus as Close does, but stops waiting when ctx ends, as
+// net/http.Server.Shutdown does: the bus is closed either way (publishes and subscribes fail
+// with ErrClosed as soon as Shutdown has begun), and when ctx ends first the drain and the
+// release of the bus go on in the background, still bounded by Config.CloseTimeout, and
+// Shutdown returns an *Error with StatusCancelled or StatusTimeout that matches ctx.Err()
+// with errors.Is (see Error). A later Close (or Shutdown) waits for that background work.
+//
+// Called while another Close or Shutdown is in progress, Shutdown waits for it, or until ctx
+// ends, and returns nil (or the context's error). Called from a handler of this bus, it
+// returns nil at once, as Close does.
+func (b *Bus) Shutdown(ctx context.Context) error {
 	c, err := b.acquire()
 	if err != nil {
 		if errors.Is(err, ErrClosed) {
-			if !b.inHandler() {
-				<-b.done
-			}
-			return nil
+			return b.awaitClosed(ctx)
 		}
 		return err
 	}
 	b.mu.RUnlock()
-	inHandler := b.inHandler()
 	if !b.closed.CompareAndSwap(false, true) {
-		if !inHandler {
-			<-b.done
-		}
+		return b.awaitClosed(ctx)
+	}
+	if b.inHandler() {
+		go b.close(context.Background(), c)
 		return nil
 	}
-	if inHandler {
-		go b.close(c)
+	return b.close(ctx, c)
+}
+
+// awaitClosed waits, until ctx ends, for the close another call started, and returns nil;
+// at once from a handler of the bus (which the close may be waiting for).
+func (b *Bus) awaitClosed(ctx context.Context) error {
+	if b.inHandler() {
 		return nil
 	}
-	return b.close(c)
+	select {
+	case <-b.done:
+		return nil
+	default:
+	}
+	select {
+	case <-b.done:
+		return nil
+	case <-ctx.Done():
+		return contextError(ctx, "close", busDrainGoesOn)
+	}
 }
 
 // inHandler reports whether the caller is one of the bus's delivery goroutines, that is, a
@@ -440,31 +439,65 @@ func (b *Bus) inHandler() bool {
 	return ok
 }
 
-// close does Close's work, once, never on a delivery goroutine of the bus.
-func (b *Bus) close(c *C.polybus_t) error {
-	defer close(b.done)
-
-	// Drains every subscription while the pool keeps handling.
+// close does Shutdown's work, once, never on a delivery goroutine of the bus: it closes the
+// bus in the core, waiting for the drain until ctx ends, then releases it (release), and
+// returns when that is done or ctx has ended, whichever comes first.
+func (b *Bus) close(ctx context.Context, c *C.polybus_t) error {
+	// Drains every subscription while the pool keeps handling; given up, the bus is closed
+	// all the same and the core goes on draining.
+	cc := newCallCancel(ctx)
 	var detail C.polybus_error_t
-	closeErr := errorFrom(C.polybus_close(c, &detail), &detail)
+	closeErr := cc.wrap(ctx, errorFrom(C.polybus_close(c, cc.c, &detail), &detail))
+	cc.release()
+	go b.release(c, closeErr)
+	if givenUp(closeErr) {
+		return closeErr
+	}
+	select {
+	case <-b.done:
+		return b.closeErr
+	case <-ctx.Done():
+		// Handlers still running after an abandoned drain, say.
+		return contextError(ctx, "close", busDrainGoesOn)
+	}
+}
+
+// release does the Go side of closing the bus once polybus_close has returned: ends the
+// delivery queue, waits for the subscriptions, the pool's goroutines and those finishing
+// subscriptions, frees the handles, then sets closeErr and closes done.
+func (b *Bus) release(c *C.polybus_t, closeErr error) {
+	if givenUp(closeErr) {
+		// The caller stopped waiting; the close itself went well as far as anyone knows.
+		closeErr = nil
+	}
 	// The pool's goroutines end once every subscription feeding the queue has ended.
 	C.polybus_queue_close(b.queue)
 
+	// closeSubs closes the subscriptions found; first only those whose Subscribe has
+	// returned (one in flight may still fail, or not have its handle yet).
+	closeSubs := func(all bool) {
+		var subs []*Subscription
+		b.subs.Range(func(_, v any) bool {
+			if s := v.(*Subscription); all || s.subscribed.Load() {
+				subs = append(subs, s)
+			}
+			return true
+		})
+		for _, s := range subs {
+			if err := s.closeAndWait(); err != nil && closeErr == nil {
+				closeErr = err
+			}
+		}
+	}
+	// Waits for the drain first (the core may still be draining when Shutdown gave up), so
+	// that the lock below waits neither on handlers (publishing, say) nor for long on the
+	// connection-state wait (woken by StateClosed, which the core sets once drained).
+	closeSubs(false)
 	// Taking the lock waits for Subscribe calls in flight, so none is missed below.
 	b.mu.Lock()
 	//lint:ignore SA2001 an empty critical section: only the wait matters
 	b.mu.Unlock()
-	var subs []*Subscription
-	b.subs.Range(func(_, v any) bool {
-		subs = append(subs, v.(*Subscription))
-		return true
-	})
-	for _, s := range subs {
-		s.once.Do(s.finish)
-		if s.closeErr != nil && closeErr == nil {
-			closeErr = s.closeErr
-		}
-	}
+	closeSubs(true)
 	b.pool.wg.Wait()
 	// After the pool: no handler is left to start one of these.
 	b.background.Wait()
@@ -476,7 +509,8 @@ func (b *Bus) close(c *C.polybus_t) error {
 	C.polybus_queue_free(b.queue)
 	b.queue = nil
 	b.mu.Unlock()
-	return closeErr
+	b.closeErr = closeErr
+	close(b.done)
 }
 
 // Stats holds a bus's counters, cumulative since it was opened.

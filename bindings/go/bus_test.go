@@ -415,17 +415,6 @@ func TestContextCancellation(t *testing.T) {
 	}
 }
 
-func TestOpenHonoursContextDeadline(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	bus, err := polybus.OpenConfig(ctx, polybus.Config{URL: "memory://", Prefix: "app", MaxPayload: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bus.Close()
-	wantCode(t, bus.Publish(ctx, "a.b", strings.Repeat("x", 11)), polybus.ErrTooLarge)
-}
-
 func TestConfigJSON(t *testing.T) {
 	cfg := polybus.Config{
 		URL: "memory://", Prefix: "app", Name: "billing", ConnectTimeout: 1500 * time.Microsecond,

@@ -13,11 +13,8 @@ import "C"
 import (
 	"context"
 	"strconv"
+	"sync"
 )
-
-// stateWaitMS bounds each wait for a state change, so a watching goroutine never sits in C for
-// long and notices a cancelled context or a closing bus quickly.
-const stateWaitMS = 100
 
 // ConnectionState is the state of a bus's connection to its broker.
 //
@@ -66,20 +63,80 @@ func (b *Bus) ConnectionState() ConnectionState {
 	return ConnectionState(out)
 }
 
-// waitConnectionState waits at most stateWaitMS for the state to differ from known, and
-// reports the new state and whether it differs.
-func (b *Bus) waitConnectionState(known ConnectionState) (ConnectionState, bool) {
+// stateWatch follows a bus's connection state for WatchConnectionState. One goroutine per bus,
+// started by the first watch, waits in the core for each change and publishes it here; every
+// watch reads it and waits on changed, so a cancelled watch ends at once, whatever the core
+// is doing.
+//
+// The goroutine waits with no timeout, so nothing polls: polybus_connection_state_wait
+// returns when the state changes, and Close ends in StateClosed, which wakes it for the last
+// time. That wait cannot be cancelled (the C call takes no cancel handle), which is why it is
+// shared rather than made per watch: a watch whose context ended leaves nothing behind, and
+// the one goroutine, parked in C on one OS thread, lives as long as the bus, even with no
+// watch left. The alternatives were a wait per watch that outlives its context until the next
+// change, or waking every 100ms to look at the context, which is what this replaced.
+type stateWatch struct {
+	once    sync.Once
+	mu      sync.Mutex
+	state   ConnectionState
+	changed chan struct{} // closed when state changes, then replaced
+}
+
+// watchState returns the bus's stateWatch, starting the goroutine that follows the state on
+// first use.
+func (b *Bus) watchState() *stateWatch {
+	w := &b.watch
+	w.once.Do(func() {
+		w.state = b.ConnectionState()
+		w.changed = make(chan struct{})
+		if w.state != StateClosed {
+			go b.followState(w, w.state)
+		}
+	})
+	return w
+}
+
+// current returns the latest state and a channel closed when it changes.
+func (w *stateWatch) current() (ConnectionState, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state, w.changed
+}
+
+// followState waits for each change of the state after known, and publishes it to w, until
+// StateClosed.
+func (b *Bus) followState(w *stateWatch, known ConnectionState) {
+	for known != StateClosed {
+		known = b.waitConnectionState(known)
+		w.mu.Lock()
+		w.state = known
+		close(w.changed)
+		w.changed = make(chan struct{})
+		w.mu.Unlock()
+	}
+}
+
+// waitConnectionState waits until the state differs from known, and returns the new state.
+// It holds b.mu for reading meanwhile, so that Close cannot free the handle under the wait.
+// The core sets StateClosed at the end of its close, before polybus_close returns (or, when
+// Shutdown gave up, right after the drain release waits for), so release's b.mu.Lock waits
+// for this at most until then.
+func (b *Bus) waitConnectionState(known ConnectionState) ConnectionState {
 	c, err := b.acquire()
 	if err != nil {
 		// Closed and released: the state is final.
-		return StateClosed, known != StateClosed
+		return StateClosed
 	}
-	defer b.mu.RUnlock()
 	var out C.int32_t
-	if C.polybus_connection_state_wait(c, C.int32_t(known), stateWaitMS, &out, nil) != C.POLYBUS_OK {
-		return known, false
+	st := C.polybus_connection_state_wait(c, C.int32_t(known), -1, &out, nil)
+	b.mu.RUnlock()
+	if st != C.POLYBUS_OK {
+		// Cannot happen (known is a state the core reported): not to spin, the state is
+		// taken as unchanged until the bus is closed.
+		<-b.done
+		return StateClosed
 	}
-	return ConnectionState(out), true
+	return ConnectionState(out)
 }
 
 // WatchConnectionState returns a channel that receives the current connection state, then
@@ -88,8 +145,9 @@ func (b *Bus) waitConnectionState(known ConnectionState) (ConnectionState, bool)
 //
 // The channel holds one state: a reader that falls behind receives the latest state, not
 // every state in between, so a short drop and its recovery may show as StateConnected alone.
-// A goroutine serves the channel; it waits for changes in the core, in steps of at most 100ms,
-// and ends with the channel. Reading the channel is optional: the goroutine never blocks on it.
+// A goroutine serves the channel and ends with it; reading the channel is optional, the
+// goroutine never blocks on it. Changes come from one goroutine per bus, started by the first
+// watch, which waits in the core without polling and ends when the bus is closed.
 func (b *Bus) WatchConnectionState(ctx context.Context) <-chan ConnectionState {
 	ch := make(chan ConnectionState, 1)
 	go func() {
@@ -97,14 +155,19 @@ func (b *Bus) WatchConnectionState(ctx context.Context) <-chan ConnectionState {
 		if ctx.Err() != nil {
 			return
 		}
-		state := b.ConnectionState()
+		if b == nil {
+			ch <- StateClosed
+			return
+		}
+		state, changed := b.watchState().current()
 		ch <- state
-		for state != StateClosed && ctx.Err() == nil {
-			next, changed := b.waitConnectionState(state)
-			if !changed {
-				continue
+		for state != StateClosed {
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return
 			}
-			state = next
+			state, changed = b.watchState().current()
 			// This goroutine is the only sender: after dropping an unread stale state, the send
 			// below cannot block.
 			select {

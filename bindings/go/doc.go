@@ -42,8 +42,9 @@
 //		JetStream: &polybus.JetStreamConfig{MaxAge: 24 * time.Hour},
 //	})
 //
-// Open blocks until connected, at most Config.ConnectTimeout: a server that refuses the
-// credentials gives ErrAuth, one that cannot be reached ErrConnection or ErrTimeout.
+// Open blocks until connected, at most Config.ConnectTimeout, or until ctx ends: a server that
+// refuses the credentials gives ErrAuth, one that cannot be reached ErrConnection or
+// ErrTimeout.
 //
 // A Bus is safe for concurrent use. Users of due's eventbus can set a default bus once and use
 // the package-level functions:
@@ -59,10 +60,10 @@
 // "content-type: application/json" (unless the message has a content-type header), as every
 // language does; a value JSON cannot encode is an error with StatusPayload. Publish returns
 // once the backend has accepted the event; under backpressure (a subscriber's queue is full)
-// it waits, at most Config.PublishTimeout. PublishMessage sets a key, headers, an id and a
-// type; PublishBatch publishes many messages with one call into the core's pipelined publish
-// (as many in flight as the backend allows), and on failure returns a *BatchError whose
-// Published field counts the messages published before the failing one.
+// it waits, at most Config.PublishTimeout or until ctx ends. PublishMessage sets a key,
+// headers, an id and a type; PublishBatch publishes many messages with one call into the
+// core's pipelined publish (as many in flight as the backend allows), and on failure returns a
+// *BatchError whose Published field counts the messages published before the failing one.
 //
 // # Subscribe
 //
@@ -117,8 +118,10 @@
 //		log.Printf("polybus: %s", s)
 //	}
 //
-// The channel is served by a goroutine of its own, which waits for changes in the core; a
-// reader that falls behind sees the latest state.
+// The channel is served by a goroutine of its own, which ends with it; a reader that falls
+// behind sees the latest state. Changes come from one goroutine per bus, started by the first
+// watch, which waits in the core until the state changes (no polling) and ends when the bus is
+// closed.
 //
 // # Close
 //
@@ -129,6 +132,17 @@
 // waits for the bus's goroutines and releases the bus. Both are idempotent. After Close every
 // call returns an error matching ErrClosed, except Stats, which returns the final counters.
 //
+// Bus.Shutdown(ctx) and Subscription.Shutdown(ctx) are Close with a context, as
+// net/http.Server.Shutdown is: they stop waiting when ctx ends, and the bus or subscription
+// is closed either way, its drain going on in the background (still bounded by
+// Config.CloseTimeout); a later Close waits for it. Close is Shutdown(context.Background()):
+//
+//	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+//	defer cancel()
+//	if err := bus.Shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+//		log.Print("polybus: handlers still running; the bus is closed, the drain goes on")
+//	}
+//
 // Either may be called from a handler: Subscription.Close from the subscription's own handler,
 // and Bus.Close from any handler of the bus, do not wait (they would wait for the caller): the
 // subscription or bus stops at once, the drain finishes in the background, and the call
@@ -138,13 +152,46 @@
 // the at-least-once backends (jetstream://, redis://, kafka://) the broker delivers the
 // unacknowledged ones again, on the others they are lost. Close the bus before main returns.
 //
+// # Contexts
+//
+// The context given to a call that blocks bounds its wait in the core, not only its start: it
+// is handed across the C boundary as a cancel handle carrying the context's deadline, which a
+// cancellation of the context fires. The core decides what a call given up leaves behind, the
+// same in every language:
+//
+//   - Open, OpenConfig, OpenJSON: the wait for the connection stops and nothing is left open.
+//   - Publish, PublishMessage: the wait for the backend (a full queue, a broker's
+//     acknowledgement) stops, but the event may still be published: its place in the order was
+//     fixed when the call started. A context already done publishes nothing.
+//   - PublishBatch: no further message is started; the *BatchError's Published counts the
+//     messages confirmed before it gave up, and those after them that were already started
+//     may still be published.
+//   - Bus.Shutdown, Subscription.Shutdown: the wait for the drain stops; the bus or
+//     subscription is closed either way and the drain goes on in the background.
+//   - Subscribe: the context is the subscription's lifetime (see Subscribe), not a bound on
+//     the call, which does not wait.
+//
+// The error is then an *Error whose Code is StatusCancelled (the context was cancelled) or
+// StatusTimeout (its deadline passed), whose text is the core's and says what was left behind
+// ("cancelled: publish; the event may still be published", "publish: the caller's deadline
+// passed; ..."), and whose Unwrap returns the context's error, so both of these hold:
+//
+//	errors.Is(err, context.DeadlineExceeded) // or context.Canceled: ctx.Err()
+//	errors.Is(err, polybus.ErrTimeout)       // or polybus.ErrCancelled
+//
+// Config.ConnectTimeout, PublishTimeout and CloseTimeout still apply; the earlier of them and
+// the context's deadline ends the wait. A timeout of the bus's own, with the context still
+// live, is ErrTimeout and does not match context.DeadlineExceeded. A context that can never
+// end, such as context.Background(), costs nothing: no handle is made.
+//
 // # Errors
 //
 // Every error of the bus is an *Error with a Status (the C status code, whose String is the C
 // name) and a message, the core's text, which reads the same in every language ("invalid
 // topic: ..."); PublishBatch wraps it in a *BatchError with the count published.
 // errors.Is(err, polybus.ErrClosed) matches on the code; there is one sentinel per status,
-// generated from include/polybus.h.
+// generated from include/polybus.h. An *Error of a call its context ended also matches the
+// context's error (see Contexts).
 //
 // # Events
 //

@@ -28,11 +28,21 @@ type Status int32
 //	if errors.Is(err, polybus.ErrClosed) { ... }
 //
 // or read the code with errors.As into a *Error.
+//
+// A call that gave up because its context ended (see the package documentation, "Contexts")
+// returns an *Error with Code StatusCancelled (the context was cancelled) or StatusTimeout
+// (its deadline passed) and the core's text, which says what was left behind ("cancelled:
+// publish; the event may still be published"); its Unwrap returns the context's error, so
+// errors.Is(err, context.Canceled) or errors.Is(err, context.DeadlineExceeded) holds as well
+// as errors.Is(err, polybus.ErrCancelled) or errors.Is(err, polybus.ErrTimeout).
 type Error struct {
 	// Code is the status, for example StatusClosed.
 	Code Status
 	// Message is the core's text, for example "closed: bus is closed"; empty in the sentinels.
 	Message string
+
+	// ctxErr is the context's error when the call gave up because its context ended.
+	ctxErr error
 }
 
 // Error returns the message as the core wrote it, with no prefix of its own (the same text
@@ -50,6 +60,12 @@ func (e *Error) Error() string {
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
 	return ok && t.Code == e.Code
+}
+
+// Unwrap returns the context's error (context.Canceled or context.DeadlineExceeded) when the
+// call gave up because its context ended, nil otherwise.
+func (e *Error) Unwrap() error {
+	return e.ctxErr
 }
 
 // newError makes an *Error in the core's format: the status's short description, then the
@@ -77,12 +93,14 @@ func errorFrom(status C.polybus_status_t, detail *C.polybus_error_t) error {
 }
 
 // BatchError is the error of PublishBatch: how many messages were published, in order,
-// before the first failure, and that failure. Err is an *Error (or the context's error when
-// ctx was done before publishing), so errors.Is(err, ErrClosed) and errors.As(err, &perr) with
-// a *Error see through it.
+// before the first failure, and that failure. Err is an *Error, so errors.Is(err, ErrClosed),
+// errors.Is(err, context.DeadlineExceeded) (when the context ended the batch) and
+// errors.As(err, &perr) with a *Error see through it.
 type BatchError struct {
 	// Published is how many messages, from the first, were accepted by the backend before the
-	// failing one (0 when the batch was refused before publishing).
+	// failing one (0 when the batch was refused before publishing). When the context ended
+	// the batch, it counts those confirmed before it gave up; the messages after them that
+	// were already started may still be published, and no further one was started.
 	Published int
 	// Err is why the message at index Published was not published.
 	Err error

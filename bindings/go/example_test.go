@@ -221,3 +221,44 @@ func ExampleBus_WatchConnectionState() {
 	// watching: connected
 	// watching: closed
 }
+
+func ExampleBus_Shutdown() {
+	bus, err := polybus.Open(context.Background(), "memory://")
+	if err != nil {
+		panic(err)
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	_, err = bus.Subscribe(context.Background(), "orders.*", func(context.Context, *polybus.Event) error {
+		close(started)
+		<-release // a slow handler
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	if err := bus.Publish(context.Background(), "orders.created", "order 1"); err != nil {
+		panic(err)
+	}
+	<-started
+
+	// Shutdown stops waiting when its context ends; the bus is closed either way.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err = bus.Shutdown(ctx)
+	fmt.Println(errors.Is(err, context.DeadlineExceeded), errors.Is(err, polybus.ErrTimeout))
+	fmt.Println(err)
+	fmt.Println(errors.Is(bus.Publish(context.Background(), "orders.created", "late"), polybus.ErrClosed))
+
+	// The drain went on in the background; Close waits for it.
+	close(release)
+	if err := bus.Close(); err != nil {
+		panic(err)
+	}
+	st, _ := bus.Stats()
+	fmt.Println("acked:", st.Acked)
+	// Output:
+	// true true
+	// timed out: close: the caller's deadline passed; the bus is closed and its drain goes on in the background
+	// true
+	// acked: 1
+}

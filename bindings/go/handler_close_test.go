@@ -166,8 +166,8 @@ func TestCloseAnotherSubscriptionFromHandler(t *testing.T) {
 }
 
 // TestBusCloseFromHandler closes the bus from inside a handler: Close returns nil at once,
-// the bus closes in the background (draining what was queued), and a Close from outside
-// waits for it.
+// publishes and subscribes fail with ErrClosed from then on, the bus closes in the background
+// (draining what was queued), and a Close from outside waits for it.
 func TestBusCloseFromHandler(t *testing.T) {
 	bus := open(t)
 	ctx := context.Background()
@@ -185,6 +185,10 @@ func TestBusCloseFromHandler(t *testing.T) {
 	if err := await(t, rec.result, "Bus.Close from the handler"); err != nil {
 		t.Fatalf("Bus.Close from the handler: %v", err)
 	}
+	// Closed as soon as the handler's Close returned, while the drain goes on.
+	wantCode(t, bus.Publish(ctx, "jobs.run", "early"), polybus.ErrClosed)
+	_, err := bus.Subscribe(ctx, "jobs.other", rec.handle)
+	wantCode(t, err, polybus.ErrClosed)
 	closed := make(chan error, 1)
 	go func() { closed <- bus.Close() }()
 	if err := await(t, closed, "Bus.Close after the handler's"); err != nil {

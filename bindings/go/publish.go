@@ -11,14 +11,14 @@ package polybus
 
 static polybus_status_t pbgo_publish(const polybus_t *bus, const char *topic, size_t topic_len,
                                      const uint8_t *payload, size_t payload_len, uint32_t flags,
-                                     polybus_error_t *err) {
+                                     const polybus_cancel_t *cancel, polybus_error_t *err) {
 	polybus_message_t m = {0};
 	m.topic.ptr = topic ? topic : "";
 	m.topic.len = topic_len;
 	m.payload.ptr = payload;
 	m.payload.len = payload_len;
 	m.flags = flags;
-	return polybus_publish(bus, &m, err);
+	return polybus_publish(bus, &m, cancel, err);
 }
 
 // A string in the arena; has == 0 means absent.
@@ -57,7 +57,8 @@ static polybus_str_t pbgo_view(const char *arena, pbgo_str_t s) {
 static polybus_status_t pbgo_publish_batch(const polybus_t *bus, const char *arena,
                                            const pbgo_message_t *msgs, size_t len,
                                            const pbgo_header_t *hdrs, size_t hdrs_len,
-                                           size_t *published, polybus_error_t *err) {
+                                           const polybus_cancel_t *cancel, size_t *published,
+                                           polybus_error_t *err) {
 	static const char empty[1] = "";
 	if (arena == NULL) {
 		arena = empty;
@@ -90,7 +91,7 @@ static polybus_status_t pbgo_publish_batch(const polybus_t *bus, const char *are
 		ms[i].time_unix_ns = msgs[i].time_unix_ns;
 		ms[i].flags = msgs[i].flags;
 	}
-	polybus_status_t st = polybus_publish_batch(bus, ms, len, published, err);
+	polybus_status_t st = polybus_publish_batch(bus, ms, len, cancel, published, err);
 	free(ms);
 	free(hs);
 	return st;
@@ -166,35 +167,40 @@ func payloadError(where string, err error) *Error {
 // does) and sent with the content-type header application/json, as every language does; use
 // PublishMessage to set a key, headers, an id or a type.
 //
-// ctx is checked before publishing; the wait itself is bounded by Config.PublishTimeout (it
-// waits only while a subscriber's queue is full). A handler that publishes to a topic its own
-// subscription receives can wait on itself that way.
+// Publish waits only while the backend has not accepted the event, for example while a
+// subscriber's queue is full, at most Config.PublishTimeout, and it stops waiting when ctx ends
+// (cancelled, or its deadline passed): then the event may still be published, as the error
+// says, since its place in the order was already fixed. A ctx already done publishes nothing.
+// A handler that publishes to a topic its own subscription receives can wait on itself that
+// way. With a context that never ends (context.Background), nothing is spent on it.
 //
 // Errors: ErrInvalidTopic, ErrTooLarge, ErrPayload (a value JSON cannot encode), ErrClosed,
-// ErrTimeout, backend errors, or the context's error.
+// ErrTimeout, backend errors. When ctx ends first, an *Error with StatusCancelled or
+// StatusTimeout that matches ctx.Err() with errors.Is (see Error).
 func (b *Bus) Publish(ctx context.Context, topic string, payload any) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	p, flags, err := payloadBytes(payload)
 	if err != nil {
 		return payloadError("", err)
 	}
-	c, err := b.acquire()
+	c, err := b.acquireOpen()
 	if err != nil {
 		return err
 	}
 	defer b.mu.RUnlock()
 	var detail C.polybus_error_t
+	// A context that never ends costs nothing here: no handle, NULL is passed.
+	cc := newCallCancel(ctx)
 	st := C.pbgo_publish(c,
 		(*C.char)(unsafe.Pointer(unsafe.StringData(topic))), C.size_t(len(topic)),
-		(*C.uint8_t)(unsafe.SliceData(p)), C.size_t(len(p)), flags, &detail)
-	return errorFrom(st, &detail)
+		(*C.uint8_t)(unsafe.SliceData(p)), C.size_t(len(p)), flags, cc.c, &detail)
+	err = cc.wrap(ctx, errorFrom(st, &detail))
+	cc.release()
+	return err
 }
 
-// PublishMessage publishes one message with its key, headers, id and type; see Publish.
-// Errors are Publish's (an *Error, not a BatchError), plus ErrInvalidArgument for a bad
-// header name or value.
+// PublishMessage publishes one message with its key, headers, id and type; see Publish, also
+// for what ctx does. Errors are Publish's (an *Error, not a BatchError), plus
+// ErrInvalidArgument for a bad header name or value.
 func (b *Bus) PublishMessage(ctx context.Context, m Message) error {
 	if err := b.publishBatch(ctx, []Message{m}, ""); err != nil {
 		return err.Err
@@ -210,6 +216,11 @@ func (b *Bus) PublishMessage(ctx context.Context, m Message) error {
 // how many messages, from the first, were published before the failing one, and its text (the
 // core's) names the failing index ("invalid topic: event 1 of the batch: ..."). errors.Is and
 // errors.As see the *Error inside it. Errors are PublishMessage's.
+//
+// When ctx ends (cancelled, or its deadline passed), PublishBatch starts no further message
+// and stops waiting: the *BatchError's Published counts the messages confirmed before it gave
+// up, its *Error (StatusCancelled or StatusTimeout) matches ctx.Err() with errors.Is, and the
+// messages after Published that were already started may still be published.
 func (b *Bus) PublishBatch(ctx context.Context, messages []Message) error {
 	if err := b.publishBatch(ctx, messages, "event %d of the batch: "); err != nil {
 		return err
@@ -220,9 +231,6 @@ func (b *Bus) PublishBatch(ctx context.Context, messages []Message) error {
 // publishBatch publishes messages through the core's publish_batch; where, with the index of
 // a payload JSON cannot encode, starts that error's detail.
 func (b *Bus) publishBatch(ctx context.Context, messages []Message, where string) *BatchError {
-	if err := ctx.Err(); err != nil {
-		return &BatchError{Err: err}
-	}
 	if len(messages) == 0 {
 		return nil
 	}
@@ -231,7 +239,7 @@ func (b *Bus) publishBatch(ctx context.Context, messages []Message, where string
 	if err := buf.fill(messages, where); err != nil {
 		return &BatchError{Err: err}
 	}
-	c, err := b.acquire()
+	c, err := b.acquireOpen()
 	if err != nil {
 		return &BatchError{Err: err}
 	}
@@ -244,9 +252,12 @@ func (b *Bus) publishBatch(ctx context.Context, messages []Message, where string
 	if len(buf.hdrs) > 0 {
 		hdrs = &buf.hdrs[0]
 	}
+	cc := newCallCancel(ctx)
 	st := C.pbgo_publish_batch(c, (*C.char)(unsafe.Pointer(unsafe.SliceData(buf.arena))),
-		&buf.msgs[0], C.size_t(len(buf.msgs)), hdrs, C.size_t(len(buf.hdrs)), &published, &detail)
-	if err := errorFrom(st, &detail); err != nil {
+		&buf.msgs[0], C.size_t(len(buf.msgs)), hdrs, C.size_t(len(buf.hdrs)), cc.c, &published, &detail)
+	err = cc.wrap(ctx, errorFrom(st, &detail))
+	cc.release()
+	if err != nil {
 		return &BatchError{Published: int(published), Err: err}
 	}
 	return nil

@@ -150,7 +150,7 @@ func TestOpenJSON(t *testing.T) {
 		t.Errorf("event %+v", e)
 	}
 
-	// A deadline on ctx goes into connect_timeout_ms; other fields pass untouched.
+	// A context with a deadline (which guards the wait for the connection) opens all of them.
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for _, text := range []string{`{"url": "memory://", "connect_timeout_ms": 600000}`, `{"url": "memory://"}`, "memory://"} {

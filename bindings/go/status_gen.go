@@ -38,6 +38,8 @@ const (
 	StatusPanic Status = -14
 	// StatusAbiMismatch is POLYBUS_ERR_ABI_MISMATCH: the library and its caller were built for different ABI versions.
 	StatusAbiMismatch Status = -15
+	// StatusCancelled is POLYBUS_ERR_CANCELLED: the caller cancelled the call (a fired polybus_cancel_t).
+	StatusCancelled Status = -16
 	// StatusInternal is POLYBUS_ERR_INTERNAL: an internal invariant was broken (please report it).
 	StatusInternal Status = -100
 )
@@ -80,6 +82,8 @@ func (s Status) String() string {
 		return "POLYBUS_ERR_PANIC"
 	case StatusAbiMismatch:
 		return "POLYBUS_ERR_ABI_MISMATCH"
+	case StatusCancelled:
+		return "POLYBUS_ERR_CANCELLED"
 	case StatusInternal:
 		return "POLYBUS_ERR_INTERNAL"
 	}
@@ -119,6 +123,8 @@ var (
 	ErrPanic = &Error{Code: StatusPanic}
 	// ErrAbiMismatch matches POLYBUS_ERR_ABI_MISMATCH: the library and its caller were built for different ABI versions.
 	ErrAbiMismatch = &Error{Code: StatusAbiMismatch}
+	// ErrCancelled matches POLYBUS_ERR_CANCELLED: the caller cancelled the call (a fired polybus_cancel_t).
+	ErrCancelled = &Error{Code: StatusCancelled}
 	// ErrInternal matches POLYBUS_ERR_INTERNAL: an internal invariant was broken (please report it).
 	ErrInternal = &Error{Code: StatusInternal}
 )

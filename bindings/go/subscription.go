@@ -163,7 +163,8 @@ func (o *subscribeOptions) toC() (c C.polybus_subscribe_options_t, free func(), 
 	}, nil
 }
 
-// Subscription is a running subscription made by Subscribe. Close (or Unsubscribe) ends it.
+// Subscription is a running subscription made by Subscribe. Close (or Unsubscribe, or
+// Shutdown) ends it.
 type Subscription struct {
 	bus     *Bus
 	token   uint64 // carried by the subscription's batches; the key of bus.subs
@@ -171,12 +172,14 @@ type Subscription struct {
 	ctx     context.Context // the handlers' context
 	cancel  context.CancelFunc
 
-	// mu guards c: stop reads it, finish frees it.
-	mu       sync.RWMutex
-	c        *C.polybus_subscription_t
-	stopping atomic.Bool // Close or stop has begun
-	once     sync.Once   // runs finish
-	closeErr error       // finish's result
+	// mu guards c: stop reads it, release frees it.
+	mu         sync.RWMutex
+	c          *C.polybus_subscription_t
+	subscribed atomic.Bool   // Subscribe has set c and returned the subscription
+	stopping   atomic.Bool   // Close or stop has begun
+	once       sync.Once     // runs finish
+	done       chan struct{} // closed once the subscription is closed and released
+	closeErr   error         // the close's result, set before done is closed
 }
 
 // Subscribe subscribes handler to pattern: a dot-separated topic in which '*' matches one token
@@ -212,12 +215,12 @@ func (b *Bus) Subscribe(ctx context.Context, pattern string, handler Handler, op
 	cpattern := C.CString(pattern)
 	defer C.free(unsafe.Pointer(cpattern))
 
-	c, err := b.acquire()
+	c, err := b.acquireOpen()
 	if err != nil {
 		return nil, err
 	}
 	defer b.mu.RUnlock()
-	s := &Subscription{bus: b, token: b.nextToken.Add(1), handler: handler}
+	s := &Subscription{bus: b, token: b.nextToken.Add(1), handler: handler, done: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	// Registered before subscribing, so that the first batch finds it.
 	b.subs.Store(s.token, s)
@@ -232,6 +235,7 @@ func (b *Bus) Subscribe(ctx context.Context, pattern string, handler Handler, op
 		return nil, err
 	}
 	s.c = handle
+	s.subscribed.Store(true)
 	b.pool.grow(b, o.concurrency)
 	// Cancelling ctx closes the subscription; finish cancels s.ctx itself, which ends the watch.
 	context.AfterFunc(s.ctx, func() { s.Close() })
@@ -270,13 +274,26 @@ func (s *Subscription) call(e *Event) (err error) {
 // Close unsubscribes: no new events are delivered, queued and in-flight ones are still handled
 // (for at most the bus's CloseTimeout, while the bus's goroutines keep running handlers), then
 // the handlers' context is cancelled. It returns ErrTimeout when they did not finish in time.
-// Close is idempotent; later calls wait for the first and return its result.
+// Close is idempotent; later calls wait for the first and return its result. Close is
+// Shutdown(context.Background()).
 //
 // Called from the subscription's own handler, Close does not wait (it would wait for itself):
 // the subscription receives nothing new from then on, the events already queued or in flight
 // are still handled in the background, and Close returns nil at once. This is what C, Python
 // and Node do too.
 func (s *Subscription) Close() error {
+	return s.Shutdown(context.Background())
+}
+
+// Shutdown unsubscribes as Close does, but stops waiting when ctx ends: the subscription
+// receives nothing new either way, and when ctx ends first its drain goes on in the
+// background (still bounded by the bus's CloseTimeout), the handlers' context is cancelled
+// once it is over, and Shutdown returns an *Error with StatusCancelled or StatusTimeout that
+// matches ctx.Err() with errors.Is (see Error). A later Close waits for that drain and
+// returns its result.
+//
+// Called from the subscription's own handler, Shutdown returns nil at once, as Close does.
+func (s *Subscription) Shutdown(ctx context.Context) error {
 	if s == nil {
 		return newError(StatusInvalidArgument, "the *polybus.Subscription is nil")
 	}
@@ -284,8 +301,28 @@ func (s *Subscription) Close() error {
 		s.stop()
 		return nil
 	}
-	s.once.Do(s.finish)
-	return s.closeErr
+	var (
+		first bool
+		err   error
+	)
+	s.once.Do(func() {
+		first = true
+		err = s.finish(ctx)
+	})
+	if first {
+		return err
+	}
+	select {
+	case <-s.done:
+		return s.closeErr
+	default:
+	}
+	select {
+	case <-s.done:
+		return s.closeErr
+	case <-ctx.Done():
+		return contextError(ctx, "close", subDrainGoesOn)
+	}
 }
 
 // Unsubscribe is Close, under the name due's users know: it drains, as Close does, and
@@ -309,18 +346,45 @@ func (s *Subscription) stop() {
 	s.bus.background.Add(1)
 	go func() {
 		defer s.bus.background.Done()
-		s.once.Do(s.finish)
+		s.closeAndWait()
 	}()
 }
 
-// finish closes the subscription, waiting until its batches are done, then forgets it and
-// releases it. It runs once, never on a delivery goroutine.
-func (s *Subscription) finish() {
+// closeAndWait closes the subscription if no one has begun to, waits until it is closed and
+// released, and returns the close's result.
+func (s *Subscription) closeAndWait() error {
+	s.once.Do(func() { s.finish(context.Background()) })
+	<-s.done
+	return s.closeErr
+}
+
+// finish closes the subscription, waiting until its batches are done or ctx ends, then
+// releases it; when ctx ends first, a goroutine waits for the drain and releases it. It runs
+// once (under s.once), never on a delivery goroutine.
+func (s *Subscription) finish(ctx context.Context) error {
 	s.stopping.Store(true)
+	cc := newCallCancel(ctx)
 	var detail C.polybus_error_t
-	// Only finish frees s.c, so it can be read without the lock here. Blocks until drained
+	// Only release frees s.c, so it can be read without the lock here. Blocks until drained
 	// while the pool keeps handling the subscription's batches.
-	s.closeErr = errorFrom(C.polybus_subscription_close(s.c, &detail), &detail)
+	err := cc.wrap(ctx, errorFrom(C.polybus_subscription_close(s.c, cc.c, &detail), &detail))
+	cc.release()
+	if givenUp(err) {
+		// Closed all the same; closing again (idempotent) waits for the drain the core goes
+		// on with. Bus.Close waits for done, so the bus outlives this goroutine.
+		go func() {
+			var detail C.polybus_error_t
+			s.release(errorFrom(C.polybus_subscription_close(s.c, nil, &detail), &detail))
+		}()
+		return err
+	}
+	s.release(err)
+	return err
+}
+
+// release cancels the handlers' context, frees the subscription, forgets it and closes done.
+func (s *Subscription) release(closeErr error) {
+	s.closeErr = closeErr
 	s.cancel()
 	s.mu.Lock()
 	C.polybus_subscription_free(s.c)
@@ -329,4 +393,5 @@ func (s *Subscription) finish() {
 	// Forgotten last, so that Bus.Close, which closes the subscriptions it finds, waits for
 	// this one.
 	s.bus.subs.Delete(s.token)
+	close(s.done)
 }
