@@ -10,7 +10,8 @@ every subscription of the bus), at most ``concurrency`` of one subscription at o
 ``async def`` handlers run on the event loop that was running when they subscribed. Events
 with the same ``key`` are handled in publish order and never concurrently. After ``close()``,
 which lets queued and in-flight events finish, every call but ``stats()`` and ``close()``
-raises :class:`ClosedError`.
+raises :class:`ClosedError`. The blocking calls take ``timeout=`` (seconds) to give up their
+wait (``PolybusTimeoutError``); in :mod:`polybus.aio`, cancelling the awaiting task does.
 
 >>> import polybus
 >>> seen = []
@@ -31,6 +32,7 @@ from ._polybus import (
     AuthError,
     BackendError,
     Bus,
+    CancelledError,
     ClosedError,
     Event,
     HandlerError,
@@ -60,6 +62,7 @@ __all__ = [
     "AuthError",
     "BackendError",
     "Bus",
+    "CancelledError",
     "ClosedError",
     "ConnectionState",
     "Event",

@@ -12,6 +12,7 @@ __all__ = [
     "AuthError",
     "BackendError",
     "Bus",
+    "CancelledError",
     "ClosedError",
     "Event",
     "HandlerError",
@@ -29,10 +30,12 @@ __all__ = [
     "TooLargeError",
     "UnsupportedError",
     "_Batch",
+    "_Cancel",
     "_Dispatcher",
     "_PendingPublish",
     "_StateWatch",
     "__version__",
+    "_connect",
     "connect",
 ]
 
@@ -43,10 +46,11 @@ _H = TypeVar("_H", bound=_Handler)
 _ConnectionState: TypeAlias = Literal["connected", "disconnected", "closed"]
 _C = TypeVar("_C", bound=Callable[[_ConnectionState], object])
 
-def connect(config: str | Mapping[str, Any]) -> Bus:
+def connect(config: str | Mapping[str, Any], *, timeout: float | None = None) -> Bus:
     """Connects to a bus.
 
-    Blocks until connected, with the interpreter released; Ctrl-C interrupts it.
+    Blocks until connected, with the interpreter released; Ctrl-C interrupts it, and so does
+    ``timeout`` passing (nothing is left open then).
 
     Args:
         config: A URL (``"memory://"``, ``"memory://NAME"`` shared in the process by name), a
@@ -56,21 +60,29 @@ def connect(config: str | Mapping[str, Any]) -> Bus:
             ``jetstream`` (stream and consumer settings), ``redis`` (servers, credentials,
             TLS, stream settings) and ``kafka`` (client id, SASL, TLS, topic and consumer
             settings, raw librdkafka ``properties``), each a dict.
+        timeout: Seconds to wait at most, on top of ``connect_timeout_ms`` (None: no limit
+            but that one). Unlike ``connect_timeout_ms``, a config field, it is this caller's
+            deadline: the message of its error says so ("the caller's deadline passed").
 
     Returns:
         The connected bus.
 
     Raises:
         InvalidConfigError: The config cannot be parsed or names an unknown field.
-        PolybusTimeoutError: Connecting took longer than ``connect_timeout_ms``.
+        PolybusTimeoutError: Connecting took longer than ``connect_timeout_ms`` or
+            ``timeout``.
+        InvalidArgumentError: ``timeout`` is negative or NaN.
         PolybusConnectionError: The broker cannot be reached.
         AuthError: The broker rejected the credentials.
         TypeError: ``config`` is neither a string nor a mapping.
 
     Examples:
-        >>> bus = connect({"url": "memory://", "name": "billing"})
+        >>> bus = connect({"url": "memory://", "name": "billing"}, timeout=5)
         >>> bus.close()
     """
+
+def _connect(config: str | Mapping[str, Any], cancel: _Cancel) -> Bus:
+    """:func:`connect`, giving up when ``cancel`` fires (internal: :mod:`polybus.aio`)."""
 
 @final
 class Bus:
@@ -134,12 +146,13 @@ class Bus:
         id: str | None = None,
         type: str | None = None,
         time: datetime.datetime | float | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Publishes one event and returns once the backend has accepted it.
 
         Returns at once when the backend accepts the event without waiting (memory: it is
         queued to every matching subscription); otherwise waits with the interpreter released
-        (a subscription's queue is full), up to ``publish_timeout_ms``.
+        (a subscription's queue is full), up to ``publish_timeout_ms`` or ``timeout``.
 
         Args:
             topic: Dot-separated tokens, such as ``"orders.created"``.
@@ -153,19 +166,26 @@ class Bus:
             time: The event time (default: now): a ``datetime`` (a naive one is taken as
                 UTC), or seconds since the Unix epoch (as ``time.time()`` gives them). It
                 reaches handlers exactly, to the microsecond, as :attr:`Event.time`.
+            timeout: Seconds to wait at most for the backend to accept the event (None: up to
+                ``publish_timeout_ms``). Once it passes the call gives up, but the event may
+                still be published: its place in the order was fixed when the publish started.
+                0 gives up at once.
 
         Raises:
             ClosedError: The bus is closed.
             InvalidTopicError: The topic is not valid.
             TooLargeError: The payload exceeds ``max_payload``.
-            InvalidArgumentError: A header or the key is not valid, or ``time`` is before 1970.
+            InvalidArgumentError: A header or the key is not valid, ``time`` is before 1970,
+                or ``timeout`` is negative or NaN.
             PayloadError: The payload cannot be encoded as JSON.
-            PolybusTimeoutError: Not accepted within ``publish_timeout_ms``.
+            PolybusTimeoutError: Not accepted within ``publish_timeout_ms``, or ``timeout``
+                passed (the message says the caller's deadline passed and that the event may
+                still be published).
             TypeError: ``time`` is neither a ``datetime`` nor a number.
 
         Examples:
             >>> with connect("memory://") as bus:
-            ...     bus.publish("orders.created", {"id": 1}, key="order-1")
+            ...     bus.publish("orders.created", {"id": 1}, key="order-1", timeout=1.5)
         """
 
     def _publish_nowait(
@@ -185,19 +205,28 @@ class Bus:
             None when the backend accepted the event, else the publish to wait on.
         """
 
-    def publish_batch(self, events: Iterable[tuple[str, object] | Mapping[str, Any]]) -> int:
+    def publish_batch(
+        self,
+        events: Iterable[tuple[str, object] | Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> int:
         """Publishes many events in order, pipelined: the fast path for bulk publishing.
 
         Every item is converted first (an item that cannot be converted raises before any event
         is published); then the events go to the core's pipelined publish in one call, with the
         interpreter released: as many publishes as the backend allows are in flight at once, so
         a broker's round trip is paid once per window, not once per event. Ctrl-C interrupts
-        it on the main thread. It stops at the first failure.
+        it on the main thread, and so does ``timeout`` passing. It stops at the first failure.
 
         Args:
             events: ``(topic, payload)`` pairs, or dicts with ``topic``, ``payload`` and
                 optionally ``key``, ``headers``, ``id``, ``type`` and ``time``, as
                 :meth:`publish` takes them.
+            timeout: Seconds the whole batch may take at most (None: no limit but each event's
+                ``publish_timeout_ms``). Once it passes no further event is started; the
+                error's ``published`` counts those confirmed before it gave up, and those
+                started after them may still be published.
 
         Returns:
             How many events were published (all of them).
@@ -208,15 +237,28 @@ class Bus:
                 says how many events, from the first, were published before it.
             TypeError: An item is neither a pair nor a dict, or a field has the wrong type
                 (``published`` is 0).
+            PolybusTimeoutError: As :meth:`publish`, or ``timeout`` passed (``published`` says
+                how many were confirmed before).
+            InvalidArgumentError: As :meth:`publish`, or ``timeout`` is negative or NaN.
 
         Examples:
             >>> with connect("memory://") as bus:
-            ...     bus.publish_batch(("orders.created", str(i)) for i in range(3))
+            ...     bus.publish_batch((("orders.created", str(i)) for i in range(3)), timeout=5)
             3
         """
 
-    def publish_many(self, events: Iterable[tuple[str, object] | Mapping[str, Any]]) -> int:
+    def publish_many(
+        self,
+        events: Iterable[tuple[str, object] | Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> int:
         """The same as :meth:`publish_batch` (its former name)."""
+
+    def _publish_batch(
+        self, events: Iterable[tuple[str, object] | Mapping[str, Any]], cancel: _Cancel
+    ) -> int:
+        """:meth:`publish_batch`, giving up when ``cancel`` fires (internal)."""
 
     def subscribe(
         self,
@@ -307,7 +349,7 @@ class Bus:
             ``dead_lettered`` and ``dropped``.
         """
 
-    def close(self) -> None:
+    def close(self, *, timeout: float | None = None) -> None:
         """Closes the bus. Idempotent.
 
         New publishes and subscribes fail with :class:`ClosedError`; every subscription stops
@@ -318,10 +360,21 @@ class Bus:
 
         A bus still open at interpreter exit is closed then, the same way.
 
+        Args:
+            timeout: Seconds to wait at most (None: up to ``close_timeout_ms``). Once it
+                passes the call gives up, but the bus is closed anyway and its drain goes on in
+                the background (still bounded by ``close_timeout_ms``); calling ``close()``
+                again waits for it.
+
         Raises:
-            PolybusTimeoutError: Handlers did not finish within ``close_timeout_ms``; the rest
-                was abandoned and counted as dropped.
+            PolybusTimeoutError: Handlers did not finish within ``close_timeout_ms`` (the rest
+                was abandoned and counted as dropped), or ``timeout`` passed (the message says
+                the caller's deadline passed and the drain goes on).
+            InvalidArgumentError: ``timeout`` is negative or NaN.
         """
+
+    def _close(self, cancel: _Cancel) -> None:
+        """:meth:`close`, giving up when ``cancel`` fires (internal)."""
 
     def __enter__(self) -> Bus: ...
     def __exit__(
@@ -333,8 +386,22 @@ class Bus:
 class _PendingPublish:
     """A publish the backend has not accepted yet (internal)."""
 
-    def wait(self) -> None:
-        """Blocks, with the interpreter released, until the backend accepts the event."""
+    def wait(self, cancel: _Cancel | None = None) -> None:
+        """Blocks, with the interpreter released, until the backend accepts the event or
+        ``cancel`` fires."""
+
+@final
+class _Cancel:
+    """A core cancel handle (internal): :mod:`polybus.aio` fires it when the task awaiting a
+    native call is cancelled, so the call stops waiting at once."""
+
+    def __init__(self) -> None: ...
+    def cancel(self) -> None:
+        """Fires the handle: the calls it guards stop waiting. Idempotent; any thread."""
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
 
 @final
 class _StateWatch:
@@ -380,18 +447,28 @@ class Subscription:
     def closed(self) -> bool:
         """Whether the subscription has been closed (by itself or by its bus)."""
 
-    def close(self) -> None:
+    def close(self, *, timeout: float | None = None) -> None:
         """Stops receiving, lets queued and in-flight events finish, then returns. Idempotent.
 
         Called from one of its own handlers (or from the event loop its coroutine handlers
         need), it stops the subscription without waiting for the drain.
 
+        Args:
+            timeout: Seconds to wait at most (None: up to the bus's ``close_timeout_ms``).
+                Once it passes the call gives up, but the subscription is closed anyway and
+                its queued and in-flight events still finish, in the background.
+
         Raises:
-            PolybusTimeoutError: Handlers did not finish within the bus's ``close_timeout_ms``.
+            PolybusTimeoutError: Handlers did not finish within the bus's ``close_timeout_ms``,
+                or ``timeout`` passed.
+            InvalidArgumentError: ``timeout`` is negative or NaN.
         """
 
-    def unsubscribe(self) -> None:
+    def unsubscribe(self, *, timeout: float | None = None) -> None:
         """The same as :meth:`close`."""
+
+    def _close(self, cancel: _Cancel) -> None:
+        """:meth:`close`, giving up when ``cancel`` fires (internal)."""
 
     def __enter__(self) -> Subscription: ...
     def __exit__(
@@ -492,7 +569,10 @@ class UnsupportedError(PolybusError):
     code: ClassVar[str]
 
 class PolybusTimeoutError(PolybusError, TimeoutError):
-    """An operation did not finish in time (POLYBUS_ERR_TIMEOUT)."""
+    """An operation did not finish in time (POLYBUS_ERR_TIMEOUT): a limit of the config
+    (``connect_timeout_ms``, ``publish_timeout_ms``, ``close_timeout_ms``) or the ``timeout``
+    the caller gave, whose message says "the caller's deadline passed" and what the call left
+    behind."""
 
     code: ClassVar[str]
 
@@ -538,5 +618,20 @@ class AbiMismatchError(PolybusError):
 
 class InternalError(PolybusError):
     """An internal invariant was broken (POLYBUS_ERR_INTERNAL)."""
+
+    code: ClassVar[str]
+
+class CancelledError(PolybusError):
+    """A wait was cancelled (POLYBUS_ERR_CANCELLED): the cancel handle guarding a call fired
+    before the call finished, and the call gave up, leaving behind what the core's rule says
+    (connecting leaves nothing open, a publish may still be published, a close drains in the
+    background). It is the status every language shares for a cancelled wait.
+
+    In Python it is the outcome of the native side of a :mod:`polybus.aio` await whose task was
+    cancelled; the task itself sees :class:`asyncio.CancelledError`, as asyncio expects. A
+    ``timeout`` argument passing raises :class:`PolybusTimeoutError` instead. It is not
+    :class:`asyncio.CancelledError` nor a subclass of it: it is an ``Exception``, caught by
+    ``except PolybusError``, never by ``except asyncio.CancelledError``.
+    """
 
     code: ClassVar[str]

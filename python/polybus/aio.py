@@ -4,6 +4,13 @@ Blocking work (connecting, waiting under backpressure, draining on close) runs o
 loop, so the loop keeps running coroutine handlers meanwhile. Coroutine handlers run on the
 loop that called :meth:`Bus.subscribe`; plain handlers run on dispatcher threads.
 
+Cancelling a task that awaits :func:`connect`, :meth:`Bus.publish`, :meth:`Bus.publish_batch`
+or a ``close`` (``task.cancel()``, :func:`asyncio.timeout`, :func:`asyncio.wait_for`) stops the
+native wait at once and raises :class:`asyncio.CancelledError` (``TimeoutError`` from the
+timeouts), as asyncio expects; what the call leaves behind is the core's rule, the same in
+every language: connecting leaves nothing open, a publish may still be published, a batch
+starts no further events, a close closes anyway and drains in the background.
+
 >>> import asyncio, polybus.aio
 >>> async def main():
 ...     got = asyncio.Event()
@@ -21,6 +28,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import functools
 from collections.abc import Awaitable, Iterable, Mapping
@@ -39,10 +47,52 @@ Handler = Callable[[Event], Union[Awaitable[object], object]]
 H = TypeVar("H", bound=Handler)
 StateCallback = Callable[["ConnectionState"], Union[Awaitable[object], object]]
 C = TypeVar("C", bound=StateCallback)
+T = TypeVar("T")
+
+
+async def _off_loop(
+    call: Callable[[_polybus._Cancel], T],
+    abandoned: Callable[[T], Awaitable[object]] | None = None,
+) -> T:
+    """Runs the blocking native ``call`` off the loop, guarded by a core cancel handle.
+
+    The native calls block a thread (with the interpreter released) until the core is done, so
+    they run in the loop's default executor, as :func:`asyncio.to_thread` would run them (with
+    the caller's context variables). Cancelling a thread is impossible, so cancelling the
+    awaiting task alone would leave the thread blocked until the call's own timeout
+    (``publish_timeout_ms``, ``connect_timeout_ms``, ``close_timeout_ms``). Instead each call
+    gets a core cancel handle: when the task is cancelled, the handle fires, the core stops
+    the native wait at once, and this waits for the thread to return before letting
+    :class:`asyncio.CancelledError` propagate. So when the cancellation is seen, no thread is
+    left blocked and what the call left behind is settled; the call's own outcome (its
+    :class:`polybus.CancelledError`, mostly) is dropped, as the task asked for none. Had the
+    call finished anyway (a race), ``abandoned`` gets its result.
+    """
+    cancel = _polybus._Cancel()
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    future = loop.run_in_executor(None, context.run, call, cancel)
+    try:
+        # Shielded: the executor's future outlives a cancellation of this task, so its
+        # outcome can still be waited for below.
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.cancel()
+        try:
+            result = await future
+        except Exception:  # noqa: BLE001 - the call gave up, as the task asked
+            pass
+        else:
+            if abandoned is not None:
+                await abandoned(result)
+        raise
 
 
 async def connect(config: str | Mapping[str, Any]) -> Bus:
     """Connects to a bus without blocking the event loop.
+
+    Cancelling the awaiting task (or an :func:`asyncio.timeout` passing) stops connecting at
+    once and leaves nothing open.
 
     Args:
         config: A URL (``"memory://"``), a JSON object as text, or a dict of config fields.
@@ -55,7 +105,12 @@ async def connect(config: str | Mapping[str, Any]) -> Bus:
         PolybusTimeoutError: Connecting took longer than ``connect_timeout_ms``.
         PolybusConnectionError: The broker cannot be reached.
     """
-    return Bus(await asyncio.to_thread(_polybus.connect, config))
+
+    async def close(bus: _polybus.Bus) -> None:
+        # Connected just as the task was cancelled: nobody can have it, so nothing stays open.
+        await asyncio.get_running_loop().run_in_executor(None, bus.close)
+
+    return Bus(await _off_loop(functools.partial(_polybus._connect, config), close))
 
 
 @final
@@ -76,8 +131,12 @@ class Subscription:
         return self._native.closed
 
     async def close(self) -> None:
-        """Stops receiving and waits, off the loop, until queued and in-flight events finish."""
-        await asyncio.to_thread(self._native.close)
+        """Stops receiving and waits, off the loop, until queued and in-flight events finish.
+
+        Cancelling the awaiting task stops the wait at once; the subscription is closed anyway
+        and its queued and in-flight events still finish, in the background.
+        """
+        await _off_loop(self._native._close)
 
     async def unsubscribe(self) -> None:
         """The same as :meth:`close`."""
@@ -170,6 +229,9 @@ class Bus:
     ) -> None:
         """Publishes one event; waits off the loop only when the backend makes it wait.
 
+        Cancelling the awaiting task stops the wait at once; the event may still be published
+        (its place in the order was fixed when the publish started).
+
         Args:
             topic: The topic, dot-separated (``orders.created``).
             payload: ``bytes`` or ``str`` as they are, any other value as JSON.
@@ -193,14 +255,16 @@ class Bus:
             topic, payload, key=key, headers=headers, id=id, type=type, time=time
         )
         if pending is not None:
-            await asyncio.to_thread(pending.wait)
+            await _off_loop(pending.wait)
 
     async def publish_batch(self, events: Iterable[Any]) -> int:
         """Publishes ``(topic, payload)`` pairs or dicts in order, pipelined; see
         :meth:`polybus.Bus.publish_batch`.
 
         ``events`` is read on the loop; the publish (one call of the core's pipelined
-        publish) runs off it, so the loop keeps running meanwhile.
+        publish) runs off it, so the loop keeps running meanwhile. Cancelling the awaiting task
+        stops it at once: no further events are started; those already started may still be
+        published.
 
         Returns:
             How many events were published (all of them).
@@ -210,7 +274,7 @@ class Bus:
                 ``published`` attribute says how many events before it were published.
         """
         items = list(events)
-        return await asyncio.to_thread(self._native.publish_batch, items)
+        return await _off_loop(functools.partial(self._native._publish_batch, items))
 
     async def publish_many(self, events: Iterable[Any]) -> int:
         """The same as :meth:`publish_batch`."""
@@ -239,8 +303,13 @@ class Bus:
         return self._native.stats()
 
     async def close(self) -> None:
-        """Closes the bus, waiting off the loop for queued and in-flight events to finish."""
-        await asyncio.to_thread(self._native.close)
+        """Closes the bus, waiting off the loop for queued and in-flight events to finish.
+
+        Cancelling the awaiting task stops the wait at once; the bus is closed anyway and its
+        queued and in-flight events still finish, in the background. Awaiting ``close()``
+        again waits for them.
+        """
+        await _off_loop(self._native._close)
 
     async def __aenter__(self) -> Bus:
         return self

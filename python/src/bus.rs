@@ -2,10 +2,10 @@
 
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Condvar, Mutex,
+    Mutex,
 };
 
-use polybus::{ErrorKind, Headers, Message, SubscribeOptions};
+use polybus::{Cancel, ErrorKind, Headers, Message, SubscribeOptions};
 use pyo3::{
     prelude::*,
     sync::PyOnceLock,
@@ -13,7 +13,9 @@ use pyo3::{
 };
 
 use crate::{
-    block_on, config, dispatch_module,
+    block_on,
+    cancel::{self, gave_up, PyCancel},
+    config, dispatch_module,
     error::{new_error, to_py},
     message::{self, Meta},
     on_main_thread, py_bool,
@@ -27,16 +29,44 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Connects to the bus described by `config`: a URL (`"memory://"`), a JSON object as text,
 /// or a dict with the fields `url`, `prefix`, `name`, `connect_timeout_ms`,
 /// `publish_timeout_ms`, `close_timeout_ms`, `max_payload` and the sections `nats` and
-/// `jetstream` (dicts).
+/// `jetstream` (dicts). `timeout` (seconds) gives up the wait when it passes.
 ///
 /// Every bus that is still open at interpreter exit is closed then (see `polybus._dispatch`).
 #[pyfunction]
+#[pyo3(signature = (config, *, timeout=None))]
 pub(crate) fn connect<'py>(
     py: Python<'py>,
     config: &Bound<'py, PyAny>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, Bus>> {
+    let cancel = cancel::from_timeout(py, timeout)?;
+    connect_until(py, config, cancel.as_ref())
+}
+
+/// `connect`, guarded by a cancel handle of `polybus.aio` (internal).
+#[pyfunction]
+#[pyo3(name = "_connect")]
+pub(crate) fn connect_cancellable<'py>(
+    py: Python<'py>,
+    config: &Bound<'py, PyAny>,
+    cancel: &Bound<'py, PyCancel>,
+) -> PyResult<Bound<'py, Bus>> {
+    connect_until(py, config, Some(&cancel.get().inner))
+}
+
+/// Connects, giving up when `cancel` fires (the core leaves nothing open then).
+fn connect_until<'py>(
+    py: Python<'py>,
+    config: &Bound<'py, PyAny>,
+    cancel: Option<&Cancel>,
 ) -> PyResult<Bound<'py, Bus>> {
     let config = config::from_py(config)?;
-    let inner = block_on(py, polybus::Bus::connect(config))?.map_err(to_py)?;
+    let connecting = polybus::Bus::connect(config);
+    let connected = match cancel {
+        None => block_on(py, connecting)?,
+        Some(c) => block_on(py, c.guard("connect", connecting))?,
+    };
+    let inner = connected.map_err(to_py)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let bus = Bound::new(
         py,
@@ -44,7 +74,7 @@ pub(crate) fn connect<'py>(
             inner,
             closed: AtomicBool::new(false),
             dispatcher: Py::new(py, Dispatcher::new(id))?,
-            closing: Gate::default(),
+            closing: tokio::sync::Mutex::new(()),
         },
     )?;
     dispatch_module(py)?.getattr("track")?.call1((&bus,))?;
@@ -63,8 +93,9 @@ pub(crate) struct Bus {
     closed: AtomicBool,
     /// The delivery queue of every subscription and the threads serving it.
     dispatcher: Py<Dispatcher>,
-    /// Held by a close that waits, so that a second one waits for the first.
-    closing: Gate,
+    /// Held by a close that waits, so that a second one waits for the first (locked inside
+    /// the wait, so a timeout, a cancel or Ctrl-C ends waiting for it too).
+    closing: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Bus {
@@ -132,23 +163,88 @@ impl Bus {
         )
     }
 
-    /// Publishes `messages` in order through the core's pipelined publish.
-    fn publish_messages(&self, py: Python<'_>, messages: Vec<Message>) -> PyResult<usize> {
-        let result = if on_main_thread(py) {
+    /// Publishes `messages` in order through the core's pipelined publish, giving up when
+    /// `cancel` fires.
+    fn publish_messages(
+        &self,
+        py: Python<'_>,
+        messages: Vec<Message>,
+        cancel: Option<&Cancel>,
+    ) -> PyResult<usize> {
+        let bus = self.inner.clone();
+        let result = match cancel {
+            Some(c) => block_on(
+                py,
+                async move { bus.publish_batch_until(messages, c).await },
+            )?,
             // Sliced, so that Ctrl-C interrupts a batch waiting on backpressure.
-            let bus = self.inner.clone();
-            block_on(py, async move { bus.publish_batch(messages).await })?
-        } else {
-            py.detach(|| self.inner.publish_batch_blocking(messages))
+            None if on_main_thread(py) => {
+                block_on(py, async move { bus.publish_batch(messages).await })?
+            }
+            None => py.detach(|| bus.publish_batch_blocking(messages)),
         };
         result.map_err(to_py)
+    }
+
+    /// Closes the bus, giving up the wait when `cancel` fires: the core closes it at once
+    /// either way and drains in the background; the dispatcher threads end once the drain is
+    /// done, and a later `close()` (or the one at exit) waits for them.
+    fn close_until(&self, py: Python<'_>, cancel: Option<&Cancel>) -> PyResult<()> {
+        self.closed.store(true, Ordering::Release);
+        let dispatcher = self.dispatcher.get();
+        // No new subscription feeds the queue; the threads end once every one has drained.
+        dispatcher.close_queue();
+        let bus = self.inner.clone();
+        if dispatcher.serves(py, &Caller::here(py)?) {
+            // Waiting here would wait on the handler that is calling: let the drain finish in
+            // the background (its outcome is in the stats and the log).
+            polybus::runtime::global().spawn(async move {
+                let _ = bus.close().await;
+            });
+            return Ok(());
+        }
+        // A second close (at exit, say) waits for the first one's drain.
+        let gate = &self.closing;
+        let (closed, entered) = block_on(py, async move {
+            let entered = match cancel {
+                None => Some(gate.lock().await),
+                Some(c) => c.guard("close", async { Ok(gate.lock().await) }).await.ok(),
+            };
+            let closed = match cancel {
+                None => bus.close().await,
+                // Fired while waiting for the gate: this fails at once, in the core's words.
+                Some(c) => bus.close_until(c).await,
+            };
+            (closed, entered)
+        })?;
+        if entered.is_none() || gave_up(&closed, cancel) {
+            return closed.map_err(to_py);
+        }
+        if closed
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Timeout)
+        {
+            dispatcher.abandon();
+        }
+        let joined = dispatcher.join(py, cancel)?;
+        drop(entered);
+        match (closed, cancel) {
+            (Err(e), _) => Err(to_py(e)),
+            // Threads still run (the drain of a close given up on earlier, or a handler the
+            // core gave up on): fail as the cancel says, in the core's words.
+            (Ok(()), Some(c)) if !joined => block_on(py, self.inner.close_until(c))?.map_err(to_py),
+            (Ok(()), _) => Ok(()),
+        }
     }
 }
 
 #[pymethods]
 impl Bus {
-    /// Publishes one event and returns once the backend has accepted it.
-    #[pyo3(signature = (topic, payload, *, key=None, headers=None, id=None, r#type=None, time=None))]
+    /// Publishes one event and returns once the backend has accepted it; `timeout` (seconds)
+    /// gives up the wait when it passes.
+    #[pyo3(signature = (
+        topic, payload, *, key=None, headers=None, id=None, r#type=None, time=None, timeout=None
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
@@ -160,8 +256,10 @@ impl Bus {
         id: Option<String>,
         r#type: Option<String>,
         time: Option<Bound<'_, PyAny>>,
+        timeout: Option<f64>,
     ) -> PyResult<()> {
         self.check_open(py)?;
+        let cancel = cancel::from_timeout(py, timeout)?;
         let meta = Meta {
             key,
             headers,
@@ -169,10 +267,11 @@ impl Bus {
             event_type: r#type,
             time: time.as_ref().map(message::event_time).transpose()?,
         };
-        match self
-            .inner
-            .publish_nowait(message::build(topic, payload, meta)?)
-        {
+        let message = message::build(topic, payload, meta)?;
+        if let Some(c) = cancel {
+            return block_on(py, self.inner.publish_until(message, &c))?.map_err(to_py);
+        }
+        match self.inner.publish_nowait(message) {
             Ok(None) => Ok(()),
             Ok(Some(pending)) => block_on(py, pending.wait())?.map_err(to_py),
             Err(e) => Err(to_py(e)),
@@ -211,16 +310,42 @@ impl Bus {
         }))
     }
 
-    /// Publishes many events in order, pipelined; returns how many were published.
-    fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<usize> {
+    /// Publishes many events in order, pipelined; returns how many were published. `timeout`
+    /// (seconds) gives up when it passes.
+    #[pyo3(signature = (events, *, timeout=None))]
+    fn publish_batch(
+        &self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<usize> {
         self.check_open(py)?;
+        let cancel = cancel::from_timeout(py, timeout)?;
         let messages = message::from_items(events)?;
-        self.publish_messages(py, messages)
+        self.publish_messages(py, messages, cancel.as_ref())
     }
 
     /// The same as `publish_batch`.
-    fn publish_many(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<usize> {
-        self.publish_batch(py, events)
+    #[pyo3(signature = (events, *, timeout=None))]
+    fn publish_many(
+        &self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<usize> {
+        self.publish_batch(py, events, timeout)
+    }
+
+    /// `publish_batch`, guarded by a cancel handle of `polybus.aio` (internal).
+    fn _publish_batch(
+        &self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+        cancel: &Bound<'_, PyCancel>,
+    ) -> PyResult<usize> {
+        self.check_open(py)?;
+        let messages = message::from_items(events)?;
+        self.publish_messages(py, messages, Some(&cancel.get().inner))
     }
 
     /// Subscribes `handler` to `pattern` (`*` matches one token, `>` the rest).
@@ -371,31 +496,16 @@ impl Bus {
     /// Closes the bus: stops new publishes and subscribes, lets every subscription's queued and
     /// in-flight events finish (bounded by `close_timeout_ms`), then releases the connection.
     /// Idempotent. Called from a handler of this bus, it closes without waiting for the drain.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.closed.store(true, Ordering::Release);
-        let dispatcher = self.dispatcher.get();
-        // No new subscription feeds the queue; the threads end once every one has drained.
-        dispatcher.close_queue();
-        let bus = self.inner.clone();
-        if dispatcher.serves(py, &Caller::here(py)?) {
-            // Waiting here would wait on the handler that is calling: let the drain finish in
-            // the background (its outcome is in the stats and the log).
-            polybus::runtime::global().spawn(async move {
-                let _ = bus.close().await;
-            });
-            return Ok(());
-        }
-        // A second close (at exit, say) waits for the first one's drain.
-        let _closing = self.closing.enter(py);
-        let closed = block_on(py, async move { bus.close().await })?;
-        if closed
-            .as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::Timeout)
-        {
-            dispatcher.abandon();
-        }
-        dispatcher.join(py)?;
-        closed.map_err(to_py)
+    /// `timeout` (seconds) gives up the wait when it passes; the bus is closed anyway.
+    #[pyo3(signature = (*, timeout=None))]
+    fn close(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let cancel = cancel::from_timeout(py, timeout)?;
+        self.close_until(py, cancel.as_ref())
+    }
+
+    /// `close`, guarded by a cancel handle of `polybus.aio` (internal).
+    fn _close(&self, py: Python<'_>, cancel: &Bound<'_, PyCancel>) -> PyResult<()> {
+        self.close_until(py, Some(&cancel.get().inner))
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -404,7 +514,7 @@ impl Bus {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
+        self.close_until(py, None)?;
         Ok(false)
     }
 
@@ -417,35 +527,6 @@ impl Bus {
     }
 }
 
-/// A section one thread at a time may be in, entered with the interpreter released.
-#[derive(Default)]
-struct Gate {
-    busy: Mutex<bool>,
-    left: Condvar,
-}
-
-impl Gate {
-    fn enter(&self, py: Python<'_>) -> GateGuard<'_> {
-        py.detach(|| {
-            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-            while *busy {
-                busy = self.left.wait(busy).unwrap_or_else(|e| e.into_inner());
-            }
-            *busy = true;
-        });
-        GateGuard(self)
-    }
-}
-
-struct GateGuard<'a>(&'a Gate);
-
-impl Drop for GateGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.0.left.notify_all();
-    }
-}
-
 /// A publish the backend has not accepted yet (used by `polybus.aio`).
 #[pyclass(frozen, module = "polybus", name = "_PendingPublish")]
 pub(crate) struct PendingPublish {
@@ -454,12 +535,17 @@ pub(crate) struct PendingPublish {
 
 #[pymethods]
 impl PendingPublish {
-    /// Blocks until the backend accepts the event (releasing the interpreter). Once only.
-    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+    /// Blocks until the backend accepts the event (releasing the interpreter), or until
+    /// `cancel` fires (the event may still be published then). Once only.
+    #[pyo3(signature = (cancel=None))]
+    fn wait(&self, py: Python<'_>, cancel: Option<&Bound<'_, PyCancel>>) -> PyResult<()> {
         let pending = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match pending {
-            Some(p) => block_on(py, p.wait())?.map_err(to_py),
-            None => Ok(()),
+        let Some(p) = pending else {
+            return Ok(());
+        };
+        match cancel {
+            None => block_on(py, p.wait())?.map_err(to_py),
+            Some(c) => block_on(py, c.get().inner.guard("publish", p.wait()))?.map_err(to_py),
         }
     }
 }

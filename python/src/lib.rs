@@ -5,7 +5,9 @@
 //! core's pipelined publish; every subscription of a bus feeds one delivery queue, pulled in
 //! batches by a small fixed pool of Python-owned dispatcher threads, which release the
 //! interpreter while they wait and hold it while they run handlers. Nothing here ever attaches
-//! to the interpreter from a tokio worker. Open buses are closed at interpreter exit.
+//! to the interpreter from a tokio worker. Open buses are closed at interpreter exit. A call
+//! that waits can give up: its `timeout=`, or a cancelled `polybus.aio` task, fires a core
+//! `Cancel` (see `cancel.rs`), and the core decides what the call leaves behind.
 //! Retries, ordering and dead-lettering are the core's; this crate only converts types, runs
 //! handlers and maps errors.
 
@@ -14,6 +16,7 @@ use std::{future::Future, time::Duration};
 use pyo3::{prelude::*, sync::PyOnceLock, types::PyModule};
 
 mod bus;
+mod cancel;
 mod config;
 mod error;
 mod event;
@@ -98,7 +101,9 @@ pub(crate) fn dispatch_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> 
 #[pymodule]
 mod _polybus {
     #[pymodule_export]
-    use crate::bus::{connect, Bus, PendingPublish};
+    use crate::bus::{connect, connect_cancellable, Bus, PendingPublish};
+    #[pymodule_export]
+    use crate::cancel::PyCancel;
     #[pymodule_export]
     use crate::event::Event;
     #[pymodule_export]

@@ -20,13 +20,16 @@ use std::{
     },
 };
 
-use polybus::{BatchSubscription, DeliveryQueue, ErrorKind, Start, SubscribeOptions};
+use polybus::{BatchSubscription, Cancel, DeliveryQueue, ErrorKind, Start, SubscribeOptions};
 use pyo3::{intern, prelude::*, sync::PyOnceLock, types::PyDict};
 
 use crate::{
-    block_on, dispatch_module,
+    block_on,
+    cancel::{self, gave_up, PyCancel},
+    dispatch_module,
     error::{new_error, to_py},
     event::Event,
+    SIGNAL_CHECK_INTERVAL,
 };
 
 /// Source of subscription tokens (unique in the process).
@@ -258,16 +261,45 @@ impl Dispatcher {
 
     /// Waits for the dispatcher threads to end, except the calling one. Call after the queue
     /// is closed (they end once every subscription has drained).
-    pub(crate) fn join(&self, py: Python<'_>) -> PyResult<()> {
+    ///
+    /// With `cancel`, gives up when it fires and keeps the threads still running for a later
+    /// join; returns whether every thread ended. The threads end as soon as the core's drain
+    /// is done, so they are only still running here when it is not (a close given up on
+    /// earlier drains in the background) or when a handler outlived it (the core gave up on it
+    /// after `close_timeout_ms`): only those cases wait in slices, each at most
+    /// [`SIGNAL_CHECK_INTERVAL`], looking at `cancel` between them.
+    pub(crate) fn join(&self, py: Python<'_>, cancel: Option<&Cancel>) -> PyResult<bool> {
         static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let threads = std::mem::take(&mut *lock(&self.threads));
         let current = CURRENT.import(py, "threading", "current_thread")?.call0()?;
+        let mut left = Vec::new();
         for thread in threads {
-            if !thread.is(&current) {
+            if thread.is(&current) {
+                continue;
+            }
+            let Some(c) = cancel else {
                 thread.call_method0(py, intern!(py, "join"))?;
+                continue;
+            };
+            let t = thread.bind(py);
+            loop {
+                if c.check("").is_err() {
+                    left.push(thread);
+                    break;
+                }
+                let slice = c.deadline().map_or(SIGNAL_CHECK_INTERVAL, |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                        .min(SIGNAL_CHECK_INTERVAL)
+                });
+                t.call_method1(intern!(py, "join"), (slice.as_secs_f64(),))?;
+                if !t.call_method0(intern!(py, "is_alive"))?.is_truthy()? {
+                    break;
+                }
             }
         }
-        Ok(())
+        let joined = left.is_empty();
+        lock(&self.threads).extend(left);
+        Ok(joined)
     }
 }
 
@@ -339,6 +371,33 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
+    /// Closes, giving up the wait when `cancel` fires: the core stops the subscription at once
+    /// either way and drains it in the background; its route goes once it has drained.
+    fn close_until(slf: &Bound<'_, Self>, cancel: Option<&Cancel>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(inner) = this.inner.get() else {
+            return Ok(());
+        };
+        if Caller::here(py)?.inside(slf) {
+            this.stop();
+            return Ok(());
+        }
+        // The dispatcher threads keep completing its batches while this waits.
+        let closed = match cancel {
+            None => block_on(py, inner.close())?,
+            Some(c) => block_on(py, inner.close_until(c))?,
+        };
+        if gave_up(&closed, cancel) {
+            // Still draining: the dispatcher threads must find it until it is done.
+            this.stop();
+        } else {
+            let removed = this.routes.remove(this.token);
+            drop(removed);
+        }
+        closed.map_err(to_py)
+    }
+
     /// Whether it has been closed (by itself or by its bus).
     fn is_closed(&self) -> bool {
         self.inner.get().is_none_or(|i| i.is_closed())
@@ -414,29 +473,25 @@ impl Subscription {
     }
 
     /// Stops receiving, lets queued and in-flight events finish, then returns. Idempotent.
+    /// `timeout` (seconds) gives up the wait when it passes; the subscription is closed anyway.
     ///
     /// Called from one of the subscription's own handlers (or from the event loop its
     /// coroutine handlers run on) it stops the subscription without waiting for the drain.
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(inner) = this.inner.get() else {
-            return Ok(());
-        };
-        if Caller::here(py)?.inside(slf) {
-            this.stop();
-            return Ok(());
-        }
-        // The dispatcher threads keep completing its batches while this waits.
-        let closed = block_on(py, inner.close())?;
-        let removed = this.routes.remove(this.token);
-        drop(removed);
-        closed.map_err(to_py)
+    #[pyo3(signature = (*, timeout=None))]
+    fn close(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<()> {
+        let cancel = cancel::from_timeout(slf.py(), timeout)?;
+        Subscription::close_until(slf, cancel.as_ref())
     }
 
     /// The same as `close()`.
-    fn unsubscribe(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Subscription::close(slf)
+    #[pyo3(signature = (*, timeout=None))]
+    fn unsubscribe(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<()> {
+        Subscription::close(slf, timeout)
+    }
+
+    /// `close`, guarded by a cancel handle of `polybus.aio` (internal).
+    fn _close(slf: &Bound<'_, Self>, cancel: &Bound<'_, PyCancel>) -> PyResult<()> {
+        Subscription::close_until(slf, Some(&cancel.get().inner))
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -445,7 +500,7 @@ impl Subscription {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        Subscription::close(slf)?;
+        Subscription::close_until(slf, None)?;
         Ok(false)
     }
 

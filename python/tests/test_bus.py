@@ -309,7 +309,14 @@ def test_error_classes_follow_the_status_table() -> None:
     assert polybus.PolybusError.code is None
     assert polybus.ClosedError.__module__ == "polybus"
     codes = [getattr(polybus, n).code for n in polybus.__all__ if n.endswith("Error")]
-    assert len(set(codes)) == len(codes) == 17
+    assert len(set(codes)) == len(codes) == 18
+    # Every class the native module generates from the status table is exported.
+    native = {
+        name
+        for name, value in vars(polybus._polybus).items()
+        if isinstance(value, type) and issubclass(value, polybus.PolybusError)
+    }
+    assert native == {n for n in polybus.__all__ if n.endswith("Error")}
 
 
 def test_closed_bus_raises_closed_error(collector: Collector) -> None:
