@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{harness, root, secs};
+use common::{root, secs};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -473,38 +473,7 @@ async fn a_broker_restart_mid_stream_loses_no_event() {
         )
         .await
         .unwrap();
-    let n = 10_000;
-    let publish_range = |range: std::ops::Range<usize>| {
-        let bus = bus.clone();
-        async move {
-            let mut pending = Vec::new();
-            for i in range {
-                pending.push((
-                    i,
-                    bus.publish_nowait(Message::new("orders.created", i.to_string()))
-                        .unwrap(),
-                ));
-            }
-            for (i, p) in pending {
-                let Some(p) = p else { continue };
-                if let Err(e) = p.wait().await {
-                    // Not acknowledged: published again (at least once).
-                    assert!(
-                        matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
-                        "{e}"
-                    );
-                    bus.publish(Message::new("orders.created", i.to_string()))
-                        .await
-                        .unwrap();
-                }
-            }
-        }
-    };
-    publish_range(0..n / 2).await;
-    tokio::task::spawn_blocking(|| harness(&["restart", "kafka"]))
-        .await
-        .unwrap();
-    publish_range(n / 2..n).await;
+    let n = common::publish_across_restart(&bus, "orders.created", "kafka", 2_000).await;
     let got = seen.wait_distinct(n, secs(90)).await;
     let lost = missing(&got, n);
     assert!(

@@ -444,38 +444,7 @@ async fn a_server_restart_mid_stream_loses_no_event() {
         )
         .await
         .unwrap();
-    let publish = |i: usize| {
-        let bus = bus.clone();
-        async move {
-            // A publish that fails during the restart is published again: at least once.
-            let deadline = Instant::now() + secs(20);
-            loop {
-                match bus
-                    .publish(Message::new("orders.created", i.to_string()))
-                    .await
-                {
-                    Ok(()) => return,
-                    Err(e) if Instant::now() < deadline => {
-                        assert!(
-                            matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
-                            "{e}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => panic!("publish {i}: {e}"),
-                }
-            }
-        }
-    };
-    for i in 0..50 {
-        publish(i).await;
-    }
-    tokio::task::spawn_blocking(|| harness(&["restart", "redis"]))
-        .await
-        .unwrap();
-    for i in 50..100 {
-        publish(i).await;
-    }
+    let n = common::publish_across_restart(&bus, "orders.created", "redis", 50).await;
     let deadline = Instant::now() + secs(30);
     let distinct = loop {
         let got: HashSet<String> = seen
@@ -484,12 +453,12 @@ async fn a_server_restart_mid_stream_loses_no_event() {
             .iter()
             .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
             .collect();
-        if got.len() >= 100 || Instant::now() > deadline {
+        if got.len() >= n || Instant::now() > deadline {
             break got;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let missing: Vec<usize> = (0..100)
+    let missing: Vec<usize> = (0..n)
         .filter(|i| !distinct.contains(&i.to_string()))
         .collect();
     assert!(missing.is_empty(), "lost across the restart: {missing:?}");
