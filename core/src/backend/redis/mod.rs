@@ -237,7 +237,9 @@ fn is_connection_error(e: &RedisError) -> bool {
 }
 
 /// Maps a Redis error onto the polybus kinds: rejected credentials are `Auth`, an unreachable
-/// server `Connection`, no answer in time `Timeout`, anything the server refused `Backend`.
+/// server or one not ready yet (`LOADING` after a restart, `TRYAGAIN`, `CLUSTERDOWN`,
+/// `MASTERDOWN`) `Connection`, no answer in time `Timeout`, anything the server refused
+/// `Backend`.
 pub(crate) fn redis_error(what: &str, e: &RedisError) -> Error {
     let code = e.code().unwrap_or_default();
     let auth = e.kind() == ::redis::ErrorKind::AuthenticationFailed
@@ -252,6 +254,13 @@ pub(crate) fn redis_error(what: &str, e: &RedisError) -> Error {
         (ErrorKind::Timeout, ": the server did not answer in time")
     } else if is_connection_error(e) {
         (ErrorKind::Connection, ": the server could not be reached")
+    } else if matches!(code, "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN") {
+        // Not a refusal of the command: the server is starting, loading its data or failing
+        // over, and the same command succeeds once it is ready.
+        (
+            ErrorKind::Connection,
+            ": the server is not ready yet (starting, loading or failing over); try again",
+        )
     } else {
         (ErrorKind::Backend, "")
     };
