@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,13 +26,13 @@ import (
 const conformanceDir = "../../tests/conformance"
 
 type scenario struct {
-	ID          string          `json:"id"`
-	Description string          `json:"description"`
-	Requires    []string        `json:"requires"`
-	Config      map[string]any  `json:"config"`
-	Slow        bool            `json:"slow"`
-	Steps       []step          `json:"steps"`
-	raw         json.RawMessage // for error messages
+	ID          string         `json:"id"`
+	Description string         `json:"description"`
+	Requires    []string       `json:"requires"`
+	Config      map[string]any `json:"config"`
+	Slow        bool           `json:"slow"`
+	Steps       []step         `json:"steps"`
+	invalid     error          // what breaks SCHEMA.md's strict reading; the scenario fails with it
 }
 
 type step struct {
@@ -53,6 +55,7 @@ type step struct {
 	ID          *string           `json:"id"`
 	Type        *string           `json:"type"`
 	TimeoutMS   *int              `json:"timeout_ms"`
+	Concurrent  *int              `json:"concurrent"`
 
 	// expect and expect_total checks
 	Payloads          []string `json:"payloads"`
@@ -64,6 +67,9 @@ type step struct {
 	MaxInFlight       *int     `json:"max_in_flight"`
 	MinPeakInFlight   *int     `json:"min_peak_in_flight"`
 	DistinctPayloads  bool     `json:"distinct_payloads"`
+	PayloadsPrefix    []string `json:"payloads_prefix"`
+	SelfCloseOK       *bool    `json:"self_close_ok"`
+	FinishedAtClose   *int     `json:"finished_at_close"`
 
 	// expect_stats counters
 	Published    *uint64 `json:"published"`
@@ -76,16 +82,118 @@ type step struct {
 }
 
 type handlerSpec struct {
-	FailTimes  int    `json:"fail_times"`
-	FailAlways bool   `json:"fail_always"`
-	FailWith   string `json:"fail_with"`
-	DelayMS    int    `json:"delay_ms"`
+	FailTimes       int    `json:"fail_times"`
+	FailAlways      bool   `json:"fail_always"`
+	FailWith        string `json:"fail_with"`
+	DelayMS         int    `json:"delay_ms"`
+	UnsubscribeSelf bool   `json:"unsubscribe_self"`
+	CloseBus        bool   `json:"close_bus"`
+}
+
+// stepFields lists, per op, the fields a step may have besides "op" (SCHEMA.md); anything
+// else is an error, the same strict reading as the Rust, Python and Node runners.
+var stepFields = map[string][]string{
+	"subscribe": {"name", "pattern", "options", "handler", "expect_error"},
+	"publish": {"topic", "payload", "json", "payload_size", "count", "keys", "key", "headers",
+		"id", "type", "expect_error"},
+	"wait":        {"name", "names", "count", "succeeded", "timeout_ms"},
+	"unsubscribe": {"name", "expect_error"},
+	"close":       {"concurrent", "expect_error"},
+	"expect": {"name", "count", "succeeded", "payloads", "payloads_unordered", "attempts",
+		"topics", "key", "id", "type", "headers", "json", "key_order", "no_overlap_per_key",
+		"max_in_flight", "min_peak_in_flight", "payloads_prefix", "self_close_ok",
+		"finished_at_close"},
+	"expect_total": {"names", "succeeded", "distinct_payloads"},
+	"expect_stats": {"published", "delivered", "acked", "failed", "retried", "dead_lettered",
+		"dropped"},
+}
+
+var (
+	optionFields  = []string{"group", "concurrency", "max_attempts", "dead_letter", "start", "backoff_initial_ms", "backoff_max_ms", "queue_size", "batch_size"}
+	handlerFields = []string{"fail_times", "fail_always", "fail_with", "delay_ms", "unsubscribe_self", "close_bus"}
+)
+
+// checkScenario applies SCHEMA.md's strict reading to a scenario file's raw JSON: the fields of
+// each step by op, the subscribe options and handler fields, the capabilities in requires.
+func checkScenario(data []byte, features map[string]map[string]any) error {
+	var raw struct {
+		Requires []string                     `json:"requires"`
+		Steps    []map[string]json.RawMessage `json:"steps"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	for _, req := range raw.Requires {
+		name := strings.TrimPrefix(req, "!")
+		for _, caps := range features {
+			if _, ok := caps[name].(bool); !ok {
+				return fmt.Errorf("requires names %q, not a capability of features.json", req)
+			}
+		}
+	}
+	only := func(what string, fields map[string]json.RawMessage, allowed []string) error {
+		for k := range fields {
+			if !slices.Contains(allowed, k) {
+				return fmt.Errorf("%s has an unknown field %q", what, k)
+			}
+		}
+		return nil
+	}
+	for i, st := range raw.Steps {
+		var op string
+		if err := json.Unmarshal(st["op"], &op); err != nil {
+			return fmt.Errorf("step %d: op: %v", i, err)
+		}
+		allowed, ok := stepFields[op]
+		if !ok {
+			return fmt.Errorf("step %d: unknown step op %q", i, op)
+		}
+		if err := only(fmt.Sprintf("step %d (%s)", i, op), st, append(slices.Clone(allowed), "op")); err != nil {
+			return err
+		}
+		for _, sub := range []struct {
+			field   string
+			allowed []string
+		}{{"options", optionFields}, {"handler", handlerFields}} {
+			if v, ok := st[sub.field]; ok {
+				var m map[string]json.RawMessage
+				if err := json.Unmarshal(v, &m); err != nil {
+					return fmt.Errorf("step %d: %s: %v", i, sub.field, err)
+				}
+				if err := only(fmt.Sprintf("step %d: %s", i, sub.field), m, sub.allowed); err != nil {
+					return err
+				}
+				if sub.field == "handler" && string(m["unsubscribe_self"]) == "true" && string(m["close_bus"]) == "true" {
+					return fmt.Errorf("step %d: a handler has at most one of unsubscribe_self and close_bus", i)
+				}
+			}
+		}
+		if v, ok := st["concurrent"]; ok {
+			var n int
+			if err := json.Unmarshal(v, &n); err != nil || n < 1 {
+				return fmt.Errorf("step %d: concurrent %s is not a positive integer", i, v)
+			}
+		}
+		if op == "wait" {
+			_, count := st["count"]
+			_, succeeded := st["succeeded"]
+			_, name := st["name"]
+			_, names := st["names"]
+			if count == succeeded {
+				return fmt.Errorf(`step %d: a wait step needs exactly one of "count" and "succeeded"`, i)
+			}
+			if name == names {
+				return fmt.Errorf(`step %d: a wait step needs exactly one of "name" and "names"`, i)
+			}
+		}
+	}
+	return nil
 }
 
 // TestConformance runs every scenario against every backend: subtests <backend>/<scenario id>.
 func TestConformance(t *testing.T) {
 	features := loadFeatures(t)
-	scenarios := loadScenarios(t)
+	scenarios := loadScenarios(t, features)
 	backends := make([]string, 0, len(features))
 	for name := range features {
 		backends = append(backends, name)
@@ -111,6 +219,9 @@ func TestConformance(t *testing.T) {
 			}
 			for _, sc := range scenarios {
 				t.Run(sc.ID, func(t *testing.T) {
+					if sc.invalid != nil {
+						t.Fatalf("scenario %s: %v", sc.ID, sc.invalid)
+					}
 					for _, req := range sc.Requires {
 						if name, absent := strings.CutPrefix(req, "!"); absent {
 							if caps[name] == true {
@@ -143,7 +254,7 @@ func loadFeatures(t *testing.T) map[string]map[string]any {
 	return f
 }
 
-func loadScenarios(t *testing.T) []scenario {
+func loadScenarios(t *testing.T, features map[string]map[string]any) []scenario {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(conformanceDir, "scenarios", "*.json"))
 	if err != nil || len(files) == 0 {
@@ -158,11 +269,15 @@ func loadScenarios(t *testing.T) []scenario {
 		}
 		dec := json.NewDecoder(strings.NewReader(string(data)))
 		dec.DisallowUnknownFields()
+		// A scenario that does not read strictly fails on its own; it is never skipped.
 		var sc scenario
-		if err := dec.Decode(&sc); err != nil {
-			t.Fatalf("%s: %v", file, err)
+		sc.invalid = checkScenario(data, features)
+		if err := dec.Decode(&sc); err != nil && sc.invalid == nil {
+			sc.invalid = err
 		}
-		sc.raw = data
+		if sc.ID == "" {
+			sc.ID = strings.TrimSuffix(filepath.Base(file), ".json")
+		}
 		out = append(out, sc)
 	}
 	return out
@@ -278,10 +393,28 @@ type recorder struct {
 	keyRunning map[string]int
 	overlapped bool
 	changed    chan struct{} // closed and replaced on every finished invocation
+	selfClose  *error        // how the unsubscribe_self / close_bus call ended, once made
+	atClose    []int         // finished invocations each call of the latest close step saw
+	closeSeen  bool          // a close step ran
+
+	bus *polybus.Bus
+	sub atomic.Pointer[polybus.Subscription] // the handler's own, once Subscribe returned
 }
 
-func newRecorder() *recorder {
-	return &recorder{keyRunning: map[string]int{}, changed: make(chan struct{})}
+func newRecorder(bus *polybus.Bus) *recorder {
+	return &recorder{keyRunning: map[string]int{}, changed: make(chan struct{}), bus: bus}
+}
+
+// closeFromHandler makes the unsubscribe_self / close_bus call of the first invocation.
+func (r *recorder) closeFromHandler(spec handlerSpec) error {
+	if spec.CloseBus {
+		return r.bus.Close()
+	}
+	sub := r.sub.Load()
+	if sub == nil {
+		return errors.New("the handler ran before Subscribe returned")
+	}
+	return sub.Close()
 }
 
 func (r *recorder) handler(spec handlerSpec) polybus.Handler {
@@ -297,6 +430,7 @@ func (r *recorder) handler(spec handlerSpec) polybus.Handler {
 		inv.jsonErr = e.Scan(&inv.json)
 		r.mu.Lock()
 		r.calls = append(r.calls, inv)
+		first := len(r.calls) == 1
 		r.inFlight++
 		r.peak = max(r.peak, r.inFlight)
 		if inv.key != nil {
@@ -307,6 +441,12 @@ func (r *recorder) handler(spec handlerSpec) polybus.Handler {
 		}
 		r.mu.Unlock()
 
+		if first && (spec.UnsubscribeSelf || spec.CloseBus) {
+			err := r.closeFromHandler(spec)
+			r.mu.Lock()
+			r.selfClose = &err
+			r.mu.Unlock()
+		}
 		fail := spec.FailAlways || e.Attempt <= spec.FailTimes
 		defer func() {
 			r.mu.Lock()
@@ -341,6 +481,13 @@ func (r *recorder) counts() (finished, succeeded int, changed <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.finished, r.succeeded, r.changed
+}
+
+// started returns how many invocations have started.
+func (r *recorder) started() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.calls)
 }
 
 type runner struct {
@@ -392,10 +539,11 @@ func (r *runner) step(i int, s step) {
 	at := fmt.Sprintf("step %d (%s %s)", i, s.Op, s.Name)
 	switch s.Op {
 	case "subscribe":
-		rec := newRecorder()
+		rec := newRecorder(r.bus)
 		sub, err := r.bus.Subscribe(r.ctx, *s.Pattern, rec.handler(s.Handler), subscribeOptions(t, s.Options)...)
 		r.checkError(at, s, err)
 		if err == nil {
+			rec.sub.Store(sub)
 			r.recs[s.Name], r.subs[s.Name] = rec, sub
 		}
 	case "publish":
@@ -409,7 +557,7 @@ func (r *runner) step(i int, s step) {
 		}
 		r.checkError(at, s, sub.Unsubscribe())
 	case "close":
-		r.checkError(at, s, r.bus.Close())
+		r.close(at, s)
 	case "expect":
 		r.expect(at, s)
 	case "expect_total":
@@ -418,6 +566,41 @@ func (r *runner) step(i int, s step) {
 		r.expectStats(at, s)
 	default:
 		t.Fatalf("%s: unknown op %q", at, s.Op)
+	}
+}
+
+// close closes the bus from s.Concurrent goroutines at once (default 1); each call notes how
+// many invocations of every handler had finished as it returned.
+func (r *runner) close(at string, s step) {
+	n := 1
+	if s.Concurrent != nil {
+		n = *s.Concurrent
+	}
+	for _, rec := range r.recs {
+		rec.mu.Lock()
+		rec.atClose, rec.closeSeen = nil, true
+		rec.mu.Unlock()
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = r.bus.Close()
+			for _, rec := range r.recs {
+				rec.mu.Lock()
+				rec.atClose = append(rec.atClose, rec.finished)
+				rec.mu.Unlock()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		r.checkError(fmt.Sprintf("%s, call %d", at, i), s, err)
 	}
 }
 
@@ -522,8 +705,12 @@ func (r *runner) wait(at string, s step) {
 			close(stop)
 		case <-deadline.C:
 			close(stop)
-			r.t.Fatalf("%s: timed out after %v waiting for count=%v succeeded=%v; saw %d invocations, %d succeeded",
-				at, timeout, deref(s.Count), deref(s.Succeeded), finished, succeeded)
+			started := 0
+			for _, rec := range recs {
+				started += rec.started()
+			}
+			r.t.Fatalf("%s: timed out after %v waiting for count=%v (finished) succeeded=%v; saw %d started, %d finished, %d succeeded",
+				at, timeout, deref(s.Count), deref(s.Succeeded), started, finished, succeeded)
 		}
 	}
 }
@@ -542,6 +729,7 @@ func (r *runner) expect(at string, s step) {
 	rec.mu.Lock()
 	calls := slices.Clone(rec.calls)
 	peak, overlapped, succeeded := rec.peak, rec.overlapped, rec.succeeded
+	selfClose, atClose, closeSeen := rec.selfClose, slices.Clone(rec.atClose), rec.closeSeen
 	rec.mu.Unlock()
 
 	field := func(f func(*invocation) any) []any {
@@ -575,6 +763,15 @@ func (r *runner) expect(at string, s step) {
 		slices.Sort(want)
 		slices.Sort(got)
 		same("payloads_unordered", want, got)
+	}
+	if s.PayloadsPrefix != nil {
+		got := make([]string, len(calls))
+		for i, c := range calls {
+			got[i] = c.payload
+		}
+		if len(got) > len(s.PayloadsPrefix) || !slices.Equal(got, s.PayloadsPrefix[:len(got)]) {
+			t.Errorf("%s: payloads_prefix: payloads %q are not a prefix of %q", at, got, s.PayloadsPrefix)
+		}
 	}
 	if s.Attempts != nil {
 		same("attempts", toAny(s.Attempts), field(func(c *invocation) any { return c.attempt }))
@@ -617,19 +814,20 @@ func (r *runner) expect(at string, s step) {
 		}
 	}
 	if s.KeyOrder {
+		// Unkeyed invocations are not checked (SCHEMA.md).
 		last := map[string]int{}
 		for i, c := range calls {
-			if !c.ok {
+			if !c.ok || c.key == nil {
 				continue
+			}
+			if !integerPayload.MatchString(c.payload) {
+				t.Fatalf("%s: key_order: payload %q is not an integer", at, c.payload)
 			}
 			n, err := strconv.Atoi(c.payload)
 			if err != nil {
-				t.Fatalf("%s: key_order: payload %q is not an integer", at, c.payload)
+				t.Fatalf("%s: key_order: payload %q: %v", at, c.payload, err)
 			}
-			k := ""
-			if c.key != nil {
-				k = *c.key
-			}
+			k := *c.key
 			if prev, seen := last[k]; seen && n <= prev {
 				t.Errorf("%s: key_order: invocation %d of key %q has payload %d after %d", at, i, k, n, prev)
 			}
@@ -645,7 +843,29 @@ func (r *runner) expect(at string, s step) {
 	if s.MinPeakInFlight != nil && peak < *s.MinPeakInFlight {
 		t.Errorf("%s: min_peak_in_flight: want at least %d, saw %d", at, *s.MinPeakInFlight, peak)
 	}
+	if s.SelfCloseOK != nil {
+		switch {
+		case selfClose == nil:
+			t.Errorf("%s: self_close_ok: the handler never made its close call", at)
+		case (*selfClose == nil) != *s.SelfCloseOK:
+			t.Errorf("%s: self_close_ok: want ok=%v, the call returned %v", at, *s.SelfCloseOK, *selfClose)
+		}
+	}
+	if s.FinishedAtClose != nil {
+		if !closeSeen {
+			t.Errorf("%s: finished_at_close: no close step ran", at)
+		}
+		for i, n := range atClose {
+			if n != *s.FinishedAtClose {
+				t.Errorf("%s: finished_at_close: close call %d returned when %d invocations had finished, want %d (all calls: %v)",
+					at, i, n, *s.FinishedAtClose, atClose)
+			}
+		}
+	}
 }
+
+// integerPayload is what key_order reads as an integer (SCHEMA.md).
+var integerPayload = regexp.MustCompile(`^-?[0-9]+$`)
 
 func (r *runner) expectTotal(at string, s step) {
 	t := r.t

@@ -694,13 +694,25 @@ impl Bus {
     /// Closes the bus: new publishes and subscribes fail with [`ErrorKind::Closed`], every
     /// subscription stops receiving, queued and in-flight events are handled (bounded by
     /// `close_timeout_ms`), then the connection is released. Idempotent: a second close, or
-    /// one racing the first, returns once the first is over.
+    /// one racing the first, returns once the first is over. Called from inside one of the
+    /// bus's own handlers (which it would wait for), it closes the bus and returns at once; the
+    /// drain finishes in the background.
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`] when handlers did not finish in time (the rest is abandoned and
     /// counted as dropped).
     pub async fn close(&self) -> Result<()> {
+        if self.in_own_handler() {
+            drop(self.close_in_background());
+            return Ok(());
+        }
         self.close_inner().await
+    }
+
+    /// Whether the caller is one of this bus's native handlers: a close there would wait for
+    /// itself, so it closes the bus at once and leaves the drain to the background.
+    fn in_own_handler(&self) -> bool {
+        dispatch::in_handler_of_bus(dispatch::bus_id(&self.inner.shared))
     }
 
     /// [`close`](Bus::close), giving up the wait when `cancel` fires: the bus is closed at
@@ -712,6 +724,9 @@ impl Bus {
     /// `cancel`'s deadline passed.
     pub async fn close_until(&self, cancel: &Cancel) -> Result<()> {
         let closing = self.close_in_background();
+        if self.in_own_handler() {
+            return Ok(());
+        }
         cancel
             .guard_noting("close", DRAIN_GOES_ON, async {
                 closing.await.unwrap_or_else(|_| Err(Error::closed("bus")))

@@ -132,8 +132,28 @@ fn add(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
 
+tokio::task_local! {
+    /// While a native (Rust) handler runs: the ids of its subscription and of its bus, so that
+    /// a close called from inside it stops instead of waiting for itself.
+    static IN_HANDLER: (u64, usize);
+}
+
+/// The id of the bus of `shared` (its address, stable while it lives).
+pub(crate) fn bus_id(shared: &Arc<BusShared>) -> usize {
+    Arc::as_ptr(shared) as usize
+}
+
+/// Whether the caller is a native handler of the bus `bus`.
+pub(crate) fn in_handler_of_bus(bus: usize) -> bool {
+    IN_HANDLER.try_with(|&(_, b)| b == bus).unwrap_or(false)
+}
+
+static NEXT_SUB_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Shared control of one running subscription: stop, drain, abort.
 pub(crate) struct SubControl {
+    /// Unique in the process: tells a subscription's own handlers from others.
+    id: u64,
     pub(crate) pattern: String,
     stopping: AtomicBool,
     unsubscribe: Mutex<Option<Box<dyn Unsubscribe>>>,
@@ -191,9 +211,17 @@ impl SubControl {
         self.abort.send_replace(true);
     }
 
-    /// Stops, drains within the close timeout, aborts on timeout.
+    /// Stops, drains within the close timeout, aborts on timeout. Called from inside one of
+    /// its own native handlers (it would wait for itself), it only stops: the drain finishes
+    /// in the background.
     pub(crate) async fn close(&self) -> Result<()> {
         self.stop();
+        if IN_HANDLER
+            .try_with(|&(sub, _)| sub == self.id)
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
         self.close_within(self.close_timeout).await
     }
 
@@ -226,6 +254,8 @@ pub(crate) enum Executor {
 
 /// Everything a lane needs.
 struct LaneCtx {
+    /// The subscription's id ([`SubControl`]).
+    sub: u64,
     shared: Arc<BusShared>,
     options: SubscribeOptions,
     executor: Executor,
@@ -244,7 +274,9 @@ pub(crate) fn start(
 ) -> Arc<SubControl> {
     let (done_tx, done_rx) = watch::channel(());
     let (abort_tx, abort_rx) = watch::channel(false);
+    let id = NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed);
     let control = Arc::new(SubControl {
+        id,
         pattern,
         stopping: AtomicBool::new(false),
         unsubscribe: Mutex::new(Some(unsubscribe)),
@@ -256,6 +288,7 @@ pub(crate) fn start(
     let handle = shared.runtime.clone();
     let n = options.concurrency as usize;
     let ctx = Arc::new(LaneCtx {
+        sub: id,
         shared,
         options,
         executor,
@@ -503,8 +536,12 @@ async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Option<Vec<Out
                     out.push(Outcome::Skipped);
                     continue;
                 }
-                let result = AssertUnwindSafe(handler.call(d.event.clone()))
-                    .catch_unwind()
+                let me = (ctx.sub, bus_id(&ctx.shared));
+                let result = IN_HANDLER
+                    .scope(
+                        me,
+                        AssertUnwindSafe(handler.call(d.event.clone())).catch_unwind(),
+                    )
                     .await;
                 let outcome = match result {
                     Ok(Ok(())) => Outcome::Ack,

@@ -238,7 +238,9 @@ impl Subscription {
     }
 
     /// Stops receiving, lets in-flight and already-queued events finish (bounded by the bus's
-    /// `close_timeout_ms`), then returns. Idempotent.
+    /// `close_timeout_ms`), then returns. Idempotent. Called from inside one of its own
+    /// handlers (which it would wait for), it stops the subscription and returns at once; the
+    /// drain finishes in the background.
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`] when handlers did not finish in time.

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
+        Arc, OnceLock, Weak,
     },
     time::Duration,
 };
@@ -43,22 +43,38 @@ struct Invocation {
 
 #[derive(Default)]
 struct Recording {
+    /// In the order they started; `ok` is set when one finishes.
     invocations: Mutex<Vec<Invocation>>,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     keys_in_flight: Mutex<HashSet<String>>,
     overlap: AtomicBool,
+    /// How the `unsubscribe_self` / `close_bus` call ended: `Ok`, or the error's C name.
+    self_close: Mutex<Option<Result<(), String>>>,
+    /// The finished invocations each call of the latest `close` step saw as it returned.
+    at_close: Mutex<Option<Vec<usize>>>,
     changed: tokio::sync::Notify,
 }
 
 impl Recording {
+    /// Finished invocations (`succeeded`: successful ones).
     fn count(&self, succeeded: bool) -> usize {
         let inv = self.invocations.lock();
         if succeeded {
             inv.iter().filter(|i| i.ok == Some(true)).count()
         } else {
-            inv.len()
+            inv.iter().filter(|i| i.ok.is_some()).count()
         }
+    }
+
+    /// Started, finished and successful invocations, for a wait that ran out.
+    fn seen(&self) -> (usize, usize, usize) {
+        let inv = self.invocations.lock();
+        (
+            inv.len(),
+            inv.iter().filter(|i| i.ok.is_some()).count(),
+            inv.iter().filter(|i| i.ok == Some(true)).count(),
+        )
     }
 }
 
@@ -67,6 +83,24 @@ struct Behaviour {
     fail_always: bool,
     panic: bool,
     delay: Duration,
+    unsubscribe_self: bool,
+    close_bus: bool,
+    /// The handler's own subscription, once `subscribe` returned it.
+    sub: OnceLock<Weak<Subscription>>,
+    bus: Bus,
+}
+
+/// The `unsubscribe_self` / `close_bus` call of a handler's first invocation.
+async fn close_from_handler(b: &Behaviour) -> Result<(), String> {
+    let result = if b.unsubscribe_self {
+        match b.sub.get().and_then(Weak::upgrade) {
+            Some(sub) => sub.close().await,
+            None => return Err("the handler ran before subscribe returned".into()),
+        }
+    } else {
+        b.bus.close().await
+    };
+    result.map_err(|e| format!("{} ({e})", e.kind().name()))
 }
 
 async fn handle(rec: Arc<Recording>, b: Arc<Behaviour>, e: Event) -> Result<(), String> {
@@ -92,6 +126,10 @@ async fn handle(rec: Arc<Recording>, b: Arc<Behaviour>, e: Event) -> Result<(), 
             rec.overlap.store(true, Ordering::SeqCst);
         }
     }
+    if idx == 0 && (b.unsubscribe_self || b.close_bus) {
+        let result = close_from_handler(&b).await;
+        *rec.self_close.lock() = Some(result);
+    }
     if !b.delay.is_zero() {
         tokio::time::sleep(b.delay).await;
     }
@@ -114,7 +152,7 @@ async fn handle(rec: Arc<Recording>, b: Arc<Behaviour>, e: Event) -> Result<(), 
 struct Run {
     bus: Bus,
     recs: HashMap<String, Arc<Recording>>,
-    subs: HashMap<String, Subscription>,
+    subs: HashMap<String, Arc<Subscription>>,
 }
 
 fn expect_code(step: &Value, result: Result<(), polybus::Error>) -> Result<(), String> {
@@ -239,6 +277,7 @@ impl Run {
             "subscribe" => {
                 let name = step["name"].as_str().unwrap_or_default().to_owned();
                 let h = step.get("handler").cloned().unwrap_or(json!({}));
+                let flag = |k: &str| h.get(k).and_then(Value::as_bool).unwrap_or(false);
                 let behaviour = Arc::new(Behaviour {
                     fail_times: h.get("fail_times").and_then(Value::as_u64).unwrap_or(0) as u32,
                     fail_always: h
@@ -249,18 +288,25 @@ impl Run {
                     delay: Duration::from_millis(
                         h.get("delay_ms").and_then(Value::as_u64).unwrap_or(0),
                     ),
+                    unsubscribe_self: flag("unsubscribe_self"),
+                    close_bus: flag("close_bus"),
+                    sub: OnceLock::new(),
+                    bus: self.bus.clone(),
                 });
                 let rec = Arc::new(Recording::default());
                 let r = rec.clone();
+                let b = behaviour.clone();
                 let pattern = step["pattern"].as_str().unwrap_or_default();
                 let result = self
                     .bus
                     .subscribe(pattern, options(step.get("options")), move |e: Event| {
-                        handle(r.clone(), behaviour.clone(), e)
+                        handle(r.clone(), b.clone(), e)
                     })
                     .await;
                 match result {
                     Ok(sub) => {
+                        let sub = Arc::new(sub);
+                        let _ = behaviour.sub.set(Arc::downgrade(&sub));
                         self.subs.insert(name.clone(), sub);
                         self.recs.insert(name, rec);
                         expect_code(step, Ok(()))
@@ -306,12 +352,17 @@ impl Run {
                     }
                     let any = futures::future::select_all(waits);
                     if tokio::time::timeout_at(deadline, any).await.is_err() {
+                        let (started, finished, ok) = recs
+                            .iter()
+                            .map(|r| r.seen())
+                            .fold((0, 0, 0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2));
                         return Err(format!(
-                            "timed out waiting for {names:?} to reach {target} {}; have {have}",
+                            "timed out after {ms} ms waiting for {names:?} to reach {target} {}; \
+                             saw {started} started, {finished} finished, {ok} succeeded",
                             if succeeded {
                                 "successes"
                             } else {
-                                "invocations"
+                                "finished invocations"
                             }
                         ));
                     }
@@ -325,7 +376,38 @@ impl Run {
                     .ok_or_else(|| format!("no subscription {name:?}"))?;
                 expect_code(step, sub.close().await)
             }
-            "close" => expect_code(step, self.bus.close().await),
+            "close" => {
+                let n = step.get("concurrent").and_then(Value::as_u64).unwrap_or(1);
+                let recs: Vec<Arc<Recording>> = self.recs.values().cloned().collect();
+                for r in &recs {
+                    *r.at_close.lock() = Some(Vec::new());
+                }
+                // Each call on a task of its own, started together; each notes what had
+                // finished as it returned.
+                let calls: Vec<_> = (0..n)
+                    .map(|_| {
+                        let bus = self.bus.clone();
+                        let recs = recs.clone();
+                        tokio::spawn(async move {
+                            let result = bus.close().await;
+                            for r in &recs {
+                                let done = r.count(false);
+                                r.at_close.lock().get_or_insert_with(Vec::new).push(done);
+                            }
+                            result
+                        })
+                    })
+                    .collect();
+                for (i, call) in futures::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .enumerate()
+                {
+                    let result = call.map_err(|e| format!("close call {i} panicked: {e}"))?;
+                    expect_code(step, result).map_err(|e| format!("close call {i}: {e}"))?;
+                }
+                Ok(())
+            }
             "expect" => self.expect(step),
             "expect_total" => {
                 let mut ok = 0;
@@ -410,6 +492,13 @@ impl Run {
                 return fail(format!("payloads {got:?}, expected {want:?} in any order"));
             }
         }
+        if let Some(p) = step.get("payloads_prefix") {
+            let got: Vec<String> = inv.iter().map(|i| i.payload.clone()).collect();
+            let want = strs(p);
+            if got.len() > want.len() || got[..] != want[..got.len()] {
+                return fail(format!("payloads {got:?}, expected a prefix of {want:?}"));
+            }
+        }
         if let Some(p) = step.get("topics") {
             let got: Vec<String> = inv.iter().map(|i| i.topic.clone()).collect();
             if got != strs(p) {
@@ -468,15 +557,18 @@ impl Run {
             }
         }
         if step.get("key_order") == Some(&Value::Bool(true)) {
-            let mut last: HashMap<Option<String>, i64> = HashMap::new();
+            // Unkeyed invocations are not checked (SCHEMA.md).
+            let mut last: HashMap<&str, i64> = HashMap::new();
             for i in inv.iter().filter(|i| i.ok == Some(true)) {
-                let n: i64 = i
-                    .payload
-                    .parse()
-                    .map_err(|_| format!("payload {:?} is not a number", i.payload))?;
-                if let Some(prev) = last.insert(i.key.clone(), n) {
+                let Some(key) = i.key.as_deref() else {
+                    continue;
+                };
+                let n = integer(&i.payload).ok_or_else(|| {
+                    format!("key_order: payload {:?} is not an integer", i.payload)
+                })?;
+                if let Some(prev) = last.insert(key, n) {
                     if n <= prev {
-                        return fail(format!("key {:?}: {n} handled after {prev}", i.key));
+                        return fail(format!("key {key:?}: {n} handled after {prev}"));
                     }
                 }
             }
@@ -497,8 +589,40 @@ impl Run {
                 return fail(format!("peak in flight {peak} < {n}"));
             }
         }
+        if let Some(want) = step.get("self_close_ok").and_then(Value::as_bool) {
+            match &*rec.self_close.lock() {
+                None => return fail("the handler never made its close call".into()),
+                Some(r) if r.is_ok() != want => {
+                    return fail(format!(
+                        "the handler's close call ended {r:?}, expected ok={want}"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(n) = step.get("finished_at_close").and_then(Value::as_u64) {
+            match &*rec.at_close.lock() {
+                None => return fail("finished_at_close: no close step ran".into()),
+                Some(seen) if seen.iter().any(|&s| s != n as usize) => {
+                    return fail(format!(
+                        "finished_at_close: the close calls saw {seen:?} finished invocations as \
+                         they returned, expected {n} for each"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
+}
+
+/// A payload read as a decimal integer (`-?[0-9]+`, nothing else), for `key_order`.
+fn integer(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// The fields each kind of step may have (SCHEMA.md); anything else is an error, the same
@@ -529,7 +653,7 @@ const STEP_FIELDS: &[(&str, &[&str])] = &[
         &["name", "names", "count", "succeeded", "timeout_ms"],
     ),
     ("unsubscribe", &["name", "expect_error"]),
-    ("close", &["expect_error"]),
+    ("close", &["concurrent", "expect_error"]),
     (
         "expect",
         &[
@@ -549,6 +673,9 @@ const STEP_FIELDS: &[(&str, &[&str])] = &[
             "no_overlap_per_key",
             "max_in_flight",
             "min_peak_in_flight",
+            "payloads_prefix",
+            "self_close_ok",
+            "finished_at_close",
         ],
     ),
     ("expect_total", &["names", "succeeded", "distinct_payloads"]),
@@ -576,7 +703,14 @@ const OPTION_FIELDS: &[&str] = &[
     "queue_size",
     "batch_size",
 ];
-const HANDLER_FIELDS: &[&str] = &["fail_times", "fail_always", "fail_with", "delay_ms"];
+const HANDLER_FIELDS: &[&str] = &[
+    "fail_times",
+    "fail_always",
+    "fail_with",
+    "delay_ms",
+    "unsubscribe_self",
+    "close_bus",
+];
 const SCENARIO_FIELDS: &[&str] = &["id", "description", "requires", "config", "steps", "slow"];
 
 fn check_fields(what: &str, v: &Value, allowed: &[&str]) -> Result<(), String> {
@@ -602,15 +736,65 @@ fn check_step(step: &Value) -> Result<(), String> {
     }
     if let Some(h) = step.get("handler") {
         check_fields("handler", h, HANDLER_FIELDS)?;
+        let on = |k: &str| h.get(k) == Some(&Value::Bool(true));
+        if on("unsubscribe_self") && on("close_bus") {
+            return Err("a handler has at most one of unsubscribe_self and close_bus".into());
+        }
     }
-    if op == "wait" && step.get("count").is_none() == step.get("succeeded").is_none() {
-        return Err("a wait step needs exactly one of \"count\" and \"succeeded\"".into());
+    if let Some(n) = step.get("concurrent") {
+        if n.as_u64().is_none_or(|n| n < 1) {
+            return Err(format!("concurrent {n} is not a positive integer"));
+        }
+    }
+    if op == "wait" {
+        if step.get("count").is_none() == step.get("succeeded").is_none() {
+            return Err("a wait step needs exactly one of \"count\" and \"succeeded\"".into());
+        }
+        if step.get("name").is_none() == step.get("names").is_none() {
+            return Err("a wait step needs exactly one of \"name\" and \"names\"".into());
+        }
+    }
+    Ok(())
+}
+
+/// The strict reading of SCHEMA.md, before the scenario runs or is skipped: its fields, every
+/// step's, and the capabilities it requires.
+fn check_scenario(scenario: &Value, features: &Value) -> Result<(), String> {
+    check_fields("scenario", scenario, SCENARIO_FIELDS)?;
+    check_requires(scenario, features)?;
+    for (n, step) in scenario["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        check_step(step).map_err(|e| format!("step {}: {e}", n + 1))?;
+    }
+    Ok(())
+}
+
+/// Every name in `requires` (with or without `!`) must be a capability of every backend.
+fn check_requires(scenario: &Value, features: &Value) -> Result<(), String> {
+    for r in scenario["requires"].as_array().into_iter().flatten() {
+        let name = r
+            .as_str()
+            .ok_or_else(|| format!("requires entry {r} is not a string"))?;
+        let cap = name.strip_prefix('!').unwrap_or(name);
+        let known = features
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(_, f)| cap != "url" && f.get(cap).is_some_and(Value::is_boolean));
+        if !known {
+            return Err(format!(
+                "requires names {name:?}, not a capability of features.json"
+            ));
+        }
     }
     Ok(())
 }
 
 async fn run_scenario(url: String, scenario: Value) -> Result<(), String> {
-    check_fields("scenario", &scenario, SCENARIO_FIELDS)?;
     let mut cfg = json!({"url": url, "prefix": format!("t.{}", uuid_hex())});
     if let Some(extra) = scenario.get("config").and_then(Value::as_object) {
         for (k, v) in extra {
@@ -697,6 +881,10 @@ fn main() {
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let id = scenario["id"].as_str().unwrap().to_owned();
             let name = format!("{backend}/{id}");
+            if let Err(e) = check_scenario(&scenario, &features) {
+                trials.push(Trial::test(name, move || Err(Failed::from(e))));
+                continue;
+            }
             let missing = scenario["requires"]
                 .as_array()
                 .into_iter()

@@ -25,6 +25,60 @@ const runSlow = process.env.POLYBUS_TEST_SLOW === '1'
 const camel = (name) => name.replace(/_([a-z])/g, (_, c) => c.toUpperCase())
 const camelKeys = (obj) => Object.fromEntries(Object.entries(obj ?? {}).map(([k, v]) => [camel(k), v]))
 
+/**
+ * The fields each kind of step may have besides `op` (SCHEMA.md); anything else is an error,
+ * the same strict reading as the Rust, Go and Python runners.
+ */
+const STEP_FIELDS = {
+  subscribe: ['name', 'pattern', 'options', 'handler', 'expect_error'],
+  publish: ['topic', 'payload', 'json', 'payload_size', 'count', 'keys', 'key', 'headers', 'id', 'type',
+    'expect_error'],
+  wait: ['name', 'names', 'count', 'succeeded', 'timeout_ms'],
+  unsubscribe: ['name', 'expect_error'],
+  close: ['concurrent', 'expect_error'],
+  expect: ['name', 'count', 'succeeded', 'payloads', 'payloads_unordered', 'attempts', 'topics', 'key', 'id',
+    'type', 'headers', 'json', 'key_order', 'no_overlap_per_key', 'max_in_flight', 'min_peak_in_flight',
+    'payloads_prefix', 'self_close_ok', 'finished_at_close'],
+  expect_total: ['names', 'succeeded', 'distinct_payloads'],
+  expect_stats: ['published', 'delivered', 'acked', 'failed', 'retried', 'dead_lettered', 'dropped'],
+}
+const OPTION_FIELDS = ['group', 'concurrency', 'max_attempts', 'dead_letter', 'start', 'backoff_initial_ms',
+  'backoff_max_ms', 'queue_size', 'batch_size']
+const HANDLER_FIELDS = ['fail_times', 'fail_always', 'fail_with', 'delay_ms', 'unsubscribe_self', 'close_bus']
+const SCENARIO_FIELDS = ['id', 'description', 'requires', 'config', 'steps', 'slow']
+/** What `key_order` reads as an integer. */
+const INTEGER = /^-?[0-9]+$/
+
+/** Fails unless `scenario` reads under SCHEMA.md's strict reading. */
+function checkScenario(scenario) {
+  const only = (what, obj, allowed) => {
+    for (const k of Object.keys(obj ?? {})) assert.ok(allowed.includes(k), `${what} has an unknown field "${k}"`)
+  }
+  only('scenario', scenario, SCENARIO_FIELDS)
+  for (const need of scenario.requires ?? []) {
+    const name = need.replace(/^!/, '')
+    assert.ok(name !== 'url' && Object.values(features).every((f) => typeof f[name] === 'boolean'),
+      `requires names "${need}", not a capability of features.json`)
+  }
+  scenario.steps.forEach((step, i) => {
+    assert.ok(Object.hasOwn(STEP_FIELDS, step.op), `step ${i}: unknown step op "${step.op}"`)
+    only(`step ${i} (${step.op})`, step, [...STEP_FIELDS[step.op], 'op'])
+    only(`step ${i}: options`, step.options, OPTION_FIELDS)
+    only(`step ${i}: handler`, step.handler, HANDLER_FIELDS)
+    assert.ok(!(step.handler?.unsubscribe_self === true && step.handler?.close_bus === true),
+      `step ${i}: a handler has at most one of unsubscribe_self and close_bus`)
+    if ('concurrent' in step) {
+      assert.ok(Number.isInteger(step.concurrent) && step.concurrent >= 1,
+        `step ${i}: concurrent ${JSON.stringify(step.concurrent)} is not a positive integer`)
+    }
+    if (step.op === 'wait') {
+      assert.ok(('count' in step) !== ('succeeded' in step),
+        `step ${i}: a wait step needs exactly one of "count" and "succeeded"`)
+      assert.ok(('name' in step) !== ('names' in step), `step ${i}: a wait step needs exactly one of "name" and "names"`)
+    }
+  })
+}
+
 /** Why `scenario` does not run on `backend`, or undefined when it does. */
 function skipReason(backend, scenario) {
   for (const need of scenario.requires ?? []) {
@@ -66,6 +120,10 @@ class Recording {
   inFlight = 0
   peak = 0
   keyOverlap = false
+  /** How the unsubscribe_self / close_bus call ended: 'ok' or the error's code; null until made. */
+  selfClose = null
+  /** Finished invocations each call of the latest close step saw as it returned; null before any. */
+  atClose = null
   #activeKeys = new Map()
   #signal
 
@@ -83,6 +141,7 @@ class Recording {
       id: event.id,
       type: event.type,
       attempt: event.attempt,
+      finished: false,
       succeeded: false,
     }
     this.invocations.push(inv)
@@ -97,6 +156,7 @@ class Recording {
   }
 
   end(inv, succeeded) {
+    inv.finished = true
     inv.succeeded = succeeded
     this.inFlight--
     if (inv.key !== null) this.#activeKeys.set(inv.key, this.#activeKeys.get(inv.key) - 1)
@@ -107,11 +167,20 @@ class Recording {
     return this.invocations.filter((i) => i.succeeded).length
   }
 
-  /** A handler that records and behaves as the scenario's `handler` object says. */
-  handler(spec = {}) {
+  get finished() {
+    return this.invocations.filter((i) => i.finished).length
+  }
+
+  /**
+   * A handler that records and behaves as the scenario's `handler` object says; `closer` makes
+   * the unsubscribe_self / close_bus call of its first invocation.
+   */
+  handler(spec = {}, closer) {
     const delay = spec.delay_ms ?? 0
+    const makesCall = spec.unsubscribe_self === true || spec.close_bus === true
     return (event) => {
       const inv = this.start(event)
+      const first = this.invocations.length === 1
       const fails = spec.fail_always === true || event.attempt <= (spec.fail_times ?? 0)
       const finish = () => {
         this.end(inv, !fails)
@@ -119,7 +188,21 @@ class Recording {
         if (spec.fail_with === 'panic') throw new Error(`handler threw on attempt ${event.attempt}`)
         return Promise.reject(new Error(`handler failed on attempt ${event.attempt}`))
       }
-      return delay > 0 ? sleep(delay).then(finish) : finish()
+      const work = () => (delay > 0 ? sleep(delay).then(finish) : finish())
+      if (first && makesCall) {
+        // Called here, in the handler's own context, as a user's handler would.
+        let call
+        try {
+          call = closer()
+        } catch (err) {
+          call = Promise.reject(err)
+        }
+        return call.then(
+          () => { this.selfClose = 'ok' },
+          (err) => { this.selfClose = err?.code ?? String(err) },
+        ).then(work)
+      }
+      return work()
     }
   }
 }
@@ -165,6 +248,12 @@ function checkRecording(name, rec, step) {
       case 'payloads_unordered':
         assert.deepEqual(invs.map((i) => i.payload).sort(), [...want].sort(), label)
         break
+      case 'payloads_prefix': {
+        const got = invs.map((i) => i.payload)
+        assert.deepEqual(got, want.slice(0, got.length),
+          `${label}: ${JSON.stringify(got)} is not a prefix of ${JSON.stringify(want)}`)
+        break
+      }
       case 'attempts': assert.deepEqual(invs.map((i) => i.attempt), want, label); break
       case 'topics': assert.deepEqual(invs.map((i) => i.topic), want, label); break
       case 'key':
@@ -185,8 +274,11 @@ function checkRecording(name, rec, step) {
         break
       case 'key_order':
         if (want) {
+          // Unkeyed invocations are not checked (SCHEMA.md).
           const last = new Map()
           for (const i of ok) {
+            if (i.key === null) continue
+            assert.ok(INTEGER.test(i.payload), `${label}: payload ${JSON.stringify(i.payload)} is not an integer`)
             const n = Number.parseInt(i.payload, 10)
             if (last.has(i.key)) assert.ok(n > last.get(i.key), `${label}: key ${i.key}: ${n} after ${last.get(i.key)}`)
             last.set(i.key, n)
@@ -196,6 +288,15 @@ function checkRecording(name, rec, step) {
       case 'no_overlap_per_key': if (want) assert.equal(rec.keyOverlap, false, label); break
       case 'max_in_flight': assert.ok(rec.peak <= want, `${label}: peak ${rec.peak} > ${want}`); break
       case 'min_peak_in_flight': assert.ok(rec.peak >= want, `${label}: peak ${rec.peak} < ${want}`); break
+      case 'self_close_ok':
+        assert.notEqual(rec.selfClose, null, `${label}: the handler never made its close call`)
+        assert.equal(rec.selfClose === 'ok', want, `${label}: the call ended ${rec.selfClose}`)
+        break
+      case 'finished_at_close':
+        assert.notEqual(rec.atClose, null, `${label}: no close step ran`)
+        assert.ok(rec.atClose.every((n) => n === want),
+          `${label}: the close calls returned when ${JSON.stringify(rec.atClose)} invocations had finished`)
+        break
       default: assert.fail(`unknown expect check "${check}"`)
     }
   }
@@ -217,8 +318,11 @@ async function runScenario(backend, scenario) {
       switch (op) {
         case 'subscribe': {
           const rec = new Recording(signal)
+          const closer = step.handler?.close_bus === true
+            ? () => bus.close()
+            : () => subscriptions.get(step.name).close()
           await expectOutcome(step.expect_error, `subscribe ${step.name}`, async () => {
-            const sub = await bus.subscribe(step.pattern, rec.handler(step.handler), camelKeys(step.options))
+            const sub = await bus.subscribe(step.pattern, rec.handler(step.handler, closer), camelKeys(step.options))
             recordings.set(step.name, rec)
             subscriptions.set(step.name, sub)
           })
@@ -242,13 +346,14 @@ async function runScenario(backend, scenario) {
           const total = (f) => recs.reduce((n, r) => n + f(r), 0)
           const [what, count] = step.succeeded !== undefined
             ? ['successful invocations', (r) => r.succeeded]
-            : ['invocations', (r) => r.invocations.length]
+            : ['finished invocations', (r) => r.finished]
           const want = step.succeeded ?? step.count
           await waitUntil(
             signal,
             () => total(count) >= want,
             `${want} ${what} of ${step.names ?? step.name}`,
-            () => `${total(count)}`,
+            () => `${total((r) => r.invocations.length)} started, ${total((r) => r.finished)} finished, ` +
+              `${total((r) => r.succeeded)} succeeded`,
             step.timeout_ms,
           )
           break
@@ -256,9 +361,19 @@ async function runScenario(backend, scenario) {
         case 'unsubscribe':
           await expectOutcome(step.expect_error, `unsubscribe ${step.name}`, () => subscriptions.get(step.name).close())
           break
-        case 'close':
-          await expectOutcome(step.expect_error, 'close', () => bus.close())
+        case 'close': {
+          // `concurrent` calls at once; each notes what had finished as it returned.
+          for (const rec of recordings.values()) rec.atClose = []
+          const calls = Array.from({ length: step.concurrent ?? 1 }, () => bus.close().finally(() => {
+            for (const rec of recordings.values()) rec.atClose.push(rec.finished)
+          }))
+          const results = await Promise.allSettled(calls)
+          for (const [i, r] of results.entries()) {
+            await expectOutcome(step.expect_error, `close call ${i}`,
+              () => (r.status === 'fulfilled' ? Promise.resolve() : Promise.reject(r.reason)))
+          }
           break
+        }
         case 'expect':
           checkRecording(step.name, recording(step.name), step)
           break
@@ -290,8 +405,17 @@ async function runScenario(backend, scenario) {
 for (const backend of backends) {
   for (const scenario of scenarios) {
     const known = Object.hasOwn(features, backend)
-    test(`${backend}/${scenario.id}`, { skip: known && skipReason(backend, scenario) }, () => {
+    // A scenario that does not read strictly fails; it is never skipped.
+    let problem
+    try {
+      checkScenario(scenario)
+    } catch (err) {
+      problem = err
+    }
+    const skip = known && problem === undefined && skipReason(backend, scenario)
+    test(`${backend}/${scenario.id}`, { skip }, () => {
       assert.ok(known, `POLYBUS_TEST_BACKENDS names "${backend}", which features.json does not list`)
+      if (problem !== undefined) throw problem
       return runScenario(backend, scenario)
     })
   }

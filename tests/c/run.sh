@@ -5,6 +5,10 @@
 # The int_* tests need the brokers of tests/harness/setup.sh (a missing broker fails them); they
 # read POLYBUS_TEST_NATS_URL, POLYBUS_TEST_JETSTREAM_URL and POLYBUS_TEST_NATS_AUTH_URL, whose
 # defaults are the harness's ports.
+# Then conformance.py runs the conformance scenarios (tests/conformance) through the C callback
+# path, loading the shared libpolybus.so that the same `cargo build --release -p polybus-ffi`
+# makes (the crate is also a cdylib); it covers every backend of features.json, so it needs the
+# brokers too, and reads the POLYBUS_TEST_* variables of tests/conformance/SCHEMA.md.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -53,5 +57,8 @@ for src in "$here"/*.c; do
         --errors-for-leak-kinds=definite --error-exitcode=3 "$out/$name-sysalloc" ;;
   esac
 done
+
+# The conformance scenarios, with every handler a C callback (polybus_subscribe).
+run conformance_c python3 "$here/conformance.py"
 echo "c: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
