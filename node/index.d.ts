@@ -10,6 +10,11 @@
  * Every error polybus throws or rejects with has a `code`: the C name of its status, for example
  * `'POLYBUS_ERR_INVALID_TOPIC'`.
  *
+ * The calls that wait (`connect`, `publish`, `publishBatch`, `close`) take an `AbortSignal`
+ * (`{ signal }`): when it aborts, the call stops waiting and rejects with
+ * `code === 'POLYBUS_ERR_CANCELLED'` and the signal's `reason` as `cause`. What the call leaves
+ * behind is the core's rule, the same in every language (see {@link Abortable}).
+ *
  * @packageDocumentation
  */
 
@@ -30,6 +35,7 @@ export type ErrorCode =
   | 'POLYBUS_ERR_HANDLER'
   | 'POLYBUS_ERR_PANIC'
   | 'POLYBUS_ERR_ABI_MISMATCH'
+  | 'POLYBUS_ERR_CANCELLED'
   | 'POLYBUS_ERR_INTERNAL'
 
 /**
@@ -41,9 +47,32 @@ export interface PolybusError extends Error {
   code: ErrorCode
   /**
    * Set on the error of {@link Bus.publishBatch}: how many events, from the first, were
-   * published before the failed one.
+   * published before the failed one (or, when it was cancelled, confirmed before it gave up).
    */
   published?: number
+  /** On a `POLYBUS_ERR_CANCELLED` error: the `reason` of the signal that aborted the call. */
+  cause?: unknown
+}
+
+/**
+ * The options of a call that can wait. When `signal` aborts (`AbortController.abort()`, or
+ * the deadline of `AbortSignal.timeout(ms)`), the call stops waiting and rejects with
+ * `POLYBUS_ERR_CANCELLED`, the signal's `reason` as the error's `cause`; a signal that has
+ * already aborted rejects at once, before anything reaches the bus. What is left behind is
+ * the core's rule, the same in every language:
+ *
+ * - `connect`: connecting stops; nothing is left open.
+ * - `publish`: the wait stops, but the event may still be published (its place in the order
+ *   was fixed when the publish started).
+ * - `publishBatch`: no further event is started; the error's `published` counts the events
+ *   confirmed before it gave up, and those started after them may still be published.
+ * - `close` (bus or subscription): the wait stops, but it is closed anyway (a closed bus
+ *   rejects publishes with `POLYBUS_ERR_CLOSED`), and queued and in-flight events still finish
+ *   in the background, bounded by `closeTimeoutMs`; calling `close()` again waits for them.
+ */
+export interface Abortable {
+  /** Aborting it stops the call's wait. */
+  signal?: AbortSignal
 }
 
 /**
@@ -339,11 +368,12 @@ export declare class Subscription {
    * own handlers it stops and resolves at once (waiting would wait for that handler); the
    * drain finishes in the background.
    * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when they were not handled within the bus's
-   * `closeTimeoutMs` (the rest is dropped).
+   * `closeTimeoutMs` (the rest is dropped), `POLYBUS_ERR_CANCELLED` when `options.signal`
+   * aborted first (the subscription is stopped anyway; the drain goes on in the background).
    */
-  close(): Promise<void>
+  close(options?: Abortable): Promise<void>
   /** The same as {@link Subscription.close}: the one meaning of unsubscribe in every language. */
-  unsubscribe(): Promise<void>
+  unsubscribe(options?: Abortable): Promise<void>
   /**
    * Lets the process exit while the subscription is live, as `unref()` of a Node socket or
    * timer does: its events are then handled only while something else keeps the process
@@ -381,20 +411,23 @@ export declare class Bus {
    * `POLYBUS_ERR_TOO_LARGE` (over `maxPayload`), `POLYBUS_ERR_PAYLOAD` (a value JSON cannot
    * encode: a function, a BigInt), `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header, key,
    * argument type, or a time before 1970 or not a valid date), `POLYBUS_ERR_TIMEOUT` (not
-   * accepted within `publishTimeoutMs`).
+   * accepted within `publishTimeoutMs`), `POLYBUS_ERR_CANCELLED` (`options.signal` aborted
+   * first; the event may still be published).
    */
-  publish(topic: string, payload: Payload, options?: PublishOptions): Promise<void>
+  publish(topic: string, payload: Payload, options?: PublishOptions & Abortable): Promise<void>
   /**
    * Publishes many events in order with one call into the core's pipelined publish (as many
    * in flight as the backend allows, confirmations awaited together) and resolves with how
    * many were published: all of them.
    * @throws {PolybusError} As {@link Bus.publish}, for the first event that failed: the
    * message names its index, and `published` says how many events before it were published
-   * (an event that cannot be converted fails the batch once the ones before it are published).
+   * (an event that cannot be converted fails the batch once the ones before it are published);
+   * `POLYBUS_ERR_CANCELLED` when `options.signal` aborted first, with `published` counting the
+   * events confirmed before it gave up.
    */
-  publishBatch(messages: Iterable<OutgoingMessage>): Promise<number>
+  publishBatch(messages: Iterable<OutgoingMessage>, options?: Abortable): Promise<number>
   /** The same as {@link Bus.publishBatch} (its former name). */
-  publishMany(messages: Iterable<OutgoingMessage>): Promise<number>
+  publishMany(messages: Iterable<OutgoingMessage>, options?: Abortable): Promise<number>
   /**
    * Subscribes `handler` to `pattern` (`*` matches one token, `>` the rest).
    * @throws {PolybusError} `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_PATTERN`,
@@ -410,9 +443,10 @@ export declare class Bus {
    * Idempotent. Called from inside a handler of this bus it resolves at once (waiting would
    * wait for that handler): the bus is closed, and the drain finishes in the background.
    * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when handlers did not finish within
-   * `closeTimeoutMs` (the rest is dropped).
+   * `closeTimeoutMs` (the rest is dropped), `POLYBUS_ERR_CANCELLED` when `options.signal`
+   * aborted first (the bus is closed anyway; the drain goes on in the background).
    */
-  close(): Promise<void>
+  close(options?: Abortable): Promise<void>
   /** The bus's counters. */
   stats(): Stats
 }
@@ -421,6 +455,7 @@ export declare class Bus {
  * Connects to a bus: a URL such as `'memory://'`, or a {@link Config}.
  * @throws {PolybusError} `POLYBUS_ERR_INVALID_CONFIG` (a bad URL, an unknown setting),
  * `POLYBUS_ERR_TIMEOUT` and `POLYBUS_ERR_CONNECTION` (the backend cannot be reached),
- * `POLYBUS_ERR_AUTH` (the broker rejected the credentials).
+ * `POLYBUS_ERR_AUTH` (the broker rejected the credentials), `POLYBUS_ERR_CANCELLED`
+ * (`options.signal` aborted first; nothing is left open).
  */
-export declare function connect(config: string | Config): Promise<Bus>
+export declare function connect(config: string | Config, options?: Abortable): Promise<Bus>

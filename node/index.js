@@ -40,6 +40,66 @@ function argumentError(err) {
  */
 const running = new AsyncLocalStorage()
 
+/** Whether `value` is an `AbortSignal` (or a look-alike with the same surface). */
+function isAbortSignal(value) {
+  return value !== null && typeof value === 'object' && typeof value.aborted === 'boolean' &&
+    typeof value.addEventListener === 'function' && typeof value.removeEventListener === 'function'
+}
+
+/**
+ * The `signal` of an options object: `undefined` for none. Throws for a value that is not an
+ * `AbortSignal`, and, as the core's check does, for a signal that has already fired:
+ * `POLYBUS_ERR_CANCELLED` (`what` names the call) with the signal's reason as `cause`, before
+ * anything reaches the bus.
+ */
+function signalOf(options, what) {
+  const signal = options?.signal
+  if (signal === undefined || signal === null) return undefined
+  if (!isAbortSignal(signal)) {
+    throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `signal must be an AbortSignal, got ${inspect(signal)}`)
+  }
+  if (signal.aborted) throw polybusError('POLYBUS_ERR_CANCELLED', what, signal.reason)
+  return signal
+}
+
+/**
+ * Calls `start(cancel)` with a native cancel handle that `signal`'s abort fires (none without a
+ * signal), and returns what it returns; the listener is removed once the call settles. A
+ * rejection with `POLYBUS_ERR_CANCELLED` gets the signal's reason as `cause`. Whether and how a
+ * call gives up is the core's (`*_until`); this only carries the abort across.
+ */
+function withSignal(signal, start) {
+  if (signal === undefined) return start(undefined)
+  const cancel = new native.Cancel()
+  const abort = () => cancel.cancel()
+  signal.addEventListener('abort', abort, { once: true })
+  const settled = () => signal.removeEventListener('abort', abort)
+  let pending
+  try {
+    pending = start(cancel)
+  } catch (err) {
+    settled()
+    throw err
+  }
+  if (pending === null) {
+    settled()
+    return null
+  }
+  return pending.then(
+    (value) => {
+      settled()
+      return value
+    },
+    (err) => {
+      settled()
+      if (err?.code === 'POLYBUS_ERR_CANCELLED' && signal.aborted) {
+        Object.defineProperty(err, 'cause', { value: signal.reason, writable: true, configurable: true })
+      }
+      throw err
+    },
+  )
+}
+
 /** `connectTimeoutMs` -> `connect_timeout_ms`; snake_case names stay as they are. */
 const snakeCase = (name) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
 
@@ -198,18 +258,24 @@ class Subscription {
   get pattern() { return this.#native.pattern }
   get closed() { return this.#native.closed }
 
-  close() {
+  close(options) {
+    let signal
+    try {
+      signal = signalOf(options, 'close')
+    } catch (err) {
+      return Promise.reject(err)
+    }
     const store = running.getStore()
     if (store !== undefined && store === this.#scope) {
       // From inside one of its own handlers: waiting would wait for that handler.
       this.#native.stop()
       return RESOLVED
     }
-    return this.#native.close()
+    return withSignal(signal, (cancel) => this.#native.close(cancel))
   }
 
-  unsubscribe() {
-    return this.close()
+  unsubscribe(options) {
+    return this.close(options)
   }
 
   ref() {
@@ -233,14 +299,16 @@ class Bus {
 
   publish(topic, payload, options) {
     try {
+      const signal = options === undefined || options === null ? undefined : signalOf(options, 'publish')
       const data = encodePayload(payload)
       const json = data !== payload && typeof data === 'string'
       let pending
-      if (!json && (options === undefined || options === null || !hasOptions(options))) {
+      if (!json && signal === undefined && (options === undefined || options === null || !hasOptions(options))) {
         pending = this.#native.publish(topic, data)
       } else {
-        pending = this.#native.publishWith(topic, data, json, options?.key, options?.headers, options?.id,
-          options?.type, timeMs(options?.time))
+        const time = timeMs(options?.time)
+        pending = withSignal(signal, (cancel) => this.#native.publishWith(topic, data, json, options?.key,
+          options?.headers, options?.id, options?.type, time, cancel))
       }
       return pending === null ? RESOLVED : pending
     } catch (err) {
@@ -248,7 +316,14 @@ class Bus {
     }
   }
 
-  async publishBatch(messages) {
+  async publishBatch(messages, options) {
+    let signal
+    try {
+      signal = signalOf(options, 'event 0 of the batch: publish')
+    } catch (err) {
+      if (err.code === 'POLYBUS_ERR_CANCELLED') err.published = 0
+      throw err
+    }
     const topics = []
     const payloads = []
     let json = null
@@ -282,7 +357,8 @@ class Bus {
     }
     let published
     try {
-      published = await this.#native.publishBatch(topics, payloads, json && Uint8Array.from(json), metas)
+      published = await withSignal(signal, (cancel) =>
+        this.#native.publishBatch(topics, payloads, json && Uint8Array.from(json), metas, cancel))
     } catch (err) {
       throw argumentError(err)
     }
@@ -290,8 +366,8 @@ class Bus {
     return published
   }
 
-  publishMany(messages) {
-    return this.publishBatch(messages)
+  publishMany(messages, options) {
+    return this.publishBatch(messages, options)
   }
 
   async subscribe(pattern, handler, options = {}) {
@@ -313,13 +389,19 @@ class Bus {
     return new Subscription(subscribed, scope)
   }
 
-  close() {
+  close(options) {
+    let signal
+    try {
+      signal = signalOf(options, 'close')
+    } catch (err) {
+      return Promise.reject(err)
+    }
     if (running.getStore()?.bus === this) {
       // From inside a handler of this bus: waiting would wait for that handler.
       this.#native.closeNow()
       return RESOLVED
     }
-    return this.#native.close()
+    return withSignal(signal, (cancel) => this.#native.close(cancel))
   }
 
   stats() {
@@ -358,10 +440,11 @@ function reportCallbackError(err) {
   })
 }
 
-async function connect(config) {
+async function connect(config, options) {
+  const signal = signalOf(options, 'connect')
   const text =
     typeof config === 'string' ? config : coreJson(config, 'config', 'POLYBUS_ERR_INVALID_CONFIG')
-  return new Bus(await native.connect(text))
+  return new Bus(await withSignal(signal, (cancel) => native.connect(text, cancel)))
 }
 
 module.exports = { connect, Bus, Event, Subscription }

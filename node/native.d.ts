@@ -23,25 +23,29 @@ export declare class Bus {
   /**
    * `publish` with a JSON flag and options, each passed as its own argument (cheaper to
    * convert than an object): `json` marks a payload that is JSON text, `time` is in
-   * milliseconds since the Unix epoch (a fraction keeps sub-millisecond precision).
+   * milliseconds since the Unix epoch (a fraction keeps sub-millisecond precision), and
+   * `cancel`, if given, stops the wait when it fires (the core's `publish_until`: the event
+   * may still be published).
    *
    * Throws as `publish` does, and `POLYBUS_ERR_INVALID_ARGUMENT` for a bad header, key or
-   * time.
+   * time; rejects with `POLYBUS_ERR_CANCELLED` when `cancel` fires first.
    */
-  publishWith(topic: string, payload: Uint8Array | string, json: boolean, key?: string | undefined | null, headers?: Record<string, string> | undefined | null, id?: string | undefined | null, eventType?: string | undefined | null, time?: number | undefined | null): Promise<void> | null
+  publishWith(topic: string, payload: Uint8Array | string, json: boolean, key?: string | undefined | null, headers?: Record<string, string> | undefined | null, id?: string | undefined | null, eventType?: string | undefined | null, time?: number | undefined | null, cancel?: Cancel | undefined | null): Promise<void> | null
   /**
    * Publishes the events of the parallel arrays `topics` (`undefined` repeats the topic of
    * the event before, converted once), `payloads` (bytes or text), `json` (1 for a payload
    * JavaScript encoded from a value; `null` for none) and `metas` (a `PublishMeta` or
    * `undefined` per event, the array ending at the last event with options; `null` for
-   * none) in order, through the core's pipelined `publish_batch`. Resolves with how many
-   * were published (all of them).
+   * none) in order, through the core's pipelined `publish_batch` (`publish_batch_until`
+   * with `cancel`, which stops it when it fires). Resolves with how many were published
+   * (all of them).
    *
    * Rejects as `publish` does, the message naming the failed event's index and the error's
    * `published` saying how many events, from the first, were published before it. An event
    * that cannot be converted fails the batch the same way, after the events before it.
+   * Rejects with `POLYBUS_ERR_CANCELLED` when `cancel` fires first.
    */
-  publishBatch(topics: Array<string | undefined>, payloads: Array<Uint8Array | string>, json?: Uint8Array | undefined | null, metas?: Array<PublishMeta | undefined> | null): Promise<number>
+  publishBatch(topics: Array<string | undefined>, payloads: Array<Uint8Array | string>, json?: Uint8Array | undefined | null, metas?: Array<PublishMeta | undefined> | null, cancel?: Cancel | undefined | null): Promise<number>
   /**
    * Closes the bus without waiting, from inside one of its own handlers (waiting would
    * wait for the handler itself): publishes and subscribes fail with `POLYBUS_ERR_CLOSED`
@@ -63,9 +67,11 @@ export declare class Bus {
    * Closes the bus: new publishes and subscribes fail with `POLYBUS_ERR_CLOSED`, queued and
    * in-flight events are handled (keep handling batches meanwhile), then the connection is
    * released. Idempotent. Rejects with `POLYBUS_ERR_TIMEOUT` when handlers did not finish
-   * within `close_timeout_ms`.
+   * within `close_timeout_ms`. With `cancel` (the core's `close_until`) it rejects with
+   * `POLYBUS_ERR_CANCELLED` when `cancel` fires first: the bus is closed either way, and the
+   * drain goes on in the background.
    */
-  close(): Promise<void>
+  close(cancel?: Cancel | undefined | null): Promise<void>
   /**
    * The state of the connection to the broker: `"connected"`, `"disconnected"` (the client
    * is reconnecting) or `"closed"`.
@@ -82,6 +88,17 @@ export declare class Bus {
   get closed(): boolean
   /** The bus's counters. */
   stats(): Stats
+}
+
+/**
+ * A handle that stops the calls it is passed to from waiting: `cancel()` makes them reject
+ * with `POLYBUS_ERR_CANCELLED`.
+ */
+export declare class Cancel {
+  /** A handle that has not fired. */
+  constructor()
+  /** Fires the handle: the calls it guards stop waiting. Idempotent. */
+  cancel(): void
 }
 
 /** Events of one lane, to handle in order and report with `complete`. */
@@ -133,9 +150,11 @@ export declare class Subscription {
   /**
    * Stops receiving and resolves once queued and in-flight events are handled (keep
    * handling batches meanwhile). Idempotent. Rejects with `POLYBUS_ERR_TIMEOUT` when they
-   * were not handled within the bus's `close_timeout_ms`.
+   * were not handled within the bus's `close_timeout_ms`. With `cancel` (the core's
+   * `close_until`) it rejects with `POLYBUS_ERR_CANCELLED` when `cancel` fires first: the
+   * subscription is stopped either way, and the drain goes on in the background.
    */
-  close(): Promise<void>
+  close(cancel?: Cancel | undefined | null): Promise<void>
   /**
    * Makes the subscription keep the process alive again (the default). No effect once it
    * has ended.
@@ -153,9 +172,10 @@ export declare class Subscription {
  * configuration as JSON text (`{"url": ..., "prefix": ..., "max_payload": ...}`).
  *
  * Resolves with the bus; rejects with `POLYBUS_ERR_INVALID_CONFIG` for a bad configuration,
- * `POLYBUS_ERR_TIMEOUT` or `POLYBUS_ERR_CONNECTION` when the backend cannot be reached.
+ * `POLYBUS_ERR_TIMEOUT` or `POLYBUS_ERR_CONNECTION` when the backend cannot be reached, and
+ * `POLYBUS_ERR_CANCELLED` when `cancel` fires first (connecting stops; nothing is left open).
  */
-export declare function connect(config: string): Promise<Bus>
+export declare function connect(config: string, cancel?: Cancel | undefined | null): Promise<Bus>
 
 /**
  * The core's text for an error of `code` (a status name such as `POLYBUS_ERR_PAYLOAD`) with

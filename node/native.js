@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.Bus = nativeBinding.Bus
+module.exports.Cancel = nativeBinding.Cancel
 module.exports.EventBatch = nativeBinding.EventBatch
 module.exports.Subscription = nativeBinding.Subscription
 module.exports.connect = nativeBinding.connect

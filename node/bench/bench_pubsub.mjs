@@ -1,9 +1,12 @@
 // Events per second from publish to handler: one publisher and one subscriber in one process,
-// 64-byte payloads, the memory backend. Three ways to publish: `await publish` in a loop,
-// un-awaited publishes followed by one wait, and `publishBatch`. Prints one JSON line per case
-// (the format bench/run.sh collects).
+// 64-byte payloads, the memory backend. Four ways to publish: `await publish` in a loop,
+// un-awaited publishes with one wait per chunk of 4096, every publish started before one wait
+// (the subscriber's queue fills, so most of them are pending), and `publishBatch`. Prints one
+// JSON line per case (the format bench/run.sh collects).
 //
 //   node bench/bench_pubsub.mjs [events per run, default POLYBUS_BENCH_EVENTS or 1000000]
+//
+// POLYBUS_BENCH_MODES (comma-separated, for example `unawaited,unawaited_all`) runs only those.
 //
 // Broker rows: with POLYBUS_BENCH_URL (one URL or several, comma-separated, for example
 // `jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,kafka://127.0.0.1:9092`) it measures
@@ -51,6 +54,12 @@ const modes = {
       await Promise.all(accepted)
     }
   },
+  // Every publish started, then one wait: most are pending, each with its own promise.
+  unawaited_all: async (bus) => {
+    const accepted = []
+    for (let i = 0; i < events; i++) accepted.push(bus.publish('bench.events', payload))
+    await Promise.all(accepted)
+  },
   publish_batch: (bus, n = events) => publishBatches(bus, n),
 }
 
@@ -66,8 +75,10 @@ const print = (name, n, rate) =>
   console.log(JSON.stringify({ lang: 'node', case: `node ${name}`, events: n, seconds: +(n / rate).toFixed(4), events_per_sec: rate }))
 
 const urls = (process.env.POLYBUS_BENCH_URL ?? '').split(',').map((u) => u.trim()).filter(Boolean)
+const only = (process.env.POLYBUS_BENCH_MODES ?? '').split(',').map((m) => m.trim()).filter(Boolean)
 if (urls.length === 0) {
   for (const [name, publishAll] of Object.entries(modes)) {
+    if (only.length > 0 && !only.includes(name)) continue
     await run(publishAll) // warm-up
     print(name, events, await run(publishAll))
   }

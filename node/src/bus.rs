@@ -15,7 +15,9 @@ use napi_derive::napi;
 use polybus::{ConnectionState, ErrorKind, Message, SubscribeOptions};
 
 use crate::{
+    cancel::Cancel,
     error,
+    promise::{self, Outcome},
     subscription::{BatchCallback, Subscription},
 };
 
@@ -143,7 +145,8 @@ impl Bus {
     }
 
     /// Hands `message` to the core: `None` when the backend accepted it at once, else a
-    /// promise settled once it is accepted.
+    /// promise settled once it is accepted. The wait is watched on the JavaScript thread (see
+    /// [`promise::watch`]): nothing is spawned per pending publish.
     fn start<'env>(&self, env: &'env Env, message: Message) -> error::Result<Option<Object<'env>>> {
         match self
             .inner
@@ -151,8 +154,25 @@ impl Bus {
             .map_err(error::from_core)?
         {
             None => Ok(None),
-            Some(pending) => crate::promise(env, pending.wait()).map(Some),
+            Some(pending) => promise::watch(env, pending.wait()),
         }
+    }
+
+    /// [`start`](Bus::start) through the core's `publish_until`, which gives up the wait when
+    /// `cancel` fires. Its first step runs here and now: an event the backend accepts at once
+    /// settles without a promise, as without a cancel.
+    fn start_until<'env>(
+        &self,
+        env: &'env Env,
+        message: Message,
+        cancel: &Cancel,
+    ) -> error::Result<Option<Object<'env>>> {
+        let bus = self.inner.clone();
+        let cancel = cancel.inner.clone();
+        promise::watch(
+            env,
+            async move { bus.publish_until(message, &cancel).await },
+        )
     }
 }
 
@@ -176,10 +196,12 @@ impl Bus {
 
     /// `publish` with a JSON flag and options, each passed as its own argument (cheaper to
     /// convert than an object): `json` marks a payload that is JSON text, `time` is in
-    /// milliseconds since the Unix epoch (a fraction keeps sub-millisecond precision).
+    /// milliseconds since the Unix epoch (a fraction keeps sub-millisecond precision), and
+    /// `cancel`, if given, stops the wait when it fires (the core's `publish_until`: the event
+    /// may still be published).
     ///
     /// Throws as `publish` does, and `POLYBUS_ERR_INVALID_ARGUMENT` for a bad header, key or
-    /// time.
+    /// time; rejects with `POLYBUS_ERR_CANCELLED` when `cancel` fires first.
     #[allow(clippy::too_many_arguments)]
     #[napi(catch_unwind, ts_return_type = "Promise<void> | null")]
     pub fn publish_with<'env>(
@@ -193,6 +215,7 @@ impl Bus {
         id: Option<String>,
         event_type: Option<String>,
         time: Option<f64>,
+        cancel: Option<&Cancel>,
     ) -> error::Result<Option<Object<'env>>> {
         let meta = PublishMeta {
             key,
@@ -201,19 +224,25 @@ impl Bus {
             event_type,
             time,
         };
-        self.start(env, message(topic, payload, json, Some(meta))?)
+        let message = message(topic, payload, json, Some(meta))?;
+        match cancel {
+            None => self.start(env, message),
+            Some(cancel) => self.start_until(env, message, cancel),
+        }
     }
 
     /// Publishes the events of the parallel arrays `topics` (`undefined` repeats the topic of
     /// the event before, converted once), `payloads` (bytes or text), `json` (1 for a payload
     /// JavaScript encoded from a value; `null` for none) and `metas` (a `PublishMeta` or
     /// `undefined` per event, the array ending at the last event with options; `null` for
-    /// none) in order, through the core's pipelined `publish_batch`. Resolves with how many
-    /// were published (all of them).
+    /// none) in order, through the core's pipelined `publish_batch` (`publish_batch_until`
+    /// with `cancel`, which stops it when it fires). Resolves with how many were published
+    /// (all of them).
     ///
     /// Rejects as `publish` does, the message naming the failed event's index and the error's
     /// `published` saying how many events, from the first, were published before it. An event
     /// that cannot be converted fails the batch the same way, after the events before it.
+    /// Rejects with `POLYBUS_ERR_CANCELLED` when `cancel` fires first.
     #[napi(catch_unwind, ts_return_type = "Promise<number>")]
     pub fn publish_batch<'env>(
         &self,
@@ -222,6 +251,7 @@ impl Bus {
         #[napi(ts_arg_type = "Array<Uint8Array | string>")] payloads: Array<'env>,
         json: Option<Uint8ArraySlice<'env>>,
         #[napi(ts_arg_type = "Array<PublishMeta | undefined> | null")] metas: Option<Array<'env>>,
+        cancel: Option<&Cancel>,
     ) -> error::Result<Object<'env>> {
         let n = topics.len();
         if payloads.len() != n {
@@ -260,22 +290,24 @@ impl Bus {
             }
         }
         let bus = self.inner.clone();
-        let (deferred, promise) = env.create_deferred().map_err(error::from_napi)?;
-        polybus::runtime::global().spawn(async move {
-            let result = match bus.publish_batch(messages).await {
-                Err(e) => Err((e, None)),
+        let cancel = cancel.map(|c| c.inner.clone());
+        promise::settle(env, async move {
+            let published = match &cancel {
+                None => bus.publish_batch(messages).await,
+                Some(cancel) => bus.publish_batch_until(messages, cancel).await,
+            };
+            match published {
+                Err(e) => Outcome::Failed(e, None),
                 Ok(count) => match failed {
-                    None => Ok(count as f64),
+                    None => Outcome::of(Ok(count as f64)),
                     Some((i, e)) => {
                         let e = error::to_core(&e);
                         let detail = format!("event {i} of the batch: {}", e.message());
-                        Err((polybus::Error::new(e.kind(), detail), Some(i)))
+                        Outcome::Failed(polybus::Error::new(e.kind(), detail), Some(i))
                     }
                 },
-            };
-            deferred.resolve(move |env| result.map_err(|(e, n)| error::rejection(&env, e, n)));
-        });
-        Ok(promise)
+            }
+        })
     }
 
     /// Closes the bus without waiting, from inside one of its own handlers (waiting would
@@ -315,7 +347,7 @@ impl Bus {
     ) -> error::Result<Object<'env>> {
         let options = SubscribeOptions::from_json(&options).map_err(error::from_core)?;
         let bus = self.inner.clone();
-        crate::promise(env, async move {
+        promise::promise(env, async move {
             let subscription = bus.subscribe_batches(&pattern, options).await?;
             Ok(Subscription::start(subscription, on_batch))
         })
@@ -324,11 +356,23 @@ impl Bus {
     /// Closes the bus: new publishes and subscribes fail with `POLYBUS_ERR_CLOSED`, queued and
     /// in-flight events are handled (keep handling batches meanwhile), then the connection is
     /// released. Idempotent. Rejects with `POLYBUS_ERR_TIMEOUT` when handlers did not finish
-    /// within `close_timeout_ms`.
+    /// within `close_timeout_ms`. With `cancel` (the core's `close_until`) it rejects with
+    /// `POLYBUS_ERR_CANCELLED` when `cancel` fires first: the bus is closed either way, and the
+    /// drain goes on in the background.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn close<'env>(&self, env: &'env Env) -> error::Result<Object<'env>> {
+    pub fn close<'env>(
+        &self,
+        env: &'env Env,
+        cancel: Option<&Cancel>,
+    ) -> error::Result<Object<'env>> {
         let bus = self.inner.clone();
-        crate::promise(env, async move { bus.close().await })
+        match cancel {
+            None => promise::unit_promise(env, async move { bus.close().await }),
+            Some(cancel) => {
+                let cancel = cancel.inner.clone();
+                promise::unit_promise(env, async move { bus.close_until(&cancel).await })
+            }
+        }
     }
 
     /// The state of the connection to the broker: `"connected"`, `"disconnected"` (the client

@@ -4,7 +4,7 @@
 
 use napi::{
     bindgen_prelude::{JsObjectValue, JsValue},
-    Env, JsError, Status,
+    sys, Env, JsError, Status,
 };
 use napi_derive::napi;
 use polybus::ErrorKind;
@@ -75,10 +75,10 @@ pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
     from_core(polybus::Error::new(kind, detail))
 }
 
-/// Builds the JavaScript error object for a core error, for rejecting a promise from the
+/// Builds the JavaScript error object for a core error, for rejecting a promise on the
 /// JavaScript thread. An error of a batch publish carries `published`: how many events, from
 /// the first, were published before the failure (`published` overrides the core's count).
-pub fn rejection(env: &Env, e: polybus::Error, published: Option<usize>) -> napi::Error {
+pub fn rejection(env: &Env, e: polybus::Error, published: Option<usize>) -> sys::napi_value {
     let published = published.or(e.published());
     let value = JsError::from(from_core(e)).into_unknown(*env);
     if let Some(n) = published {
@@ -87,7 +87,7 @@ pub fn rejection(env: &Env, e: polybus::Error, published: Option<usize>) -> napi
             let _ = object.set_named_property("published", n as f64);
         }
     }
-    napi::Error::from(value)
+    value.raw()
 }
 
 /// The core's text for an error of `code` (a status name such as `POLYBUS_ERR_PAYLOAD`) with

@@ -20,7 +20,7 @@ use napi::{
 use napi_derive::napi;
 use polybus::BatchSubscription;
 
-use crate::{error, event::EventBatch};
+use crate::{cancel::Cancel, error, event::EventBatch, promise};
 
 /// The most batches queued towards JavaScript for one subscription: the core's largest
 /// `concurrency`, since each lane has at most one batch out.
@@ -97,11 +97,23 @@ impl Subscription {
 
     /// Stops receiving and resolves once queued and in-flight events are handled (keep
     /// handling batches meanwhile). Idempotent. Rejects with `POLYBUS_ERR_TIMEOUT` when they
-    /// were not handled within the bus's `close_timeout_ms`.
+    /// were not handled within the bus's `close_timeout_ms`. With `cancel` (the core's
+    /// `close_until`) it rejects with `POLYBUS_ERR_CANCELLED` when `cancel` fires first: the
+    /// subscription is stopped either way, and the drain goes on in the background.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn close<'env>(&self, env: &'env Env) -> error::Result<Object<'env>> {
+    pub fn close<'env>(
+        &self,
+        env: &'env Env,
+        cancel: Option<&Cancel>,
+    ) -> error::Result<Object<'env>> {
         let inner = self.inner.clone();
-        crate::promise(env, async move { inner.close().await })
+        match cancel {
+            None => promise::unit_promise(env, async move { inner.close().await }),
+            Some(cancel) => {
+                let cancel = cancel.inner.clone();
+                promise::unit_promise(env, async move { inner.close_until(&cancel).await })
+            }
+        }
     }
 
     /// Makes the subscription keep the process alive again (the default). No effect once it

@@ -82,6 +82,34 @@ test('un-awaited publishes keep their order under backpressure', async () => {
   assert.deepEqual(got, Array.from({ length: 100 }, (_, i) => i))
 })
 
+test('un-awaited publishes that wait settle in order, each with its own error', async () => {
+  const bus = await connect({ url: 'memory://', publishTimeoutMs: 100 })
+  let release
+  const gate = new Promise((resolve) => {
+    release = resolve
+  })
+  await bus.subscribe('jobs.run', () => gate, { queueSize: 1, batchSize: 1 })
+  const settled = []
+  const outcomes = await Promise.all(Array.from({ length: 50 }, (_, i) =>
+    bus.publish('jobs.run', String(i)).then(
+      () => {
+        settled.push(i)
+        return null
+      },
+      (err) => {
+        settled.push(i)
+        return err
+      },
+    )))
+  assert.deepEqual(settled, Array.from({ length: 50 }, (_, i) => i))
+  const errors = outcomes.filter((e) => e !== null)
+  assert.ok(errors.length > 0 && errors.length < 50, `${errors.length} timed out`)
+  for (const err of errors) assert.equal(err.code, 'POLYBUS_ERR_TIMEOUT', err.message)
+  assert.equal(new Set(errors).size, errors.length, 'each promise has its own error')
+  release()
+  await bus.close()
+})
+
 test('promise handlers are awaited in order; concurrency runs lanes at once', async () => {
   const bus = await connect('memory://')
   let inFlight = 0
