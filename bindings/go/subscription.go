@@ -278,15 +278,17 @@ func (s *Subscription) call(e *Event) (err error) {
 // Shutdown(context.Background()).
 //
 // Called from the subscription's own handler, Close does not wait (it would wait for itself):
-// the subscription receives nothing new from then on, the events already queued or in flight
-// are still handled in the background, and Close returns nil at once. This is what C, Python
-// and Node do too.
+// it stops the subscription and returns nil at once; the events already queued or in flight
+// are still handled in the background. On a broker the stop takes effect when the broker has
+// processed it, so an event published just after Close returned may still arrive; a Close
+// from outside the handler waits for that drain, and nothing arrives after it. This is what
+// C, Python and Node do too.
 func (s *Subscription) Close() error {
 	return s.Shutdown(context.Background())
 }
 
-// Shutdown unsubscribes as Close does, but stops waiting when ctx ends: the subscription
-// receives nothing new either way, and when ctx ends first its drain goes on in the
+// Shutdown unsubscribes as Close does, but stops waiting when ctx ends: the subscription is
+// stopped either way, and when ctx ends first its drain goes on in the
 // background (still bounded by the bus's CloseTimeout), the handlers' context is cancelled
 // once it is over, and Shutdown returns an *Error with StatusCancelled or StatusTimeout that
 // matches ctx.Err() with errors.Is (see Error). A later Close waits for that drain and
