@@ -31,4 +31,14 @@ echo "== go vet"
 go vet ./...
 
 echo "== go test -race"
-go test -race -count=1 "$@" ./...
+# -v for each test's duration (slow tests stay visible); only the result lines are shown.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+go test -race -count=1 -v "$@" ./... >"$log" 2>&1 || status=$?
+grep -E '^(\s*--- (PASS|FAIL|SKIP)|ok |FAIL|panic:)' "$log" || true
+if [[ $status -ne 0 ]]; then
+	echo "== go test failed; its full output:" >&2
+	cat "$log" >&2
+fi
+exit $status
