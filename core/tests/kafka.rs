@@ -11,7 +11,10 @@ use common::{root, secs};
 use std::{
     collections::{HashMap, HashSet},
     process::Command,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -420,20 +423,24 @@ async fn a_group_member_leaving_mid_stream_loses_no_event() {
     let bus_a = Bus::connect(config(&prefix, kafka.clone())).await.unwrap();
     let bus_b = Bus::connect(config(&prefix, kafka)).await.unwrap();
     let seen = Seen::default();
-    let slow = {
-        let seen = seen.clone();
+    // Events handled by member a (0) and member b (1).
+    let by_member: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
+    let slow = |member: usize| {
+        let (seen, by_member) = (seen.clone(), by_member.clone());
         move |e: Event| {
-            let seen = seen.clone();
+            let (seen, by_member) = (seen.clone(), by_member.clone());
             async move {
+                // The workload of a slow handler (not a synchronisation).
                 tokio::time::sleep(Duration::from_millis(2)).await;
+                by_member[member].fetch_add(1, Ordering::SeqCst);
                 seen.0.lock().push(e);
                 Ok::<(), String>(())
             }
         }
     };
     let opts = || SubscribeOptions::new().group("workers").concurrency(2);
-    let sub_a = bus_a.subscribe("work", opts(), slow.clone()).await.unwrap();
-    let _sub_b = bus_b.subscribe("work", opts(), slow).await.unwrap();
+    let sub_a = bus_a.subscribe("work", opts(), slow(0)).await.unwrap();
+    let _sub_b = bus_b.subscribe("work", opts(), slow(1)).await.unwrap();
     let n = 2000;
     for i in 0..n {
         bus_a
@@ -446,11 +453,22 @@ async fn a_group_member_leaving_mid_stream_loses_no_event() {
             while seen.0.lock().len() < n / 8 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            // The precondition: the group was sharing the work, and a had some of it.
+            assert!(
+                seen.0.lock().len() >= n / 8,
+                "the group did not start in time"
+            );
+            assert!(
+                by_member[0].load(Ordering::SeqCst) > 0,
+                "member a handled nothing before leaving"
+            );
             sub_a.close().await.unwrap();
         }
     }
     let got = seen.wait_distinct(n, secs(60)).await;
     assert!(missing(&got, n).is_empty(), "lost: {:?}", missing(&got, n));
+    let after_leave = by_member[1].load(Ordering::SeqCst);
+    assert!(after_leave > 0, "member b took over nothing");
     bus_a.close().await.unwrap();
     bus_b.close().await.unwrap();
 }
