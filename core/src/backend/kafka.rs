@@ -956,9 +956,33 @@ fn position_at_end(
         if matches!(e.offset(), Offset::Offset(_)) {
             continue;
         }
-        let (_, high) = c
-            .fetch_watermarks(e.topic(), e.partition(), timeout)
-            .map_err(|err| shared.failure(&format!("reading the end of {:?}", e.topic()), &err))?;
+        // A topic created a moment ago may not have a leader everywhere yet: those answers are
+        // retried until the connect timeout, as librdkafka does for its own requests.
+        let deadline = std::time::Instant::now() + timeout;
+        let (_, high) = loop {
+            match c.fetch_watermarks(e.topic(), e.partition(), timeout) {
+                Ok(w) => break w,
+                Err(err)
+                    if std::time::Instant::now() < deadline
+                        && matches!(
+                            err.rdkafka_error_code(),
+                            Some(
+                                RDKafkaErrorCode::NotLeaderForPartition
+                                    | RDKafkaErrorCode::LeaderNotAvailable
+                                    | RDKafkaErrorCode::UnknownTopicOrPartition
+                                    | RDKafkaErrorCode::UnknownLeaderEpoch
+                                    | RDKafkaErrorCode::FencedLeaderEpoch
+                            )
+                        ) =>
+                {
+                    // A pause before asking again (this runs on a blocking thread).
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => {
+                    return Err(shared.failure(&format!("reading the end of {:?}", e.topic()), &err))
+                }
+            }
+        };
         let _ = init.add_partition_offset(e.topic(), e.partition(), Offset::Offset(high));
     }
     if init.count() > 0 {
