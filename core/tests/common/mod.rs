@@ -48,19 +48,21 @@ pub async fn publish_across_restart(
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
         Arc,
     };
-    let restarting = Arc::new(AtomicBool::new(false));
+    // 0 before the restart, 1 while it runs, 2 after it.
+    let phase = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let during = Arc::new(AtomicUsize::new(0));
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
     let publisher = {
         let (bus, topic) = (bus.clone(), topic.to_owned());
-        let (restarting, stop, during) = (restarting.clone(), stop.clone(), during.clone());
+        let (phase, stop, during) = (phase.clone(), stop.clone(), during.clone());
         tokio::spawn(async move {
             let mut next = 0;
             while !stop.load(SeqCst) {
-                let before = restarting.load(SeqCst);
+                let started = phase.load(SeqCst);
                 publish_chunk(&bus, &topic, next..next + chunk).await;
-                if before || restarting.load(SeqCst) {
+                // In flight during the restart: started before it ended, ended after it began.
+                if started <= 1 && phase.load(SeqCst) >= 1 {
                     during.fetch_add(1, SeqCst);
                 }
                 next += chunk;
@@ -75,11 +77,11 @@ pub async fn publish_across_restart(
         .await
         .expect("the first chunk was confirmed")
         .unwrap();
-    restarting.store(true, SeqCst);
+    phase.store(1, SeqCst);
     tokio::task::spawn_blocking(move || harness(&["restart", broker]))
         .await
         .unwrap();
-    restarting.store(false, SeqCst);
+    phase.store(2, SeqCst);
     let target = *done_rx.borrow() + 2 * chunk;
     let after = done_rx.wait_for(|&n| n >= target);
     tokio::time::timeout(secs(120), after)
