@@ -498,13 +498,30 @@ impl KafkaBackend {
         // within the connect timeout.
         let probe = shared.clone();
         tokio::task::spawn_blocking(move || {
-            probe
-                .producer
-                .client()
-                // A little less than the bus's own connect timeout, so the error says why.
-                .fetch_metadata(None, probe.timeout.mul_f64(0.9))
-                .map(|_| ())
-                .map_err(|e| probe.failure("connecting", &e))
+            // Until a little before the bus's own connect timeout, so the error says why; in
+            // short slices, so that a failure librdkafka will only retry (an untrusted
+            // certificate, refused credentials) ends the wait at once instead of at the end.
+            let deadline = std::time::Instant::now() + probe.timeout.mul_f64(0.9);
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let slice = left.min(Duration::from_millis(500));
+                match probe.producer.client().fetch_metadata(None, slice) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        let hopeless = matches!(
+                            probe.ctx.last_error.lock().as_ref().map(|(code, _)| *code),
+                            Some(
+                                RDKafkaErrorCode::SSL
+                                    | RDKafkaErrorCode::Authentication
+                                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                            )
+                        );
+                        if hopeless || left <= slice {
+                            return Err(probe.failure("connecting", &e));
+                        }
+                    }
+                }
+            }
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, format!("kafka: connect task: {e}")))??;
