@@ -427,6 +427,13 @@ impl Pump {
             let _ = tokio::time::timeout(DRAIN_LIMIT, drained).await;
         }
         drop(current);
+        // Dropping the pull stream unsubscribes its inbox from a task of the client's: let that
+        // go out, then make a round trip, so the server has forgotten this member's waiting
+        // pull request before the unsubscribe returns. Otherwise an event published right
+        // after could be handed to that request, reach nobody, and wait out `ack_wait` before
+        // another member gets it.
+        tokio::task::yield_now().await;
+        crate::backend::nats::round_trip(&self.client).await;
         drop(tx);
         if self.broadcast {
             let _ = tokio::time::timeout(
