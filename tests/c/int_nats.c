@@ -174,14 +174,15 @@ static void test_unreachable(const char *url) {
 typedef struct {
   polybus_cancel_t *cancel;
   int fd;
+  int accepted;
 } silent_t;
 
-/* Fires the handle once the bus has connected to the silent server (it is in the accept queue). */
+/* Fires the handle once the bus has connected to the silent server. The accepted connection
+ * stays open (closing it would fail the open by itself) until the open has returned. */
 static void *cancel_when_connected(void *arg) {
   silent_t *s = (silent_t *)arg;
-  int c = accept(s->fd, NULL, NULL);
+  s->accepted = accept(s->fd, NULL, NULL);
   polybus_cancel(s->cancel);
-  if (c >= 0) close(c);
   return NULL;
 }
 
@@ -189,6 +190,7 @@ static void *cancel_when_connected(void *arg) {
  * not for the 60 s connect timeout. */
 static void test_open_cancelled(void) {
   silent_t s;
+  s.accepted = -1;
   s.fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in addr;
   memset(&addr, 0, sizeof addr);
@@ -211,6 +213,7 @@ static void test_open_cancelled(void) {
   CHECK(strcmp(err.message, "cancelled: connect") == 0);
   pthread_join(t, NULL);
   polybus_cancel_free(s.cancel);
+  if (s.accepted >= 0) close(s.accepted);
   close(s.fd);
 }
 
