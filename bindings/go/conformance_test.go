@@ -70,6 +70,7 @@ type step struct {
 	PayloadsPrefix    []string `json:"payloads_prefix"`
 	SelfCloseOK       *bool    `json:"self_close_ok"`
 	FinishedAtClose   *int     `json:"finished_at_close"`
+	MinRetryGapsMS    []int    `json:"min_retry_gaps_ms"`
 
 	// expect_stats counters
 	Published    *uint64 `json:"published"`
@@ -102,7 +103,7 @@ var stepFields = map[string][]string{
 	"expect": {"name", "count", "succeeded", "payloads", "payloads_unordered", "attempts",
 		"topics", "key", "id", "type", "headers", "json", "key_order", "no_overlap_per_key",
 		"max_in_flight", "min_peak_in_flight", "payloads_prefix", "self_close_ok",
-		"finished_at_close"},
+		"finished_at_close", "min_retry_gaps_ms"},
 	"expect_total": {"names", "succeeded", "distinct_payloads"},
 	"expect_stats": {"published", "delivered", "acked", "failed", "retried", "dead_lettered",
 		"dropped"},
@@ -380,6 +381,7 @@ type invocation struct {
 	json           any
 	jsonErr        error
 	done, ok       bool
+	started        time.Time // with its monotonic reading, for min_retry_gaps_ms
 }
 
 // recorder records a handler's invocations in the order they start.
@@ -429,6 +431,7 @@ func (r *recorder) handler(spec handlerSpec) polybus.Handler {
 		}
 		inv.jsonErr = e.Scan(&inv.json)
 		r.mu.Lock()
+		inv.started = time.Now()
 		r.calls = append(r.calls, inv)
 		first := len(r.calls) == 1
 		r.inFlight++
@@ -851,6 +854,9 @@ func (r *runner) expect(at string, s step) {
 			t.Errorf("%s: self_close_ok: want ok=%v, the call returned %v", at, *s.SelfCloseOK, *selfClose)
 		}
 	}
+	if s.MinRetryGapsMS != nil {
+		checkRetryGaps(t, at, calls, s.MinRetryGapsMS)
+	}
 	if s.FinishedAtClose != nil {
 		if !closeSeen {
 			t.Errorf("%s: finished_at_close: no close step ran", at)
@@ -861,6 +867,42 @@ func (r *runner) expect(at string, s step) {
 					at, i, n, *s.FinishedAtClose, atClose)
 			}
 		}
+	}
+}
+
+// checkRetryGaps is min_retry_gaps_ms: for every event (by payload), the k-th gap between the
+// starts of its consecutive invocations is at least want[k] ms (the last entry past the list).
+func checkRetryGaps(t *testing.T, at string, calls []*invocation, want []int) {
+	t.Helper()
+	if len(want) == 0 || slices.ContainsFunc(want, func(n int) bool { return n < 0 }) {
+		t.Fatalf("%s: min_retry_gaps_ms %v is not a non-empty list of non-negative integers", at, want)
+	}
+	byPayload := map[string][]*invocation{}
+	var order []string
+	for _, c := range calls {
+		if _, seen := byPayload[c.payload]; !seen {
+			order = append(order, c.payload)
+		}
+		byPayload[c.payload] = append(byPayload[c.payload], c)
+	}
+	gaps := 0
+	for _, p := range order {
+		cs := byPayload[p]
+		all := make([]time.Duration, 0, len(cs))
+		for k := 1; k < len(cs); k++ {
+			all = append(all, cs[k].started.Sub(cs[k-1].started))
+		}
+		for k, gap := range all {
+			gaps++
+			floor := time.Duration(want[min(k, len(want)-1)]) * time.Millisecond
+			if gap < floor {
+				t.Errorf("%s: min_retry_gaps_ms: payload %q: attempt %d started %v after attempt %d, want at least %v (gaps %v)",
+					at, p, cs[k+1].attempt, gap, cs[k].attempt, floor, all)
+			}
+		}
+	}
+	if gaps == 0 {
+		t.Errorf("%s: min_retry_gaps_ms: no event had a second invocation", at)
 	}
 }
 

@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, OnceLock, Weak,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -39,6 +39,8 @@ struct Invocation {
     attempt: u32,
     json: Option<Value>,
     ok: Option<bool>,
+    /// When it started (monotonic), for `min_retry_gaps_ms`.
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -116,6 +118,7 @@ async fn handle(rec: Arc<Recording>, b: Arc<Behaviour>, e: Event) -> Result<(), 
             attempt: e.attempt(),
             json: e.json::<Value>().ok(),
             ok: None,
+            started: Instant::now(),
         });
         inv.len() - 1
     };
@@ -600,6 +603,9 @@ impl Run {
                 Some(_) => {}
             }
         }
+        if let Some(g) = step.get("min_retry_gaps_ms") {
+            check_retry_gaps(&inv, g).map_err(|e| format!("{name}: min_retry_gaps_ms: {e}"))?;
+        }
         if let Some(n) = step.get("finished_at_close").and_then(Value::as_u64) {
             match &*rec.at_close.lock() {
                 None => return fail("finished_at_close: no close step ran".into()),
@@ -614,6 +620,43 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// `min_retry_gaps_ms`: for every event (by payload), the k-th gap between the starts of its
+/// consecutive invocations is at least `want[k]` ms (the last entry for gaps past the list).
+fn check_retry_gaps(inv: &[Invocation], want: &Value) -> Result<(), String> {
+    let want: Vec<u64> = want
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .and_then(|a| a.iter().map(Value::as_u64).collect())
+        .ok_or_else(|| format!("{want} is not a non-empty list of non-negative integers"))?;
+    let mut by_payload: BTreeMap<&str, Vec<&Invocation>> = BTreeMap::new();
+    for i in inv {
+        by_payload.entry(i.payload.as_str()).or_default().push(i);
+    }
+    let mut gaps = 0;
+    for (payload, calls) in &by_payload {
+        let ms: Vec<f64> = calls
+            .windows(2)
+            .map(|w| w[1].started.duration_since(w[0].started).as_secs_f64() * 1000.0)
+            .collect();
+        for (k, gap) in ms.iter().enumerate() {
+            gaps += 1;
+            let min = want[k.min(want.len() - 1)];
+            if *gap < min as f64 {
+                return Err(format!(
+                    "payload {payload:?}: attempt {} started {gap:.1} ms after attempt {}, \
+                     expected at least {min} ms (gaps {ms:.1?} ms)",
+                    calls[k + 1].attempt,
+                    calls[k].attempt
+                ));
+            }
+        }
+    }
+    if gaps == 0 {
+        return Err("no event had a second invocation".into());
+    }
+    Ok(())
 }
 
 /// A payload read as a decimal integer (`-?[0-9]+`, nothing else), for `key_order`.
@@ -676,6 +719,7 @@ const STEP_FIELDS: &[(&str, &[&str])] = &[
             "payloads_prefix",
             "self_close_ok",
             "finished_at_close",
+            "min_retry_gaps_ms",
         ],
     ),
     ("expect_total", &["names", "succeeded", "distinct_payloads"]),

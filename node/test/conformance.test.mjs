@@ -38,7 +38,7 @@ const STEP_FIELDS = {
   close: ['concurrent', 'expect_error'],
   expect: ['name', 'count', 'succeeded', 'payloads', 'payloads_unordered', 'attempts', 'topics', 'key', 'id',
     'type', 'headers', 'json', 'key_order', 'no_overlap_per_key', 'max_in_flight', 'min_peak_in_flight',
-    'payloads_prefix', 'self_close_ok', 'finished_at_close'],
+    'payloads_prefix', 'self_close_ok', 'finished_at_close', 'min_retry_gaps_ms'],
   expect_total: ['names', 'succeeded', 'distinct_payloads'],
   expect_stats: ['published', 'delivered', 'acked', 'failed', 'retried', 'dead_lettered', 'dropped'],
 }
@@ -143,6 +143,8 @@ class Recording {
       attempt: event.attempt,
       finished: false,
       succeeded: false,
+      /** When it started (monotonic ms), for min_retry_gaps_ms. */
+      started: performance.now(),
     }
     this.invocations.push(inv)
     this.peak = Math.max(this.peak, ++this.inFlight)
@@ -297,9 +299,37 @@ function checkRecording(name, rec, step) {
         assert.ok(rec.atClose.every((n) => n === want),
           `${label}: the close calls returned when ${JSON.stringify(rec.atClose)} invocations had finished`)
         break
+      case 'min_retry_gaps_ms': checkRetryGaps(label, invs, want); break
       default: assert.fail(`unknown expect check "${check}"`)
     }
   }
+}
+
+/**
+ * For every event (by payload), the k-th gap between the starts of its consecutive invocations
+ * is at least `want[k]` ms (the last entry for gaps past the list).
+ */
+function checkRetryGaps(label, invs, want) {
+  assert.ok(Array.isArray(want) && want.length > 0 && want.every((n) => Number.isInteger(n) && n >= 0),
+    `${label}: ${JSON.stringify(want)} is not a non-empty list of non-negative integers`)
+  const byPayload = new Map()
+  for (const i of invs) {
+    if (!byPayload.has(i.payload)) byPayload.set(i.payload, [])
+    byPayload.get(i.payload).push(i)
+  }
+  let gaps = 0
+  for (const [payload, calls] of byPayload) {
+    const ms = calls.slice(1).map((c, k) => c.started - calls[k].started)
+    ms.forEach((gap, k) => {
+      gaps++
+      const floor = want[Math.min(k, want.length - 1)]
+      assert.ok(gap >= floor,
+        `${label}: payload ${JSON.stringify(payload)}: attempt ${calls[k + 1].attempt} started ${gap.toFixed(1)} ms ` +
+        `after attempt ${calls[k].attempt}, expected at least ${floor} ms ` +
+        `(gaps ${JSON.stringify(ms.map((g) => Math.round(g * 10) / 10))} ms)`)
+    })
+  }
+  assert.ok(gaps > 0, `${label}: no event had a second invocation`)
 }
 
 async function runScenario(backend, scenario) {

@@ -44,7 +44,7 @@ STEP_FIELDS: dict[str, set[str]] = {
         "name", "count", "succeeded", "payloads", "payloads_unordered", "attempts", "topics",
         "key", "id", "type", "headers", "json", "key_order", "no_overlap_per_key",
         "max_in_flight", "min_peak_in_flight", "payloads_prefix", "self_close_ok",
-        "finished_at_close",
+        "finished_at_close", "min_retry_gaps_ms",
     },
     "expect_total": {"names", "succeeded", "distinct_payloads"},
     "expect_stats": {
@@ -130,6 +130,8 @@ class Invocation:
         self.attempt = event.attempt
         #: None while in flight; whether it succeeded once it finished.
         self.succeeded: bool | None = None
+        #: When it started (time.monotonic()), for min_retry_gaps_ms.
+        self.started = 0.0
 
 
 class Recorder:
@@ -156,6 +158,7 @@ class Recorder:
     def _begin(self, event: polybus.Event) -> tuple[Invocation, bool]:
         call = Invocation(event)
         with self.changed:
+            call.started = time.monotonic()
             self.invocations.append(call)
             first = len(self.invocations) == 1
             self.in_flight += 1
@@ -558,8 +561,36 @@ def check_recording(name: str, r: Recorder, want: dict[str, Any]) -> None:
             assert all(n == value for n in r.at_close), (
                 f"{where}: the close calls returned when {r.at_close} invocations had finished"
             )
+        elif check == "min_retry_gaps_ms":
+            check_retry_gaps(where, calls, value)
         else:
             pytest.fail(f"{where}: unknown check")
+
+
+def check_retry_gaps(where: str, calls: list[Invocation], want: Any) -> None:
+    """For every event (by payload), the k-th gap between the starts of its consecutive
+    invocations is at least ``want[k]`` ms (the last entry for gaps past the list)."""
+    if not (
+        isinstance(want, list)
+        and want
+        and all(type(n) is int and n >= 0 for n in want)
+    ):
+        pytest.fail(f"{where}: {want!r} is not a non-empty list of non-negative integers")
+    by_payload: dict[str, list[Invocation]] = collections.defaultdict(list)
+    for c in calls:
+        by_payload[c.payload].append(c)
+    gaps = 0
+    for payload, cs in by_payload.items():
+        ms = [(b.started - a.started) * 1000 for a, b in zip(cs, cs[1:])]
+        for k, gap in enumerate(ms):
+            gaps += 1
+            floor = want[min(k, len(want) - 1)]
+            assert gap >= floor, (
+                f"{where}: payload {payload!r}: attempt {cs[k + 1].attempt} started {gap:.1f} ms "
+                f"after attempt {cs[k].attempt}, expected at least {floor} ms "
+                f"(gaps {[round(g, 1) for g in ms]} ms)"
+            )
+    assert gaps, f"{where}: no event had a second invocation"
 
 
 def skip_reason(backend: str, scenario: dict[str, Any]) -> str | None:

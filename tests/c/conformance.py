@@ -317,7 +317,7 @@ STEP_FIELDS = {
         "name", "count", "succeeded", "payloads", "payloads_unordered", "attempts", "topics",
         "key", "id", "type", "headers", "json", "key_order", "no_overlap_per_key",
         "max_in_flight", "min_peak_in_flight", "payloads_prefix", "self_close_ok",
-        "finished_at_close",
+        "finished_at_close", "min_retry_gaps_ms",
     },
     "expect_total": {"names", "succeeded", "distinct_payloads"},
     "expect_stats": {
@@ -464,6 +464,10 @@ def validate_step(step: Any) -> None:
         for k in ("key_order", "no_overlap_per_key", "self_close_ok"):
             if k in step:
                 need(isinstance(step[k], bool), f"{k} is not a boolean")
+        if "min_retry_gaps_ms" in step:
+            g = step["min_retry_gaps_ms"]
+            need(isinstance(g, list) and g and all(is_uint(n) for n in g),
+                 "min_retry_gaps_ms is not a non-empty list of non-negative integers")
     elif op == "expect_total":
         need(is_str_list(step.get("names")), "expect_total needs a list of names")
         if "succeeded" in step:
@@ -537,6 +541,7 @@ class Invocation:
             self.headers[view_text(h.name) or ""] = view_text(h.value) or ""
         self.attempt = int(e.attempt)
         self.succeeded: bool | None = None  # None while in flight
+        self.started = 0.0  # time.monotonic() when it started, for min_retry_gaps_ms
 
 
 # CFUNCTYPE objects must outlive every call the library may make through them, i.e. until `drop`
@@ -608,6 +613,7 @@ class Recorder:
                     f"handler {self.name!r}: call got context {context}, not {self.context}")
             if self.drops:
                 self.problems.append(f"handler {self.name!r}: call after drop (C contract)")
+            call.started = time.monotonic()
             self.invocations.append(call)
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
@@ -1032,6 +1038,25 @@ class Run:
             elif check == "min_peak_in_flight":
                 if peak < want:
                     raise Fail(f"{where}: peak {peak} in flight, expected at least {want}")
+            elif check == "min_retry_gaps_ms":
+                # For every event (by payload), the k-th gap between the starts of its
+                # consecutive invocations is at least want[k] ms (the last entry past the list).
+                by_payload: dict[str, list[Invocation]] = collections.defaultdict(list)
+                for c in calls:
+                    by_payload[c.payload].append(c)
+                gaps = 0
+                for payload, cs in by_payload.items():
+                    ms = [(b.started - a.started) * 1000 for a, b in zip(cs, cs[1:])]
+                    for k, gap in enumerate(ms):
+                        gaps += 1
+                        floor = want[min(k, len(want) - 1)]
+                        if gap < floor:
+                            raise Fail(f"{where}: payload {payload!r}: attempt {cs[k + 1].attempt} "
+                                       f"started {gap:.1f} ms after attempt {cs[k].attempt}, "
+                                       f"expected at least {floor} ms "
+                                       f"(gaps {[round(g, 1) for g in ms]} ms)")
+                if not gaps:
+                    raise Fail(f"{where}: no event had a second invocation")
             else:  # validate_step lets no other field through
                 raise Fail(f"{where}: unknown check")
 
