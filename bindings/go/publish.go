@@ -57,8 +57,8 @@ static polybus_str_t pbgo_view(const char *arena, pbgo_str_t s) {
 static polybus_status_t pbgo_publish_batch(const polybus_t *bus, const char *arena,
                                            const pbgo_message_t *msgs, size_t len,
                                            const pbgo_header_t *hdrs, size_t hdrs_len,
-                                           const polybus_cancel_t *cancel, size_t *published,
-                                           polybus_error_t *err) {
+                                           const polybus_cancel_t *cancel, int single,
+                                           size_t *published, polybus_error_t *err) {
 	static const char empty[1] = "";
 	if (arena == NULL) {
 		arena = empty;
@@ -91,7 +91,17 @@ static polybus_status_t pbgo_publish_batch(const polybus_t *bus, const char *are
 		ms[i].time_unix_ns = msgs[i].time_unix_ns;
 		ms[i].flags = msgs[i].flags;
 	}
-	polybus_status_t st = polybus_publish_batch(bus, ms, len, cancel, published, err);
+	// One message of PublishMessage: the core's single publish (its errors and what a cancel
+	// leaves behind are a publish's, not a batch's).
+	polybus_status_t st;
+	if (single && len == 1) {
+		st = polybus_publish(bus, ms, cancel, err);
+		if (published) {
+			*published = st == POLYBUS_OK ? 1 : 0;
+		}
+	} else {
+		st = polybus_publish_batch(bus, ms, len, cancel, published, err);
+	}
 	free(ms);
 	free(hs);
 	return st;
@@ -202,7 +212,7 @@ func (b *Bus) Publish(ctx context.Context, topic string, payload any) error {
 // for what ctx does. Errors are Publish's (an *Error, not a BatchError), plus
 // ErrInvalidArgument for a bad header name or value.
 func (b *Bus) PublishMessage(ctx context.Context, m Message) error {
-	if err := b.publishBatch(ctx, []Message{m}, ""); err != nil {
+	if err := b.publishMessages(ctx, []Message{m}, "", true); err != nil {
 		return err.Err
 	}
 	return nil
@@ -222,15 +232,16 @@ func (b *Bus) PublishMessage(ctx context.Context, m Message) error {
 // up, its *Error (StatusCancelled or StatusTimeout) matches ctx.Err() with errors.Is, and the
 // messages after Published that were already started may still be published.
 func (b *Bus) PublishBatch(ctx context.Context, messages []Message) error {
-	if err := b.publishBatch(ctx, messages, "event %d of the batch: "); err != nil {
+	if err := b.publishMessages(ctx, messages, "event %d of the batch: ", false); err != nil {
 		return err
 	}
 	return nil
 }
 
-// publishBatch publishes messages through the core's publish_batch; where, with the index of
-// a payload JSON cannot encode, starts that error's detail.
-func (b *Bus) publishBatch(ctx context.Context, messages []Message, where string) *BatchError {
+// publishMessages publishes messages through the core's publish_batch, or its publish when
+// single (PublishMessage); where, with the index of a payload JSON cannot encode, starts that
+// error's detail.
+func (b *Bus) publishMessages(ctx context.Context, messages []Message, where string, single bool) *BatchError {
 	if len(messages) == 0 {
 		return nil
 	}
@@ -252,9 +263,13 @@ func (b *Bus) publishBatch(ctx context.Context, messages []Message, where string
 	if len(buf.hdrs) > 0 {
 		hdrs = &buf.hdrs[0]
 	}
+	one := C.int(0)
+	if single {
+		one = 1
+	}
 	cc := newCallCancel(ctx)
 	st := C.pbgo_publish_batch(c, (*C.char)(unsafe.Pointer(unsafe.SliceData(buf.arena))),
-		&buf.msgs[0], C.size_t(len(buf.msgs)), hdrs, C.size_t(len(buf.hdrs)), cc.c, &published, &detail)
+		&buf.msgs[0], C.size_t(len(buf.msgs)), hdrs, C.size_t(len(buf.hdrs)), cc.c, one, &published, &detail)
 	err = cc.wrap(ctx, errorFrom(st, &detail))
 	cc.release()
 	if err != nil {

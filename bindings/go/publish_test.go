@@ -169,3 +169,20 @@ func TestOpenJSON(t *testing.T) {
 		t.Errorf("the error is not the core's text: %v", err)
 	}
 }
+
+// PublishMessage is one publish, not a batch of one: its errors read as a publish's.
+func TestPublishMessageErrorsAreAPublishs(t *testing.T) {
+	bus, err := polybus.Open(context.Background(), "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	err = bus.PublishMessage(context.Background(), polybus.Message{Topic: "a..b", Payload: []byte("x")})
+	if !errors.Is(err, polybus.ErrInvalidTopic) {
+		t.Fatalf("got %v, want ErrInvalidTopic", err)
+	}
+	var be *polybus.BatchError
+	if errors.As(err, &be) || strings.Contains(err.Error(), "of the batch") {
+		t.Fatalf("PublishMessage reported a batch: %v", err)
+	}
+}
