@@ -158,9 +158,20 @@ pub(crate) fn on_dispatcher_thread() -> bool {
 /// The callback subscriptions of one bus: one delivery queue that all of them feed, served by
 /// a pool of dispatcher threads that grows to the largest `concurrency` asked for (so 10,000
 /// subscriptions of concurrency 1 share the same few threads).
+/// The tokens whose handler a background thread is to release, and those it released (its
+/// `drop` has run) that the subscription's own close or free has not seen yet.
+#[derive(Default)]
+struct Background {
+    pending: std::collections::HashSet<u64>,
+    released: std::collections::HashSet<u64>,
+}
+
 pub(crate) struct Callbacks {
     queue: DeliveryQueue,
     handlers: Mutex<HashMap<u64, Arc<Handler>>>,
+    /// Handlers released in the background (after a close made inside a callback).
+    background: Mutex<Background>,
+    background_cv: parking_lot::Condvar,
     next_token: AtomicU64,
     threads: AtomicUsize,
 }
@@ -170,6 +181,8 @@ impl Callbacks {
         Arc::new(Callbacks {
             queue: DeliveryQueue::new(),
             handlers: Mutex::new(HashMap::new()),
+            background: Mutex::new(Background::default()),
+            background_cv: parking_lot::Condvar::new(),
             next_token: AtomicU64::new(1),
             threads: AtomicUsize::new(0),
         })
@@ -223,10 +236,39 @@ impl Callbacks {
         self.threads.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Lets go of a subscription's handler; its `drop` runs once the last call returned.
+    /// Lets go of a subscription's handler (its `drop` runs: no call holds it once the
+    /// subscription has drained). The background release of a close made inside a callback.
     fn release(&self, token: u64) {
         let h = self.handlers.lock().remove(&token);
+        let had = h.is_some();
         drop(h);
+        let mut bg = self.background.lock();
+        bg.pending.remove(&token);
+        if had {
+            bg.released.insert(token);
+        }
+        self.background_cv.notify_all();
+    }
+
+    /// Lets go of a subscription's handler for its own close or free; when a background
+    /// release has taken it, waits (at most `limit`) until its `drop` has run, so that `drop`
+    /// has run whenever the close returns.
+    fn release_and_wait(&self, token: u64, limit: Duration) {
+        let h = self.handlers.lock().remove(&token);
+        if h.is_some() {
+            drop(h);
+            return;
+        }
+        let deadline = std::time::Instant::now() + limit;
+        let mut bg = self.background.lock();
+        loop {
+            if bg.released.remove(&token) || !bg.pending.contains(&token) {
+                return;
+            }
+            if self.background_cv.wait_until(&mut bg, deadline).timed_out() {
+                return;
+            }
+        }
     }
 }
 
@@ -666,7 +708,8 @@ pub unsafe extern "C" fn polybus_subscription_close(
         };
         if let Some(cb) = &s.callbacks {
             if s.sub.is_drained() {
-                cb.release(s.sub.token());
+                // A close made inside a callback may be releasing it right now: wait for it.
+                cb.release_and_wait(s.sub.token(), Duration::from_secs(10));
             } else {
                 // Cancelled: the drain goes on; the handler is released once it is over.
                 release_when_drained(cb.clone(), s.sub.clone());
@@ -702,6 +745,9 @@ pub unsafe extern "C" fn polybus_subscription_stop(
 /// Lets go of a callback subscription's handler once it has drained, from a short-lived thread
 /// (its `drop` must not run on a runtime worker, nor wait on the dispatcher calling close).
 fn release_when_drained(callbacks: Arc<Callbacks>, sub: Arc<BatchSubscription>) {
+    callbacks.background.lock().pending.insert(sub.token());
+    let cb = callbacks.clone();
+    let token = sub.token();
     let spawned = std::thread::Builder::new()
         .name("polybus-dispatch".into())
         .spawn(move || {
@@ -709,6 +755,7 @@ fn release_when_drained(callbacks: Arc<Callbacks>, sub: Arc<BatchSubscription>) 
             callbacks.release(sub.token());
         });
     if spawned.is_err() {
+        cb.background.lock().pending.remove(&token);
         tracing::warn!(
             "cannot start a thread to release a handler; it is kept until the bus is freed"
         );
