@@ -546,8 +546,7 @@ impl Bus {
         }
         for (j, p) in pending {
             if let Err(e) = confirmed(p).await {
-                let given_up = matches!(e.kind(), ErrorKind::Cancelled)
-                    || cancel.is_some_and(|c| c.check("").is_err());
+                let given_up = cancel.is_some_and(Cancel::is_over);
                 note(j, e);
                 if given_up {
                     break;

@@ -107,10 +107,19 @@ impl Cancel {
         if self.is_cancelled() {
             return Err(cancelled(what, note));
         }
-        match self.inner.deadline {
-            Some(d) if Instant::now() >= d => Err(deadline_passed(what, note)),
-            _ => Ok(()),
+        if self.deadline_passed() {
+            return Err(deadline_passed(what, note));
         }
+        Ok(())
+    }
+
+    /// Whether a call guarded by this handle must stop now (fired, or the deadline passed).
+    pub(crate) fn is_over(&self) -> bool {
+        self.is_cancelled() || self.deadline_passed()
+    }
+
+    fn deadline_passed(&self) -> bool {
+        self.inner.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Resolves, with the error to report, once the handle fires or its deadline passes.

@@ -24,15 +24,22 @@ async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         .expect("channel closed")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_makes_the_publisher_wait_and_nothing_is_lost() {
-    let bus = Bus::connect("memory://").await.unwrap();
+/// A subscriber to `topic` whose queue holds one event and whose handler reports each payload,
+/// then waits for a permit of the gate: the test decides when handlers finish.
+async fn gated_subscriber(
+    bus: &Bus,
+    topic: &str,
+) -> (
+    polybus::Subscription,
+    Arc<Semaphore>,
+    mpsc::UnboundedReceiver<bytes::Bytes>,
+) {
     let gate = Arc::new(Semaphore::new(0));
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let g = gate.clone();
-    let _sub = bus
+    let sub = bus
         .subscribe(
-            "a.b",
+            topic,
             SubscribeOptions::new().queue_size(1).batch_size(1),
             move |e: Event| {
                 let (g, tx) = (g.clone(), tx.clone());
@@ -45,6 +52,13 @@ async fn a_full_queue_makes_the_publisher_wait_and_nothing_is_lost() {
         )
         .await
         .unwrap();
+    (sub, gate, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_the_publisher_wait_and_nothing_is_lost() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let (_sub, gate, mut rx) = gated_subscriber(&bus, "a.b").await;
     bus.publish(Message::new("a.b", "1")).await.unwrap();
     assert_eq!(recv(&mut rx).await, "1"); // the handler holds event 1
     assert!(bus
@@ -525,24 +539,7 @@ async fn a_cancel_stops_the_waits_and_leaves_what_the_core_says() {
     let bus = Bus::connect(Config::new("memory://").publish_timeout(Duration::from_secs(60)))
         .await
         .unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let g = gate.clone();
-    let _sub = bus
-        .subscribe(
-            "c.x",
-            SubscribeOptions::new().queue_size(1).batch_size(1),
-            move |e: Event| {
-                let (g, tx) = (g.clone(), tx.clone());
-                async move {
-                    tx.send(e.payload().clone()).unwrap();
-                    g.acquire().await.unwrap().forget();
-                    Ok::<_, polybus::Error>(())
-                }
-            },
-        )
-        .await
-        .unwrap();
+    let (_sub, gate, mut rx) = gated_subscriber(&bus, "c.x").await;
     bus.publish(Message::new("c.x", "0")).await.unwrap();
     assert_eq!(recv(&mut rx).await, "0"); // held by the handler
     bus.publish(Message::new("c.x", "1")).await.unwrap(); // queued: the queue is full
