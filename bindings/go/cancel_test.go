@@ -272,25 +272,34 @@ func TestPublishBatchGivesUpWhenTheContextEnds(t *testing.T) {
 	blocked.releaseHandlers()
 }
 
-// TestBusShutdownGivesUpWhenTheContextEnds shuts the bus down while a handler is blocked:
-// Shutdown returns when its context ends, the bus is closed all the same, and the drain goes
-// on: once the handler returns, Close returns and the event was acknowledged.
-func TestBusShutdownGivesUpWhenTheContextEnds(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		ctx     func() (context.Context, context.CancelFunc)
-		want    error
-		message string
-	}{
+// shutdownCase is one way a Shutdown's context ends: its deadline passes, or it is cancelled
+// (from another goroutine, so before or during the wait).
+type shutdownCase struct {
+	name    string
+	ctx     func() (context.Context, context.CancelFunc)
+	want    error
+	message string
+}
+
+// shutdownCases are both ways for the Shutdown of a "bus" or a "subscription".
+func shutdownCases(what string) []shutdownCase {
+	return []shutdownCase{
 		{"deadline", func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), shortDeadline)
-		}, context.DeadlineExceeded, "the caller's deadline passed; the bus is closed and its drain goes on"},
+		}, context.DeadlineExceeded, "the caller's deadline passed; the " + what + " is closed and its drain goes on"},
 		{"cancel", func() (context.Context, context.CancelFunc) {
 			ctx, cancel := context.WithCancel(context.Background())
 			go cancel()
 			return ctx, cancel
-		}, context.Canceled, "cancelled: close; the bus is closed and its drain goes on"},
-	} {
+		}, context.Canceled, "cancelled: close; the " + what + " is closed and its drain goes on"},
+	}
+}
+
+// TestBusShutdownGivesUpWhenTheContextEnds shuts the bus down while a handler is blocked:
+// Shutdown returns when its context ends, the bus is closed all the same, and the drain goes
+// on: once the handler returns, Close returns and the event was acknowledged.
+func TestBusShutdownGivesUpWhenTheContextEnds(t *testing.T) {
+	for _, tc := range shutdownCases("bus") {
 		t.Run(tc.name, func(t *testing.T) {
 			bus := openNoTimeouts(t)
 			blocked := subscribeBlocked(t, bus, "jobs.slow")
@@ -329,21 +338,7 @@ func TestBusShutdownGivesUpWhenTheContextEnds(t *testing.T) {
 // Shutdown returns when its context ends, the subscription receives nothing new, and once the
 // handler returns, Close returns and the event was acknowledged.
 func TestSubscriptionShutdownGivesUpWhenTheContextEnds(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		ctx     func() (context.Context, context.CancelFunc)
-		want    error
-		message string
-	}{
-		{"deadline", func() (context.Context, context.CancelFunc) {
-			return context.WithTimeout(context.Background(), shortDeadline)
-		}, context.DeadlineExceeded, "the caller's deadline passed; the subscription is closed and its drain goes on"},
-		{"cancel", func() (context.Context, context.CancelFunc) {
-			ctx, cancel := context.WithCancel(context.Background())
-			go cancel()
-			return ctx, cancel
-		}, context.Canceled, "cancelled: close; the subscription is closed and its drain goes on"},
-	} {
+	for _, tc := range shutdownCases("subscription") {
 		t.Run(tc.name, func(t *testing.T) {
 			bus := openNoTimeouts(t)
 			blocked := subscribeBlocked(t, bus, "jobs.slow")
