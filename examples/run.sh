@@ -9,7 +9,9 @@ export POLYBUS_URL="${POLYBUS_URL:-memory://}"
 
 bash tests/harness/setup.sh
 echo "== building (first run takes a few minutes)"
-cargo build --quiet --release -p polybus-ffi -p polybus --example demo
+# Two builds: with --example, cargo builds only that target, not the C library.
+cargo build --quiet --release -p polybus-ffi
+cargo build --quiet --release -p polybus --example demo
 mkdir -p build/demo
 gcc -O2 -std=c11 -Wall -Iinclude examples/c/demo.c target/release/libpolybus.a -lssl -lcrypto -lz -lm -ldl -lpthread -o build/demo/c-demo
 (source bindings/go/cgo-env.sh && cd examples/go && go build -o "$root/build/demo/go-demo" .)
