@@ -39,6 +39,9 @@ pub struct Cancel {
 #[derive(Default)]
 struct Inner {
     fired: AtomicBool,
+    /// Fired by [`Cancel::expire`]: the caller's own deadline passed, which its clock (a Go
+    /// context, a Node `AbortSignal.timeout`) measured rather than this handle's.
+    expired: AtomicBool,
     notify: Notify,
     deadline: Option<Instant>,
 }
@@ -84,7 +87,19 @@ impl Cancel {
         }
     }
 
-    /// Whether [`cancel`](Cancel::cancel) was called.
+    /// Fires the handle as a passed deadline: every call it guards stops waiting and fails
+    /// with [`ErrorKind::Timeout`], as when the handle's own deadline passes. For a front end
+    /// whose caller keeps the deadline on its own clock (a Go `context.Context` whose deadline
+    /// was exceeded, a Node `AbortSignal.timeout`). Idempotent; any thread; after
+    /// [`cancel`](Cancel::cancel) it changes nothing (the first firing decides).
+    pub fn expire(&self) {
+        if !self.inner.fired.load(Ordering::Acquire) {
+            self.inner.expired.store(true, Ordering::Release);
+        }
+        self.cancel();
+    }
+
+    /// Whether [`cancel`](Cancel::cancel) (or [`expire`](Cancel::expire)) was called.
     pub fn is_cancelled(&self) -> bool {
         self.inner.fired.load(Ordering::Acquire)
     }
@@ -105,7 +120,7 @@ impl Cancel {
 
     fn check_noting(&self, what: &str, note: &str) -> Result<()> {
         if self.is_cancelled() {
-            return Err(cancelled(what, note));
+            return Err(self.fired_error(what, note));
         }
         if self.deadline_passed() {
             return Err(deadline_passed(what, note));
@@ -116,6 +131,15 @@ impl Cancel {
     /// Whether a call guarded by this handle must stop now (fired, or the deadline passed).
     pub(crate) fn is_over(&self) -> bool {
         self.is_cancelled() || self.deadline_passed()
+    }
+
+    /// The error of a fired handle: a timeout when [`expire`](Cancel::expire) fired it.
+    fn fired_error(&self, what: &str, note: &str) -> Error {
+        if self.inner.expired.load(Ordering::Acquire) {
+            deadline_passed(what, note)
+        } else {
+            cancelled(what, note)
+        }
     }
 
     fn deadline_passed(&self) -> bool {
@@ -138,13 +162,13 @@ impl Cancel {
         match self.inner.deadline {
             Some(d) => {
                 tokio::select! {
-                    _ = notified => cancelled(what, note),
+                    _ = notified => self.fired_error(what, note),
                     _ = tokio::time::sleep_until(d.into()) => deadline_passed(what, note),
                 }
             }
             None => {
                 notified.await;
-                cancelled(what, note)
+                self.fired_error(what, note)
             }
         }
     }
@@ -214,6 +238,28 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(e.message().contains("deadline"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_expired_handle_stops_a_pending_wait_as_a_timeout() {
+        let c = Cancel::new();
+        let c2 = c.clone();
+        let t =
+            tokio::spawn(
+                async move { c2.guard("wait", std::future::pending::<Result<()>>()).await },
+            );
+        tokio::task::yield_now().await;
+        c.expire();
+        let e = t.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert_eq!(e.to_string(), "timed out: wait: the caller's deadline passed");
+        // The first firing decides: a cancel after it leaves the timeout.
+        c.cancel();
+        assert_eq!(c.check("x").unwrap_err().kind(), ErrorKind::Timeout);
+        let d = Cancel::new();
+        d.cancel();
+        d.expire();
+        assert_eq!(d.check("x").unwrap_err().kind(), ErrorKind::Cancelled);
     }
 
     #[tokio::test]

@@ -74,6 +74,21 @@ pub unsafe extern "C" fn polybus_cancel(cancel: *const polybus_cancel_t) {
     }
 }
 
+/// @brief Fires a cancel handle as a passed deadline: every call it guards stops waiting and
+/// returns POLYBUS_ERR_TIMEOUT, as when the deadline given to polybus_cancel_new() passes. For
+/// a caller whose deadline lives on its own clock (a language runtime's context or timer).
+/// Idempotent; any thread, including a polybus callback; after polybus_cancel() it changes
+/// nothing (the first firing decides). NULL is a no-op.
+///
+/// @param cancel *borrowed* The handle.
+/// @sa polybus_cancel
+#[no_mangle]
+pub unsafe extern "C" fn polybus_cancel_expire(cancel: *const polybus_cancel_t) {
+    if let Some(c) = cancel_ref(cancel) {
+        c.expire();
+    }
+}
+
 /// @brief Releases a cancel handle. NULL is a no-op.
 ///
 /// @param cancel *consumed* The handle; no call it guards may still be running.

@@ -118,6 +118,10 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# After a kill the restarted node waits for its previous registration to expire before it
+# serves again: a short broker session makes a restart take seconds, not the default 9+ s.
+broker.session.timeout.ms=2000
+broker.heartbeat.interval.ms=500
 group.min.session.timeout.ms=1000
 group.consumer.min.session.timeout.ms=1000
 # polybus creates its topics through the admin API.
