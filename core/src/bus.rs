@@ -424,6 +424,8 @@ impl Bus {
     /// As [`publish`](Bus::publish); [`ErrorKind::Cancelled`], or [`ErrorKind::Timeout`] when
     /// `cancel`'s deadline passed.
     pub async fn publish_until(&self, message: Message, cancel: &Cancel) -> Result<()> {
+        // The same order as every call: a closed bus first, then a fired cancel.
+        self.check_open()?;
         cancel.check("publish")?;
         match self.publish_nowait(message)? {
             None => Ok(()),
@@ -727,9 +729,7 @@ impl Bus {
             return Ok(());
         }
         cancel
-            .guard_noting("close", DRAIN_GOES_ON, async {
-                closing.await.unwrap_or_else(|_| Err(Error::closed("bus")))
-            })
+            .guard_task("close", DRAIN_GOES_ON, closing, || Error::closed("bus"))
             .await
     }
 

@@ -197,6 +197,22 @@ impl Cancel {
             e = self.fired_noting(what, note) => Err(e),
         }
     }
+
+    /// [`guard_noting`](Cancel::guard_noting) for a spawned task (a close whose drain goes on
+    /// when the wait is given up): its result, or `gone()` when the task did not finish (the
+    /// runtime shut down under it).
+    pub(crate) async fn guard_task<T>(
+        &self,
+        what: &str,
+        note: &str,
+        task: tokio::task::JoinHandle<Result<T>>,
+        gone: impl FnOnce() -> Error,
+    ) -> Result<T> {
+        self.guard_noting(what, note, async {
+            task.await.unwrap_or_else(|_| Err(gone()))
+        })
+        .await
+    }
 }
 
 fn cancelled(what: &str, note: &str) -> Error {
@@ -252,7 +268,10 @@ mod tests {
         c.expire();
         let e = t.await.unwrap().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
-        assert_eq!(e.to_string(), "timed out: wait: the caller's deadline passed");
+        assert_eq!(
+            e.to_string(),
+            "timed out: wait: the caller's deadline passed"
+        );
         // The first firing decides: a cancel after it leaves the timeout.
         c.cancel();
         assert_eq!(c.check("x").unwrap_err().kind(), ErrorKind::Timeout);

@@ -356,14 +356,11 @@ impl BatchSubscription {
             .runtime
             .spawn(async move { control.close().await });
         cancel
-            .guard_noting(
+            .guard_task(
                 "close",
                 "; the subscription is closed and its drain goes on in the background",
-                async {
-                    closing
-                        .await
-                        .unwrap_or_else(|_| Err(crate::Error::closed("subscription")))
-                },
+                closing,
+                || crate::Error::closed("subscription"),
             )
             .await
     }

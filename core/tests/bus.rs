@@ -531,6 +531,27 @@ async fn ten_thousand_exact_topics_each_reach_their_own_subscribers() {
     bus.close().await.unwrap();
 }
 
+/// A closed bus and a fired cancel together: every call reports the bus closed (one order of
+/// checks for all of them).
+#[tokio::test]
+async fn a_closed_bus_is_reported_before_a_fired_cancel() {
+    use polybus::Cancel;
+    let bus = Bus::connect(Config::new("memory://")).await.unwrap();
+    bus.close().await.unwrap();
+    let cancel = Cancel::new();
+    cancel.cancel();
+    let e = bus
+        .publish_until(Message::new("c.x", "0"), &cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    let e = bus
+        .publish_batch_until([Message::new("c.x", "0")], &cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+}
+
 /// A fired [`Cancel`] stops a publish held back by a full queue, a batch publish (reporting
 /// what was confirmed) and a close waiting for a handler; the bus is closed anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

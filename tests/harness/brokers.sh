@@ -26,12 +26,13 @@
 #              tests/harness/kafka-broker.sh, which brokers.sh hands `kafka` to.
 #
 # `start` prints `export POLYBUS_TEST_<BACKEND>_URL=...` lines for eval; everything else goes to
-# stderr. The PID, port and log of each broker live in build/brokers/<name>/. A broker that does
+# stderr. The PID, port and log of each broker live in build/brokers/<name>/ ($POLYBUS_BROKER_STATE
+# instead of build/brokers when set: with other ports, a second set of brokers beside the first). A broker that does
 # not come up within $POLYBUS_BROKER_START_TIMEOUT seconds (default 20) fails the command and its
 # log is printed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-state="$root/build/brokers"
+state="${POLYBUS_BROKER_STATE:-$root/build/brokers}"
 mkdir -p "$state"
 
 log() { echo "brokers: $*" >&2; }

@@ -25,7 +25,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 libs="$root/build/kafka/libs"
-dir="$root/build/brokers/kafka"
+dir="${POLYBUS_BROKER_STATE:-$root/build/brokers}/kafka"
 port=${POLYBUS_KAFKA_PORT:-9092}
 sasl_port=${POLYBUS_KAFKA_SASL_PORT:-9093}
 ctl_port=${POLYBUS_KAFKA_CONTROLLER_PORT:-9094}

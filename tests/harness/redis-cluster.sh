@@ -13,7 +13,7 @@
 # default 30).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-dir="$root/build/brokers/redis-cluster"
+dir="${POLYBUS_BROKER_STATE:-$root/build/brokers}/redis-cluster"
 first=${POLYBUS_REDIS_CLUSTER_PORT:-7001}
 ports=("$first" "$((first + 1))" "$((first + 2))")
 
@@ -104,13 +104,14 @@ EOF
   exports
 }
 
-stop() {
-  local p pid
+stop() { # [kill]: -9, no clean shutdown
+  local p pid sig=TERM
+  [ "${1:-}" = kill ] && sig=KILL
   for p in "${ports[@]}"; do
     pid=$(node_pid "$p")
     [ -n "$pid" ] || continue
     log "stopping node $p (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
+    kill -"$sig" "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + 10))
     while pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
     pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
@@ -121,7 +122,8 @@ stop() {
 case "${1:-status}" in
   start) start ;;
   stop) stop ;;
-  restart) stop; start ;;
+  # A crash and a restart: every node killed (-9), data kept (AOF, fsync per write), same ports.
+  restart) stop kill; start ;;
   status)
     up=0
     for p in "${ports[@]}"; do [ -n "$(node_pid "$p")" ] && up=$((up + 1)); done
