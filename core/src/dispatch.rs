@@ -465,8 +465,10 @@ async fn lane(
             // The broker must not redeliver what waits for its retry: tell it before the
             // backoff, and again during a long one.
             let every = progress_interval(pending.iter());
-            if every.is_some() {
-                report_progress(pending.iter()).await;
+            if let Some(every) = every {
+                // Bounded like every report: a broker that does not answer delays nothing.
+                let sends = progress_reports(pending.iter());
+                let _ = tokio::time::timeout(every, report_progress(sends)).await;
             }
             let sleep = with_progress(tokio::time::sleep(delay), every, pending.iter());
             if unless_aborted(&ctx.abort, sleep).await.is_none() {
@@ -492,11 +494,17 @@ fn progress_interval<'a>(deliveries: impl Iterator<Item = &'a Delivery>) -> Opti
         .min()
 }
 
-/// Tells the broker that `deliveries` are still being worked on.
-async fn report_progress<'a>(deliveries: impl Iterator<Item = &'a Delivery>) {
-    let sends: Vec<_> = deliveries
+/// The reports telling the broker that `deliveries` are still being worked on.
+fn progress_reports<'a>(
+    deliveries: impl Iterator<Item = &'a Delivery>,
+) -> Vec<crate::backend::BoxFut<'static, Result<()>>> {
+    deliveries
         .filter_map(|d| d.acker.as_ref()?.progress())
-        .collect();
+        .collect()
+}
+
+/// Sends progress reports (see [`progress_reports`]).
+async fn report_progress(sends: Vec<crate::backend::BoxFut<'static, Result<()>>>) {
     for r in futures::future::join_all(sends).await {
         if let Err(e) = r {
             tracing::debug!(error = %e, "progress report failed");
@@ -504,23 +512,41 @@ async fn report_progress<'a>(deliveries: impl Iterator<Item = &'a Delivery>) {
     }
 }
 
-/// Runs `fut`, reporting progress on `deliveries` every `every` until it finishes.
+/// Runs `fut`, reporting progress on `deliveries` every `every` until it finishes. A report
+/// runs beside `fut`, never in its way: a broker that does not answer (one restarting) delays
+/// the next report, not the handler. Each report is given up after `every`, so the next one
+/// goes out on a connection that may have come back.
 async fn with_progress<'a, F: Future>(
     fut: F,
     every: Option<Duration>,
     deliveries: impl Iterator<Item = &'a Delivery> + Clone,
 ) -> F::Output {
+    use futures::future::FusedFuture;
     let Some(every) = every else {
         return fut.await;
     };
     let mut fut = std::pin::pin!(fut);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let report = futures::future::Fuse::terminated();
+    let mut report = std::pin::pin!(report);
     loop {
         tokio::select! {
             biased;
             out = &mut fut => return out,
-            _ = tick.tick() => report_progress(deliveries.clone()).await,
+            () = &mut report, if !report.is_terminated() => {}
+            _ = tick.tick(), if report.is_terminated() => {
+                let sends = progress_reports(deliveries.clone());
+                report.set(
+                    async move {
+                        if tokio::time::timeout(every, report_progress(sends)).await.is_err() {
+                            tracing::debug!("a progress report got no answer in time");
+                        }
+                    }
+                    .boxed()
+                    .fuse(),
+                );
+            }
         }
     }
 }

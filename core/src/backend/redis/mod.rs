@@ -84,14 +84,28 @@ pub(crate) enum Conn {
     Single(MultiplexedConnection),
     /// The bus's shared, reconnecting connection to one server.
     Managed(ConnectionManager),
-    /// Connections to every node of a cluster.
-    Cluster(ClusterConnection),
+    /// Connections to every node of a cluster, and the longest any request may take: the
+    /// cluster client can wait on a node that is restarting past its own response timeout
+    /// (seen after a restart of the whole cluster), so every request is bounded here too.
+    Cluster(ClusterConnection, Duration),
 }
 
 impl Conn {
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
+        matches!(self, Conn::Cluster(..))
     }
+}
+
+/// `fut`, failing as a lost connection when it takes longer than `limit`.
+fn bounded<'a, T: Send + 'a>(limit: Duration, fut: RedisFuture<'a, T>) -> RedisFuture<'a, T> {
+    Box::pin(async move {
+        tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(RedisError::from((
+                ::redis::ErrorKind::Io,
+                "the cluster did not answer in time",
+            )))
+        })
+    })
 }
 
 impl ConnectionLike for Conn {
@@ -99,7 +113,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Managed(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c, limit) => bounded(*limit, c.req_packed_command(cmd)),
         }
     }
 
@@ -112,7 +126,9 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c, limit) => {
+                bounded(*limit, c.req_packed_commands(pipeline, offset, count))
+            }
         }
     }
 
@@ -120,7 +136,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Managed(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c, _) => c.get_db(),
         }
     }
 }
@@ -142,8 +158,11 @@ struct Cleanups {
 /// What the publisher, the subscriptions and their ackers share.
 pub(crate) struct Shared {
     client: Connector,
-    /// Publishes, acks and administrative commands (reconnects by itself).
-    conn: Conn,
+    /// Publishes, acks and administrative commands (reconnects by itself; a cluster's is
+    /// renewed when it stays lost, see [`Shared::note`]). Read it with [`Shared::conn`].
+    conn: Arc<parking_lot::Mutex<Conn>>,
+    /// A renewal of the cluster connection is under way.
+    renewing: Arc<AtomicBool>,
     /// The prefix and a dot.
     wire_prefix: String,
     /// The URL with any password hidden, for messages.
@@ -187,7 +206,7 @@ impl Shared {
             Connector::Cluster(client) => client
                 .get_async_connection()
                 .await
-                .map(Conn::Cluster)
+                .map(|c| Conn::Cluster(c, self.connect_timeout + self.command_timeout + extra))
                 .map_err(fail),
         }
     }
@@ -201,10 +220,22 @@ impl Shared {
     }
 
     /// Records whether the server answered: the bus's connection state follows.
+    /// The shared connection (a cheap handle onto it).
+    fn conn(&self) -> Conn {
+        self.conn.lock().clone()
+    }
+
     fn note(&self, e: Option<&RedisError>) {
         let next = match e {
             None => ConnectionState::Connected,
-            Some(e) if is_connection_error(e) => ConnectionState::Disconnected,
+            Some(e) if is_connection_error(e) => {
+                self.renew_cluster_connection();
+                ConnectionState::Disconnected
+            }
+            Some(e) if e.kind() == ::redis::ErrorKind::ClusterConnectionNotFound => {
+                self.renew_cluster_connection();
+                return;
+            }
             Some(_) => return,
         };
         self.state.send_if_modified(|s| {
@@ -214,6 +245,34 @@ impl Shared {
             }
             changed
         });
+    }
+
+    /// After the whole cluster restarted, the cluster client's shared connection can stay
+    /// without a connection to any node (every request fails `ClusterConnectionNotFound`, or
+    /// waits out its timeout) while new connections work: a lost connection is replaced by a
+    /// new one from the client, one renewal at a time, at most one every 200 ms.
+    fn renew_cluster_connection(&self) {
+        let Connector::Cluster(client) = &self.client else {
+            return;
+        };
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, slot, renewing) = (client.clone(), self.conn.clone(), self.renewing.clone());
+        let limit = self.connect_timeout;
+        let bound =
+            self.connect_timeout + self.command_timeout + Config::duration(self.cfg.block_ms);
+        drop(self.runtime.spawn(async move {
+            match tokio::time::timeout(limit, client.get_async_connection()).await {
+                Ok(Ok(c)) => *slot.lock() = Conn::Cluster(c, bound),
+                Ok(Err(e)) => tracing::debug!(target: "polybus::redis", error = %e,
+                    "the cluster connection could not be renewed yet"),
+                Err(_) => tracing::debug!(target: "polybus::redis",
+                    "the cluster connection could not be renewed in time"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            renewing.store(false, Ordering::Release);
+        }));
     }
 
     /// Runs `fut` in the background, counted until it ends so `close` can wait for it.
@@ -522,7 +581,8 @@ fn shared(
     };
     Shared {
         client,
-        conn,
+        conn: Arc::new(parking_lot::Mutex::new(conn)),
+        renewing: Arc::default(),
         wire_prefix: format!("{prefix}."),
         shown_url,
         cfg: config.redis.clone(),
@@ -602,7 +662,7 @@ async fn connect_cluster(
             config,
             state,
             Connector::Cluster(client),
-            Conn::Cluster(conn),
+            Conn::Cluster(conn, connect_timeout + response_timeout),
             shown,
         )),
         Ok(Err(e)) => Err(redis_error(&format!("cannot connect to {shown}"), &e)),
@@ -725,9 +785,10 @@ async fn connect(config: &Config, state: &watch::Sender<ConnectionState>) -> Res
 
 /// Writes queued publishes in pipelines, in order, and answers each with its own reply.
 async fn writer(shared: Arc<Shared>, rx: flume::Receiver<Outgoing>, busy: Arc<AtomicBool>) {
-    let mut conn = shared.conn.clone();
     while let Ok(first) = rx.recv_async().await {
         busy.store(true, Ordering::Release);
+        // The current shared connection (it may have been renewed since the last batch).
+        let mut conn = shared.conn();
         let mut batch = vec![first];
         while batch.len() < PIPELINE_MAX {
             match rx.try_recv() {

@@ -289,7 +289,7 @@ impl Drop for Consumer {
 impl Consumer {
     /// Removes this subscription's trace from one stream, in the background.
     fn cleanup(&self, key: String) {
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let (group, name, broadcast) = (self.group.clone(), self.name.clone(), self.broadcast);
         self.shared.spawn_cleanup(async move {
             if broadcast {
@@ -348,7 +348,7 @@ impl Consumer {
         let mut found = Vec::new();
         let nodes = match conn {
             // Every primary holds its own part of the keyspace.
-            Conn::Cluster(c) => primaries(c)
+            Conn::Cluster(c, _) => primaries(c)
                 .await
                 .map_err(|e| redis_error("listing the cluster's primaries", &e))?
                 .into_iter()
@@ -368,7 +368,7 @@ impl Consumer {
                     .arg("TYPE")
                     .arg("stream");
                 let reply = match (&node, &mut *conn) {
-                    (Some((host, port)), Conn::Cluster(c)) => {
+                    (Some((host, port)), Conn::Cluster(c, _)) => {
                         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
                             port: *port,
@@ -648,7 +648,7 @@ impl Consumer {
     /// consumed. Without the permission the read ends by its own timeout.
     async fn unblock(&self, client_id: Option<i64>) {
         let Some(id) = client_id else { return };
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let _: std::result::Result<Value, _> = ::redis::cmd("CLIENT")
             .arg("UNBLOCK")
             .arg(id)
@@ -668,7 +668,7 @@ impl Acker for StreamAcker {
     fn ack(self: Box<Self>) -> BoxFut<'static, Result<()>> {
         Box::pin(async move {
             let c = &self.consumer;
-            let mut conn = c.shared.conn.clone();
+            let mut conn = c.shared.conn();
             let r: ::redis::RedisResult<Value> = ::redis::cmd("XACK")
                 .arg(&*self.key)
                 .arg(&c.group)
@@ -686,7 +686,7 @@ impl Acker for StreamAcker {
         let id = self.id.clone();
         let key = self.key.clone();
         Some(Box::pin(async move {
-            let mut conn = c.shared.conn.clone();
+            let mut conn = c.shared.conn();
             let r: ::redis::RedisResult<Value> = ::redis::cmd("XCLAIM")
                 .arg(&*key)
                 .arg(&c.group)
