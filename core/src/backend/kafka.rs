@@ -962,10 +962,14 @@ fn position_at_end(
 ) -> Result<()> {
     let c = &sub.consumer;
     let timeout = shared.timeout;
+    // A topic created a moment ago may not have a leader everywhere yet, and a broker that
+    // just (re)started may not have loaded its groups: those answers are retried until the
+    // connect timeout, as librdkafka does for its own requests.
+    let deadline = std::time::Instant::now() + timeout;
     let committed = if broadcast {
         tpl
     } else {
-        c.committed_offsets(tpl, timeout)
+        retry_transient(deadline, || c.committed_offsets(tpl.clone(), timeout))
             .map_err(|e| shared.failure("reading the group's committed offsets", &e))?
     };
     let mut init = TopicPartitionList::new();
@@ -973,33 +977,10 @@ fn position_at_end(
         if matches!(e.offset(), Offset::Offset(_)) {
             continue;
         }
-        // A topic created a moment ago may not have a leader everywhere yet: those answers are
-        // retried until the connect timeout, as librdkafka does for its own requests.
-        let deadline = std::time::Instant::now() + timeout;
-        let (_, high) = loop {
-            match c.fetch_watermarks(e.topic(), e.partition(), timeout) {
-                Ok(w) => break w,
-                Err(err)
-                    if std::time::Instant::now() < deadline
-                        && matches!(
-                            err.rdkafka_error_code(),
-                            Some(
-                                RDKafkaErrorCode::NotLeaderForPartition
-                                    | RDKafkaErrorCode::LeaderNotAvailable
-                                    | RDKafkaErrorCode::UnknownTopicOrPartition
-                                    | RDKafkaErrorCode::UnknownLeaderEpoch
-                                    | RDKafkaErrorCode::FencedLeaderEpoch
-                            )
-                        ) =>
-                {
-                    // A pause before asking again (this runs on a blocking thread).
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(err) => {
-                    return Err(shared.failure(&format!("reading the end of {:?}", e.topic()), &err))
-                }
-            }
-        };
+        let (_, high) = retry_transient(deadline, || {
+            c.fetch_watermarks(e.topic(), e.partition(), timeout)
+        })
+        .map_err(|err| shared.failure(&format!("reading the end of {:?}", e.topic()), &err))?;
         let _ = init.add_partition_offset(e.topic(), e.partition(), Offset::Offset(high));
     }
     if init.count() > 0 {
@@ -1010,6 +991,39 @@ fn position_at_end(
         }
     }
     Ok(())
+}
+
+/// Runs `op` until it succeeds, fails otherwise than transiently, or `deadline` passes. The
+/// transient answers are those of a partition without a leader yet and of a group coordinator
+/// that is moving or still loading (right after a broker starts). Runs on a blocking thread.
+fn retry_transient<T>(
+    deadline: std::time::Instant,
+    mut op: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    loop {
+        match op() {
+            Err(err)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        err.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::NotLeaderForPartition
+                                | RDKafkaErrorCode::LeaderNotAvailable
+                                | RDKafkaErrorCode::UnknownTopicOrPartition
+                                | RDKafkaErrorCode::UnknownLeaderEpoch
+                                | RDKafkaErrorCode::FencedLeaderEpoch
+                                | RDKafkaErrorCode::NotCoordinator
+                                | RDKafkaErrorCode::CoordinatorNotAvailable
+                                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                        )
+                    ) =>
+            {
+                // A pause before asking again.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The consumer thread of one subscription.
