@@ -156,6 +156,10 @@ struct Run {
     bus: Bus,
     recs: HashMap<String, Arc<Recording>>,
     subs: HashMap<String, Arc<Subscription>>,
+    /// The harness's name for the backend's broker (`restart_broker`); `None` for memory.
+    broker: Option<String>,
+    /// The bus configuration, for a `child` step's bus.
+    config: Value,
 }
 
 fn expect_code(step: &Value, result: Result<(), polybus::Error>) -> Result<(), String> {
@@ -318,20 +322,39 @@ impl Run {
                 }
             }
             "publish" => {
+                // One deadline for all the step's calls.
+                let cancel = step
+                    .get("deadline_ms")
+                    .and_then(Value::as_u64)
+                    .map(|ms| polybus::Cancel::with_timeout(Duration::from_millis(ms)));
                 let mut result = Ok(());
+                let mut published = 0;
                 for m in messages(step) {
-                    result = self.bus.publish(m).await;
+                    result = match &cancel {
+                        Some(c) => self.bus.publish_until(m, c).await,
+                        None => self.bus.publish(m).await,
+                    };
                     if result.is_err() {
                         break;
                     }
+                    published += 1;
                 }
-                expect_code(step, result)
+                expect_code(step, result)?;
+                match step.get("published_at_most").and_then(Value::as_u64) {
+                    Some(n) if published > n => Err(format!(
+                        "{published} publishes returned success before the failing one, \
+                         expected at most {n}"
+                    )),
+                    _ => Ok(()),
+                }
             }
             "wait" => {
                 let names = names(step);
-                let (target, succeeded) = match step.get("succeeded").and_then(Value::as_u64) {
-                    Some(n) => (n as usize, true),
-                    None => (step["count"].as_u64().unwrap_or(0) as usize, false),
+                let u = |k: &str| step.get(k).and_then(Value::as_u64).map(|n| n as usize);
+                let (target, what) = match (u("succeeded"), u("distinct_succeeded")) {
+                    (Some(n), _) => (n, Count::Succeeded),
+                    (_, Some(n)) => (n, Count::DistinctSucceeded),
+                    _ => (u("count").unwrap_or(0), Count::Finished),
                 };
                 let ms = step
                     .get("timeout_ms")
@@ -349,7 +372,7 @@ impl Run {
                     for w in &mut waits {
                         w.as_mut().enable();
                     }
-                    let have: usize = recs.iter().map(|r| r.count(succeeded)).sum();
+                    let have = what.of(&recs);
                     if have >= target {
                         return Ok(());
                     }
@@ -361,12 +384,10 @@ impl Run {
                             .fold((0, 0, 0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2));
                         return Err(format!(
                             "timed out after {ms} ms waiting for {names:?} to reach {target} {}; \
-                             saw {started} started, {finished} finished, {ok} succeeded",
-                            if succeeded {
-                                "successes"
-                            } else {
-                                "finished invocations"
-                            }
+                             saw {started} started, {finished} finished, {ok} succeeded, {} \
+                             distinct payloads succeeded",
+                            what.name(),
+                            Count::DistinctSucceeded.of(&recs),
                         ));
                     }
                 }
@@ -436,6 +457,56 @@ impl Run {
                         return Err(format!("expected {n} successes in total, got {ok}"));
                     }
                 }
+                if let Some(want) = step.get("succeeded_set").and_then(Value::as_array) {
+                    let want: std::collections::BTreeSet<String> = want
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect();
+                    let mut got = std::collections::BTreeSet::new();
+                    for n in names(step) {
+                        let inv = self.rec(&n)?.invocations.lock();
+                        got.extend(
+                            inv.iter()
+                                .filter(|i| i.ok == Some(true))
+                                .map(|i| i.payload.clone()),
+                        );
+                    }
+                    if got != want {
+                        let missing: Vec<_> = want.difference(&got).collect();
+                        let extra: Vec<_> = got.difference(&want).collect();
+                        return Err(format!(
+                            "succeeded_set: missing {missing:?}, not expected {extra:?}"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            "restart_broker" => {
+                let broker = self
+                    .broker
+                    .as_deref()
+                    .ok_or("restart_broker: the backend has no broker")?;
+                let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+                let out = tokio::process::Command::new("bash")
+                    .arg("tests/harness/brokers.sh")
+                    .args(["restart", broker])
+                    .current_dir(&harness)
+                    .output()
+                    .await
+                    .map_err(|e| format!("restart_broker: bash: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "restart_broker: brokers.sh restart {broker} ended {}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                Ok(())
+            }
+            "child" => {
+                let name = step["name"].as_str().unwrap_or_default().to_owned();
+                let rec = run_child(&self.config, step).await?;
+                self.recs.insert(name, rec);
                 Ok(())
             }
             "expect_stats" => {
@@ -622,6 +693,204 @@ impl Run {
     }
 }
 
+/// What a `wait` counts across its handlers.
+#[derive(Clone, Copy)]
+enum Count {
+    Finished,
+    Succeeded,
+    DistinctSucceeded,
+}
+
+impl Count {
+    fn of(self, recs: &[Arc<Recording>]) -> usize {
+        match self {
+            Count::Finished => recs.iter().map(|r| r.count(false)).sum(),
+            Count::Succeeded => recs.iter().map(|r| r.count(true)).sum(),
+            Count::DistinctSucceeded => {
+                let mut seen = HashSet::new();
+                for r in recs {
+                    let inv = r.invocations.lock();
+                    seen.extend(
+                        inv.iter()
+                            .filter(|i| i.ok == Some(true))
+                            .map(|i| i.payload.clone()),
+                    );
+                }
+                seen.len()
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Count::Finished => "finished invocations",
+            Count::Succeeded => "successes",
+            Count::DistinctSucceeded => "distinct successful payloads",
+        }
+    }
+}
+
+/// The environment variable that makes this test binary a `child` step's child (SCHEMA.md,
+/// "Child processes").
+const CHILD_ENV: &str = "POLYBUS_CONFORMANCE_CHILD";
+
+/// A `child` step: runs this binary as the child, waits for it to exit (status 0 required),
+/// and returns its lines as a recording.
+async fn run_child(config: &Value, step: &Value) -> Result<Arc<Recording>, String> {
+    let spec = json!({
+        "config": config,
+        "pattern": step["pattern"],
+        "options": step.get("options").cloned().unwrap_or(json!({})),
+        "handler": step.get("handler").cloned().unwrap_or(json!({})),
+        "publish": step["publish"],
+        "exit_after": step["exit_after"],
+    });
+    let exe = std::env::current_exe().map_err(|e| format!("child: {e}"))?;
+    let child = tokio::process::Command::new(exe)
+        .env(CHILD_ENV, spec.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("child: cannot start: {e}"))?;
+    let ms = step
+        .get("timeout_ms")
+        .and_then(Value::as_u64)
+        .unwrap_or(10_000);
+    let limit = Duration::from_millis((ms as f64 * scale()) as u64);
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| format!("child: did not exit within {ms} ms"))?
+        .map_err(|e| format!("child: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("child: ended {}; its stderr: {stderr}", out.status));
+    }
+    let rec = Arc::new(Recording::default());
+    {
+        let mut inv = rec.invocations.lock();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: Value = serde_json::from_str(line)
+                .map_err(|e| format!("child: line {line:?} is not JSON: {e}"))?;
+            let (Some(payload), Some(ok), 2) = (
+                v.get("payload").and_then(Value::as_str),
+                v.get("succeeded").and_then(Value::as_bool),
+                v.as_object().map_or(0, |o| o.len()),
+            ) else {
+                return Err(format!("child: line {line:?} is not a finished invocation"));
+            };
+            inv.push(Invocation {
+                topic: String::new(),
+                payload: payload.to_owned(),
+                key: None,
+                headers: BTreeMap::new(),
+                id: String::new(),
+                event_type: String::new(),
+                attempt: 0,
+                json: None,
+                ok: Some(ok),
+                started: Instant::now(),
+            });
+        }
+    }
+    Ok(rec)
+}
+
+/// The child of a `child` step: subscribes, publishes, waits for `exit_after` finished
+/// invocations, then returns from `main` without closing anything (the bus and the
+/// subscription are dropped as `main` returns, as in any Rust program that ends so).
+fn child_main(spec: &str) -> i32 {
+    use std::io::Write;
+    let spec: Value = match serde_json::from_str(spec) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("child: {CHILD_ENV} is not JSON: {e}");
+            return 2;
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async move {
+        let config = match Config::parse(&spec["config"].to_string()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("child: config: {e}");
+                return 2;
+            }
+        };
+        let bus = match Bus::connect(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("child: connect: {e}");
+                return 2;
+            }
+        };
+        let delay = Duration::from_millis(spec["handler"]["delay_ms"].as_u64().unwrap_or(0));
+        let finished = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
+        let f = finished.clone();
+        let sub = bus
+            .subscribe(
+                spec["pattern"].as_str().unwrap_or_default(),
+                options(spec.get("options")),
+                move |e: Event| {
+                    let f = f.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        let line = json!({
+                            "payload": String::from_utf8_lossy(e.payload()),
+                            "succeeded": true,
+                        });
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                        drop(out);
+                        f.0.fetch_add(1, Ordering::SeqCst);
+                        f.1.notify_waiters();
+                        Ok::<(), String>(())
+                    }
+                },
+            )
+            .await;
+        let sub = match sub {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("child: subscribe: {e}");
+                return 2;
+            }
+        };
+        for m in messages(&spec["publish"]) {
+            if let Err(e) = bus.publish(m).await {
+                eprintln!("child: publish: {e}");
+                return 2;
+            }
+        }
+        let want = spec["exit_after"].as_u64().unwrap_or(0) as usize;
+        let reached = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let n = finished.1.notified();
+                if finished.0.load(Ordering::SeqCst) >= want {
+                    return;
+                }
+                n.await;
+            }
+        })
+        .await;
+        if reached.is_err() {
+            eprintln!(
+                "child: {} of {want} invocations finished within 10 s",
+                finished.0.load(Ordering::SeqCst)
+            );
+            return 3;
+        }
+        // Leaves without closing: `sub` and `bus` are dropped here.
+        drop((sub, bus));
+        0
+    })
+}
+
 /// `min_retry_gaps_ms`: for every event (by payload), the k-th gap between the starts of its
 /// consecutive invocations is at least `want[k]` ms (the last entry for gaps past the list).
 fn check_retry_gaps(inv: &[Invocation], want: &Value) -> Result<(), String> {
@@ -688,12 +957,34 @@ const STEP_FIELDS: &[(&str, &[&str])] = &[
             "headers",
             "id",
             "type",
+            "deadline_ms",
             "expect_error",
+            "published_at_most",
         ],
     ),
     (
         "wait",
-        &["name", "names", "count", "succeeded", "timeout_ms"],
+        &[
+            "name",
+            "names",
+            "count",
+            "succeeded",
+            "distinct_succeeded",
+            "timeout_ms",
+        ],
+    ),
+    ("restart_broker", &[]),
+    (
+        "child",
+        &[
+            "name",
+            "pattern",
+            "options",
+            "handler",
+            "publish",
+            "exit_after",
+            "timeout_ms",
+        ],
     ),
     ("unsubscribe", &["name", "expect_error"]),
     ("close", &["concurrent", "expect_error"]),
@@ -722,7 +1013,10 @@ const STEP_FIELDS: &[(&str, &[&str])] = &[
             "min_retry_gaps_ms",
         ],
     ),
-    ("expect_total", &["names", "succeeded", "distinct_payloads"]),
+    (
+        "expect_total",
+        &["names", "succeeded", "distinct_payloads", "succeeded_set"],
+    ),
     (
         "expect_stats",
         &[
@@ -779,7 +1073,13 @@ fn check_step(step: &Value) -> Result<(), String> {
         check_fields("subscribe options", o, OPTION_FIELDS)?;
     }
     if let Some(h) = step.get("handler") {
-        check_fields("handler", h, HANDLER_FIELDS)?;
+        // A child's handler only works for a while (SCHEMA.md, "Child processes").
+        let allowed: &[&str] = if op == "child" {
+            &["delay_ms"]
+        } else {
+            HANDLER_FIELDS
+        };
+        check_fields("handler", h, allowed)?;
         let on = |k: &str| h.get(k) == Some(&Value::Bool(true));
         if on("unsubscribe_self") && on("close_bus") {
             return Err("a handler has at most one of unsubscribe_self and close_bus".into());
@@ -790,9 +1090,35 @@ fn check_step(step: &Value) -> Result<(), String> {
             return Err(format!("concurrent {n} is not a positive integer"));
         }
     }
+    if op == "child" {
+        check_fields(
+            "child publish",
+            &step["publish"],
+            &["topic", "payload", "count"],
+        )?;
+        for k in ["name", "pattern"] {
+            if !step[k].is_string() {
+                return Err(format!("a child step needs a string {k:?}"));
+            }
+        }
+        if !step["exit_after"].is_u64() {
+            return Err("a child step needs a non-negative integer \"exit_after\"".into());
+        }
+    }
+    if step.get("published_at_most").is_some() && step.get("expect_error").is_none() {
+        return Err("published_at_most goes only with expect_error".into());
+    }
     if op == "wait" {
-        if step.get("count").is_none() == step.get("succeeded").is_none() {
-            return Err("a wait step needs exactly one of \"count\" and \"succeeded\"".into());
+        let counts = ["count", "succeeded", "distinct_succeeded"]
+            .iter()
+            .filter(|k| step.get(**k).is_some())
+            .count();
+        if counts != 1 {
+            return Err(
+                "a wait step needs exactly one of \"count\", \"succeeded\" and \
+                 \"distinct_succeeded\""
+                    .into(),
+            );
         }
         if step.get("name").is_none() == step.get("names").is_none() {
             return Err("a wait step needs exactly one of \"name\" and \"names\"".into());
@@ -838,7 +1164,7 @@ fn check_requires(scenario: &Value, features: &Value) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_scenario(url: String, scenario: Value) -> Result<(), String> {
+async fn run_scenario(url: String, broker: Option<String>, scenario: Value) -> Result<(), String> {
     let mut cfg = json!({"url": url, "prefix": format!("t.{}", uuid_hex())});
     if let Some(extra) = scenario.get("config").and_then(Value::as_object) {
         for (k, v) in extra {
@@ -853,6 +1179,8 @@ async fn run_scenario(url: String, scenario: Value) -> Result<(), String> {
         bus: bus.clone(),
         recs: HashMap::new(),
         subs: HashMap::new(),
+        broker,
+        config: cfg,
     };
     for (n, step) in scenario["steps"]
         .as_array()
@@ -883,7 +1211,14 @@ fn uuid_hex() -> String {
     )
 }
 
+/// Scenarios run side by side, except one that restarts the broker: it runs alone (the others
+/// hold this for reading, it for writing).
+static EXCLUSIVE: parking_lot::RwLock<()> = parking_lot::RwLock::new(());
+
 fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        std::process::exit(child_main(&spec));
+    }
     // Scenario handlers panic on purpose (a panic is a nack); keep their noise out of the log.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -947,14 +1282,25 @@ fn main() {
                 });
             let is_slow = scenario.get("slow") == Some(&Value::Bool(true)) && !slow;
             let url = url.clone();
+            let broker = feats["broker"].as_str().map(str::to_owned);
             let skip = missing.clone();
+            let restarts = scenario["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["op"] == "restart_broker");
             let trial = Trial::test(name, move || {
+                let (_shared, _alone) = if restarts {
+                    (None, Some(EXCLUSIVE.write()))
+                } else {
+                    (Some(EXCLUSIVE.read()), None)
+                };
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()
                     .map_err(|e| Failed::from(e.to_string()))?;
-                rt.block_on(run_scenario(url, scenario))
+                rt.block_on(run_scenario(url, broker, scenario))
                     .map_err(Failed::from)
             });
             trials.push(match skip {
