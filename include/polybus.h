@@ -563,6 +563,18 @@ void polybus_batch_free(struct polybus_batch_t *batch);
 void polybus_cancel(const struct polybus_cancel_t *cancel);
 
 /**
+ * @brief Fires a cancel handle as a passed deadline: every call it guards stops waiting and
+ * returns POLYBUS_ERR_TIMEOUT, as when the deadline given to polybus_cancel_new() passes. For
+ * a caller whose deadline lives on its own clock (a language runtime's context or timer).
+ * Idempotent; any thread, including a polybus callback; after polybus_cancel() it changes
+ * nothing (the first firing decides). NULL is a no-op.
+ *
+ * @param cancel *borrowed* The handle.
+ * @sa polybus_cancel
+ */
+void polybus_cancel_expire(const struct polybus_cancel_t *cancel);
+
+/**
  * @brief Releases a cancel handle. NULL is a no-op.
  *
  * @param cancel *consumed* The handle; no call it guards may still be running.

@@ -6,27 +6,31 @@ package polybus
 #cgo noescape polybus_cancel_new
 #cgo nocallback polybus_cancel_new
 #cgo nocallback polybus_cancel
+#cgo nocallback polybus_cancel_expire
 #cgo nocallback polybus_cancel_free
 */
 import "C"
 
 import (
 	"context"
-	"time"
+	"errors"
 )
 
 // callCancel carries a context into one blocking C call (polybus_open, polybus_publish,
-// polybus_publish_batch, polybus_close, polybus_subscription_close) as a polybus_cancel_t:
-// the handle's deadline is the context's, and cancelling the context fires the handle, so
-// the call stops waiting in the core, not only before it starts. What a call given up leaves
-// behind is the core's rule (see polybus_cancel_t); the package adds none.
+// polybus_publish_batch, polybus_close, polybus_subscription_close) as a polybus_cancel_t
+// that the context alone fires: when the context ends, the handle is fired as a passed
+// deadline (polybus_cancel_expire) if ctx.Err() is context.DeadlineExceeded, and cancelled
+// (polybus_cancel) otherwise, so the call stops waiting in the core, not only before it
+// starts, and fails with the status that matches ctx.Err(): POLYBUS_ERR_TIMEOUT or
+// POLYBUS_ERR_CANCELLED. The handle has no deadline of its own: the context's clock is the
+// only one (a context's deadline may live on another clock than the core's, and two clocks
+// would race at the deadline). What a call given up leaves behind is the core's rule (see
+// polybus_cancel_t); the package adds none.
 //
 // A context that can never end (context.Background) gets no handle: c is nil, the call is
 // given NULL, and nothing is allocated.
 type callCancel struct {
 	c *C.polybus_cancel_t
-	// deadline is the context's deadline, which the handle also has; zero for none.
-	deadline time.Time
 	// stop unregisters the AfterFunc that fires the handle; nil when there is none (the
 	// handle was fired at once).
 	stop func() bool
@@ -41,43 +45,37 @@ func newCallCancel(ctx context.Context) callCancel {
 		return callCancel{}
 	}
 	var cc callCancel
-	timeout := C.int64_t(-1)
-	if d, ok := ctx.Deadline(); ok {
-		cc.deadline = d
-		// Rounded up, so that the handle's deadline is never before the context's.
-		ms := (time.Until(d) + time.Millisecond - 1) / time.Millisecond
-		timeout = C.int64_t(max(ms, 0))
-	}
-	// Cannot fail: out is not NULL.
-	C.polybus_cancel_new(timeout, &cc.c, nil)
-	h := cc.c
-	deadline := cc.deadline
-	fire := func() {
-		// A passed deadline fires the handle by itself, at the same moment: leaving it to the
-		// handle makes the call fail the one way the core reports a caller's deadline
-		// (POLYBUS_ERR_TIMEOUT, "the caller's deadline passed"), never CANCELLED or TIMEOUT
-		// depending on which of the two fired first.
-		if deadline.IsZero() || ctx.Err() != context.DeadlineExceeded || time.Now().Before(deadline) {
-			C.polybus_cancel(h)
-		}
-	}
+	// No deadline (-1): the context fires the handle. Cannot fail: out is not NULL.
+	C.polybus_cancel_new(-1, &cc.c, nil)
 	if ctx.Err() != nil {
 		// Already done: fired before the call, which then fails without starting (an
 		// AfterFunc would race with it).
-		fire()
+		fireFor(ctx, cc.c)
 		return cc
 	}
+	h := cc.c
 	fired := make(chan struct{})
 	cc.fired = fired
 	cc.stop = context.AfterFunc(ctx, func() {
 		defer close(fired)
-		fire()
+		fireFor(ctx, h)
 	})
 	return cc
 }
 
+// fireFor fires h the way ctx ended: as a passed deadline when ctx.Err() is
+// context.DeadlineExceeded (the calls fail with POLYBUS_ERR_TIMEOUT, "the caller's deadline
+// passed"), as a cancellation otherwise (POLYBUS_ERR_CANCELLED). ctx is done.
+func fireFor(ctx context.Context, h *C.polybus_cancel_t) {
+	if firedStatus(ctx.Err()) == StatusTimeout {
+		C.polybus_cancel_expire(h)
+	} else {
+		C.polybus_cancel(h)
+	}
+}
+
 // release releases the handle once the call has returned (and its error has been through
-// wrap), after the AfterFunc if it has started: it may still be calling polybus_cancel.
+// wrap), after the AfterFunc if it has started: it may still be firing the handle.
 func (cc *callCancel) release() {
 	if cc.c == nil {
 		return
@@ -90,9 +88,10 @@ func (cc *callCancel) release() {
 }
 
 // wrap returns the error of the call, which, when the call gave up because ctx ended, is an
-// *Error whose Unwrap returns ctx.Err(): POLYBUS_ERR_CANCELLED, or POLYBUS_ERR_TIMEOUT once
-// ctx is done or its deadline has passed (the handle's deadline is the context's). A timeout
-// of the bus's own (publish_timeout_ms, say) while ctx is still live is returned as it is.
+// *Error whose Unwrap returns ctx.Err(): POLYBUS_ERR_CANCELLED for context.Canceled (or any
+// other cause), POLYBUS_ERR_TIMEOUT for context.DeadlineExceeded, as the handle was fired. A
+// timeout of the bus's own (publish_timeout_ms, say), with ctx still live or ended otherwise
+// than by its deadline, is returned as it is.
 func (cc *callCancel) wrap(ctx context.Context, err error) error {
 	if cc.c == nil || err == nil {
 		return err
@@ -102,21 +101,20 @@ func (cc *callCancel) wrap(ctx context.Context, err error) error {
 		return err
 	}
 	cause := ctx.Err()
-	switch e.Code {
-	case StatusCancelled:
-	case StatusTimeout:
-		if cause == nil && (cc.deadline.IsZero() || time.Now().Before(cc.deadline)) {
-			return err
-		}
-	default:
+	if cause == nil || e.Code != firedStatus(cause) {
 		return err
-	}
-	if cause == nil {
-		// The deadline has passed; the context says so a moment later, if not yet.
-		cause = context.DeadlineExceeded
 	}
 	e.ctxErr = cause
 	return e
+}
+
+// firedStatus is the status of a call whose handle was fired because its context ended with
+// cause.
+func firedStatus(cause error) Status {
+	if errors.Is(cause, context.DeadlineExceeded) {
+		return StatusTimeout
+	}
+	return StatusCancelled
 }
 
 // givenUp reports whether err says a call gave up because its context ended.
@@ -138,7 +136,7 @@ const (
 func contextError(ctx context.Context, what, note string) error {
 	var e *Error
 	cause := ctx.Err()
-	if cause == context.DeadlineExceeded {
+	if firedStatus(cause) == StatusTimeout {
 		e = newError(StatusTimeout, "%s: the caller's deadline passed%s", what, note)
 	} else {
 		e = newError(StatusCancelled, "%s%s", what, note)

@@ -292,7 +292,84 @@ func shutdownCases(what string) []shutdownCase {
 			go cancel()
 			return ctx, cancel
 		}, context.Canceled, "cancelled: close; the " + what + " is closed and its drain goes on"},
+		{"deadline-on-its-own-clock", func() (context.Context, context.CancelFunc) {
+			ctx := newClockContext()
+			go ctx.pass()
+			return ctx, ctx.pass
+		}, context.DeadlineExceeded, "the caller's deadline passed; the " + what + " is closed and its drain goes on"},
 	}
+}
+
+// clockContext is a context whose deadline lives on a clock of its own, as the contexts of a
+// fake clock do: Deadline reports a time an hour away on the real clock, and the deadline
+// passes when pass is called, not when the real clock gets there; Err is then
+// context.DeadlineExceeded.
+type clockContext struct {
+	context.Context // Background's Value
+	deadline        time.Time
+	done            chan struct{}
+	once            sync.Once
+}
+
+func newClockContext() *clockContext {
+	return &clockContext{Context: context.Background(), deadline: time.Now().Add(time.Hour), done: make(chan struct{})}
+}
+
+func (c *clockContext) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *clockContext) Done() <-chan struct{}       { return c.done }
+
+func (c *clockContext) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
+// pass makes the deadline pass (idempotent).
+func (c *clockContext) pass() { c.once.Do(func() { close(c.done) }) }
+
+// TestADeadlineOnItsOwnClockIsATimeout checks that the context alone decides how a call it
+// ends fails: a context whose deadline passes on a clock of its own (an hour before the
+// deadline it reports, by the real clock) ends the call with StatusTimeout matching
+// context.DeadlineExceeded, as a real deadline does, never with StatusCancelled.
+func TestADeadlineOnItsOwnClockIsATimeout(t *testing.T) {
+	// Open waits in the core for a server that accepts and never speaks; the deadline passes
+	// once the server has accepted the connection, that is, during the wait.
+	addr, accepted := silentListener(t)
+	ctx := newClockContext()
+	conns := make(chan net.Conn, 1)
+	go func() {
+		select {
+		case c := <-accepted:
+			conns <- c
+			ctx.pass()
+		case <-ctx.Done():
+		}
+	}()
+	bus, err := polybus.OpenConfig(ctx, polybus.Config{URL: "nats://" + addr, ConnectTimeout: time.Minute})
+	if bus != nil {
+		bus.Close()
+		t.Fatal("opened a bus on a server that never speaks")
+	}
+	wantGivenUp(t, err, context.DeadlineExceeded, "the caller's deadline passed")
+	await(t, conns, "the connection to be accepted").Close()
+
+	// A publish after the deadline passed publishes nothing.
+	bus = openNoTimeouts(t)
+	blocked := subscribeBlocked(t, bus, "jobs.slow")
+	ctx = newClockContext()
+	ctx.pass()
+	wantGivenUp(t, bus.Publish(ctx, "jobs.slow", "late"), context.DeadlineExceeded, "the caller's deadline passed")
+	// A publish waiting for a full queue (or, if the deadline passes first, before it starts).
+	if _, err := fill(t, bus, "jobs.slow"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("filling the queue: %v", err)
+	}
+	ctx = newClockContext()
+	go ctx.pass()
+	wantGivenUp(t, bus.Publish(ctx, "jobs.slow", "waiting"), context.DeadlineExceeded, "the caller's deadline passed")
+	blocked.releaseHandlers()
 }
 
 // TestBusShutdownGivesUpWhenTheContextEnds shuts the bus down while a handler is blocked:
@@ -432,5 +509,20 @@ func TestWatchersShareTheStateWait(t *testing.T) {
 			t.Fatalf("after Close: %v", s)
 		}
 		waitClosedChannel(t, ch)
+	}
+}
+
+// TestABackgroundContextCostsNothing checks that a context that can never end makes no cancel
+// handle: a Publish under context.Background() allocates nothing.
+func TestABackgroundContextCostsNothing(t *testing.T) {
+	bus := openNoTimeouts(t)
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(1000, func() {
+		if err := bus.Publish(ctx, "nobody.listens", "x"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a Publish under context.Background() made %v allocations, want 0", allocs)
 	}
 }

@@ -1,6 +1,7 @@
 package polybus_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -57,6 +58,17 @@ type step struct {
 	TimeoutMS   *int              `json:"timeout_ms"`
 	Concurrent  *int              `json:"concurrent"`
 
+	// publish
+	DeadlineMS      *int `json:"deadline_ms"`
+	PublishedAtMost *int `json:"published_at_most"`
+
+	// wait
+	DistinctSucceeded *int `json:"distinct_succeeded"`
+
+	// child
+	Publish   *childPublish `json:"publish"`
+	ExitAfter *int          `json:"exit_after"`
+
 	// expect and expect_total checks
 	Payloads          []string `json:"payloads"`
 	PayloadsUnordered []string `json:"payloads_unordered"`
@@ -67,6 +79,7 @@ type step struct {
 	MaxInFlight       *int     `json:"max_in_flight"`
 	MinPeakInFlight   *int     `json:"min_peak_in_flight"`
 	DistinctPayloads  bool     `json:"distinct_payloads"`
+	SucceededSet      []string `json:"succeeded_set"`
 	PayloadsPrefix    []string `json:"payloads_prefix"`
 	SelfCloseOK       *bool    `json:"self_close_ok"`
 	FinishedAtClose   *int     `json:"finished_at_close"`
@@ -96,15 +109,17 @@ type handlerSpec struct {
 var stepFields = map[string][]string{
 	"subscribe": {"name", "pattern", "options", "handler", "expect_error"},
 	"publish": {"topic", "payload", "json", "payload_size", "count", "keys", "key", "headers",
-		"id", "type", "expect_error"},
-	"wait":        {"name", "names", "count", "succeeded", "timeout_ms"},
-	"unsubscribe": {"name", "expect_error"},
-	"close":       {"concurrent", "expect_error"},
+		"id", "type", "deadline_ms", "expect_error", "published_at_most"},
+	"wait":           {"name", "names", "count", "succeeded", "distinct_succeeded", "timeout_ms"},
+	"restart_broker": {},
+	"child":          {"name", "pattern", "options", "handler", "publish", "exit_after", "timeout_ms"},
+	"unsubscribe":    {"name", "expect_error"},
+	"close":          {"concurrent", "expect_error"},
 	"expect": {"name", "count", "succeeded", "payloads", "payloads_unordered", "attempts",
 		"topics", "key", "id", "type", "headers", "json", "key_order", "no_overlap_per_key",
 		"max_in_flight", "min_peak_in_flight", "payloads_prefix", "self_close_ok",
 		"finished_at_close", "min_retry_gaps_ms"},
-	"expect_total": {"names", "succeeded", "distinct_payloads"},
+	"expect_total": {"names", "succeeded", "distinct_payloads", "succeeded_set"},
 	"expect_stats": {"published", "delivered", "acked", "failed", "retried", "dead_lettered",
 		"dropped"},
 }
@@ -112,6 +127,10 @@ var stepFields = map[string][]string{
 var (
 	optionFields  = []string{"group", "concurrency", "max_attempts", "dead_letter", "start", "backoff_initial_ms", "backoff_max_ms", "queue_size", "batch_size"}
 	handlerFields = []string{"fail_times", "fail_always", "fail_with", "delay_ms", "unsubscribe_self", "close_bus"}
+	// A child's handler only works for a while; its publish is a plain one (SCHEMA.md, "Child
+	// processes").
+	childHandlerFields = []string{"delay_ms"}
+	childPublishFields = []string{"topic", "payload", "count"}
 )
 
 // checkScenario applies SCHEMA.md's strict reading to a scenario file's raw JSON: the fields of
@@ -152,10 +171,14 @@ func checkScenario(data []byte, features map[string]map[string]any) error {
 		if err := only(fmt.Sprintf("step %d (%s)", i, op), st, append(slices.Clone(allowed), "op")); err != nil {
 			return err
 		}
+		handlerAllowed := handlerFields
+		if op == "child" {
+			handlerAllowed = childHandlerFields
+		}
 		for _, sub := range []struct {
 			field   string
 			allowed []string
-		}{{"options", optionFields}, {"handler", handlerFields}} {
+		}{{"options", optionFields}, {"handler", handlerAllowed}} {
 			if v, ok := st[sub.field]; ok {
 				var m map[string]json.RawMessage
 				if err := json.Unmarshal(v, &m); err != nil {
@@ -175,20 +198,78 @@ func checkScenario(data []byte, features map[string]map[string]any) error {
 				return fmt.Errorf("step %d: concurrent %s is not a positive integer", i, v)
 			}
 		}
+		if _, ok := st["published_at_most"]; ok {
+			if _, ok := st["expect_error"]; !ok {
+				return fmt.Errorf("step %d: published_at_most goes only with expect_error", i)
+			}
+		}
 		if op == "wait" {
-			_, count := st["count"]
-			_, succeeded := st["succeeded"]
+			counts := 0
+			for _, k := range []string{"count", "succeeded", "distinct_succeeded"} {
+				if _, ok := st[k]; ok {
+					counts++
+				}
+			}
 			_, name := st["name"]
 			_, names := st["names"]
-			if count == succeeded {
-				return fmt.Errorf(`step %d: a wait step needs exactly one of "count" and "succeeded"`, i)
+			if counts != 1 {
+				return fmt.Errorf(`step %d: a wait step needs exactly one of "count", "succeeded" and "distinct_succeeded"`, i)
 			}
 			if name == names {
 				return fmt.Errorf(`step %d: a wait step needs exactly one of "name" and "names"`, i)
 			}
 		}
+		if op == "child" {
+			if err := checkChildStep(st); err != nil {
+				return fmt.Errorf("step %d (child): %v", i, err)
+			}
+		}
 	}
 	return nil
+}
+
+// checkChildStep checks what a child step must have: a string name and pattern, a publish
+// object of topic, payload and count, and a non-negative integer exit_after.
+func checkChildStep(st map[string]json.RawMessage) error {
+	// is decodes raw into v and says whether that worked; null (which decodes into anything)
+	// and an absent field do not.
+	is := func(raw json.RawMessage, v any) bool {
+		return raw != nil && string(raw) != "null" && json.Unmarshal(raw, v) == nil
+	}
+	var text string
+	var n uint
+	for _, k := range []string{"name", "pattern"} {
+		if !is(st[k], &text) {
+			return fmt.Errorf("a child step needs a string %q", k)
+		}
+	}
+	var pub map[string]json.RawMessage
+	if !is(st["publish"], &pub) {
+		return errors.New(`a child step needs a "publish" object`)
+	}
+	for k := range pub {
+		if !slices.Contains(childPublishFields, k) {
+			return fmt.Errorf("publish has an unknown field %q", k)
+		}
+	}
+	if !is(pub["topic"], &text) || !is(pub["payload"], &text) || !is(pub["count"], &n) {
+		return fmt.Errorf(`a child's publish needs a string "topic" and "payload" and a non-negative integer "count" (%s)`, st["publish"])
+	}
+	if !is(st["exit_after"], &n) {
+		return fmt.Errorf(`a child step needs a non-negative integer "exit_after" (%s)`, st["exit_after"])
+	}
+	return nil
+}
+
+// exclusive keeps a scenario that restarts the broker (restart_broker) from running beside
+// any other: such a scenario holds it for writing, every other scenario for reading. The
+// scenarios run one after another today (no t.Parallel), so it never waits; it keeps the
+// rule of SCHEMA.md if they ever run side by side.
+var exclusive sync.RWMutex
+
+// restartsBroker reports whether the scenario has a restart_broker step.
+func restartsBroker(sc scenario) bool {
+	return slices.ContainsFunc(sc.Steps, func(s step) bool { return s.Op == "restart_broker" })
 }
 
 // TestConformance runs every scenario against every backend: subtests <backend>/<scenario id>.
@@ -215,6 +296,7 @@ func TestConformance(t *testing.T) {
 		t.Run(backend, func(t *testing.T) {
 			caps := features[backend]
 			url, _ := caps["url"].(string)
+			broker, _ := caps["broker"].(string) // "" for none (memory)
 			if env := os.Getenv("POLYBUS_TEST_" + strings.ToUpper(backend) + "_URL"); env != "" {
 				url = env
 			}
@@ -235,7 +317,14 @@ func TestConformance(t *testing.T) {
 					if sc.Slow && os.Getenv("POLYBUS_TEST_SLOW") != "1" {
 						t.Skip("slow scenario (set POLYBUS_TEST_SLOW=1)")
 					}
-					run(t, url, sc)
+					if restartsBroker(sc) {
+						exclusive.Lock()
+						defer exclusive.Unlock()
+					} else {
+						exclusive.RLock()
+						defer exclusive.RUnlock()
+					}
+					run(t, url, broker, sc)
 				})
 			}
 		})
@@ -252,7 +341,33 @@ func loadFeatures(t *testing.T) map[string]map[string]any {
 	if err := json.Unmarshal(data, &f); err != nil {
 		t.Fatalf("features.json: %v", err)
 	}
+	if err := checkFeatures(f); err != nil {
+		t.Fatalf("features.json: %v", err)
+	}
 	return f
+}
+
+// checkFeatures is SCHEMA.md's reading of features.json: every backend has a string url, a
+// broker that is a string or null, and booleans (its capabilities) for every other key.
+func checkFeatures(f map[string]map[string]any) error {
+	if len(f) == 0 {
+		return errors.New("no backends")
+	}
+	for backend, caps := range f {
+		if _, ok := caps["url"].(string); !ok {
+			return fmt.Errorf("%s: url %v is not a string", backend, caps["url"])
+		}
+		b, ok := caps["broker"]
+		if _, isString := b.(string); !ok || (b != nil && !isString) {
+			return fmt.Errorf("%s: broker %v is not a string or null", backend, b)
+		}
+		for k, v := range caps {
+			if _, ok := v.(bool); !ok && k != "url" && k != "broker" {
+				return fmt.Errorf("%s: %q is %v, not a boolean capability", backend, k, v)
+			}
+		}
+	}
+	return nil
 }
 
 func loadScenarios(t *testing.T, features map[string]map[string]any) []scenario {
@@ -268,20 +383,98 @@ func loadScenarios(t *testing.T, features map[string]map[string]any) []scenario 
 		if err != nil {
 			t.Fatal(err)
 		}
-		dec := json.NewDecoder(strings.NewReader(string(data)))
-		dec.DisallowUnknownFields()
-		// A scenario that does not read strictly fails on its own; it is never skipped.
-		var sc scenario
-		sc.invalid = checkScenario(data, features)
-		if err := dec.Decode(&sc); err != nil && sc.invalid == nil {
-			sc.invalid = err
-		}
+		sc := readScenario(data, features)
 		if sc.ID == "" {
 			sc.ID = strings.TrimSuffix(filepath.Base(file), ".json")
 		}
 		out = append(out, sc)
 	}
 	return out
+}
+
+// readScenario reads a scenario file's JSON strictly; a scenario that does not read so has
+// invalid set, and fails on its own: it is never skipped.
+func readScenario(data []byte, features map[string]map[string]any) scenario {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var sc scenario
+	sc.invalid = checkScenario(data, features)
+	if err := dec.Decode(&sc); err != nil && sc.invalid == nil {
+		sc.invalid = err
+	}
+	return sc
+}
+
+// TestConformanceStrictReading checks that the runner refuses what SCHEMA.md's strict reading
+// refuses, naming it, and reads what it allows.
+func TestConformanceStrictReading(t *testing.T) {
+	features := map[string]map[string]any{
+		"memory": {"url": "memory://", "broker": nil, "groups": true},
+		"redis":  {"url": "redis://", "broker": "redis", "groups": true},
+	}
+	child := `{"op": "child", "name": "a", "pattern": "p", "options": {"group": "g"}, "handler": {"delay_ms": 5},
+		"publish": {"topic": "p", "payload": "{i}", "count": 3}, "exit_after": 1, "timeout_ms": 100}`
+	// edit is the child step with old replaced by new, which must be there.
+	edit := func(old, new string) string {
+		if !strings.Contains(child, old) {
+			t.Fatalf("the child step has no %s", old)
+		}
+		return strings.Replace(child, old, new, 1)
+	}
+	for _, c := range []struct {
+		steps string
+		want  string // what the error says; "" for none
+	}{
+		{`{"op": "wait", "name": "a", "distinct_succeeded": 3, "timeout_ms": 5}`, ""},
+		{`{"op": "wait", "name": "a", "count": 1, "distinct_succeeded": 3}`, "exactly one of"},
+		{`{"op": "wait", "name": "a"}`, "exactly one of"},
+		{`{"op": "publish", "topic": "t", "count": 2, "deadline_ms": 5, "expect_error": "POLYBUS_ERR_TIMEOUT", "published_at_most": 1}`, ""},
+		{`{"op": "publish", "topic": "t", "published_at_most": 1}`, "published_at_most goes only with expect_error"},
+		{`{"op": "wait", "name": "a", "count": 1, "deadline_ms": 5}`, `unknown field "deadline_ms"`},
+		{`{"op": "restart_broker"}`, ""},
+		{`{"op": "restart_broker", "name": "a"}`, `unknown field "name"`},
+		{child, ""},
+		{edit(`"delay_ms": 5`, `"fail_times": 1`), `unknown field "fail_times"`},
+		{edit(`"count": 3`, `"count": 3, "key": "k"`), `unknown field "key"`},
+		{edit(`"count": 3`, `"count": -3`), `non-negative integer "count"`},
+		{edit(`, "exit_after": 1`, ``), `"exit_after"`},
+		{edit(`"exit_after": 1`, `"exit_after": null`), `"exit_after"`},
+		{edit(`"name": "a"`, `"name": 1`), `string "name"`},
+		{edit(`"publish": {"topic": "p", "payload": "{i}", "count": 3}, `, ``), `"publish" object`},
+		{`{"op": "expect_total", "names": ["a"], "succeeded_set": ["0"]}`, ""},
+		{`{"op": "expect_total", "names": ["a"], "succeeded_list": ["0"]}`, `unknown field "succeeded_list"`},
+	} {
+		sc := readScenario([]byte(`{"id": "x", "steps": [`+c.steps+`]}`), features)
+		switch {
+		case c.want == "" && sc.invalid != nil:
+			t.Errorf("%s: refused: %v", c.steps, sc.invalid)
+		case c.want != "" && (sc.invalid == nil || !strings.Contains(sc.invalid.Error(), c.want)):
+			t.Errorf("%s: want an error saying %s, got %v", c.steps, c.want, sc.invalid)
+		}
+	}
+	// broker and url are not capabilities.
+	for _, req := range []string{"broker", "!url"} {
+		sc := readScenario([]byte(`{"id": "x", "requires": ["`+req+`"], "steps": []}`), features)
+		if sc.invalid == nil || !strings.Contains(sc.invalid.Error(), "not a capability") {
+			t.Errorf("requires %s: want an error, got %v", req, sc.invalid)
+		}
+	}
+	// features.json: a string or null broker, booleans besides url and broker.
+	for _, c := range []struct {
+		caps map[string]any
+		ok   bool
+	}{
+		{map[string]any{"url": "memory://", "broker": nil, "groups": true}, true},
+		{map[string]any{"url": "nats://", "broker": "nats", "groups": false}, true},
+		{map[string]any{"url": "nats://", "groups": false}, false},
+		{map[string]any{"url": "nats://", "broker": 1, "groups": false}, false},
+		{map[string]any{"url": "nats://", "broker": "nats", "groups": "yes"}, false},
+		{map[string]any{"broker": "nats"}, false},
+	} {
+		if err := checkFeatures(map[string]map[string]any{"b": c.caps}); (err == nil) != c.ok {
+			t.Errorf("features %v: want ok=%v, got %v", c.caps, c.ok, err)
+		}
+	}
 }
 
 // timeoutScale is POLYBUS_TEST_TIMEOUT_SCALE (default 1).
@@ -305,70 +498,172 @@ func uniqueID(t *testing.T) string {
 	return hex.EncodeToString(b[:])
 }
 
-// busConfig merges the scenario's config into {"url": url, "prefix": "t.<unique>"}.
-func busConfig(t *testing.T, url string, extra map[string]any) polybus.Config {
-	cfg := polybus.Config{URL: url, Prefix: "t." + uniqueID(t)}
-	ms := func(v any) time.Duration { return time.Duration(v.(float64)) * time.Millisecond }
+// configMap is the scenario's bus configuration: its config merged into
+// {"url": url, "prefix": "t.<unique>"} (also what a child step's child opens).
+func configMap(t *testing.T, url string, extra map[string]any) map[string]any {
+	m := map[string]any{"url": url, "prefix": "t." + uniqueID(t)}
 	for k, v := range extra {
-		switch k {
-		case "url":
-			cfg.URL = v.(string)
-		case "prefix":
-			cfg.Prefix = v.(string)
-		case "name":
-			cfg.Name = v.(string)
-		case "connect_timeout_ms":
-			cfg.ConnectTimeout = ms(v)
-		case "publish_timeout_ms":
-			cfg.PublishTimeout = ms(v)
-		case "close_timeout_ms":
-			cfg.CloseTimeout = ms(v)
-		case "max_payload":
-			cfg.MaxPayload = int(v.(float64))
-		default:
-			t.Fatalf("scenario config has an unknown field %q", k)
+		m[k] = v
+	}
+	return m
+}
+
+// fields reads a JSON object's fields by name, each through its own conversion, and fails
+// on a field none reads, on a value of the wrong type and on what a conversion refuses.
+type fields map[string]func(v any) error
+
+func (f fields) read(what string, obj any) error {
+	m, ok := obj.(map[string]any)
+	if !ok {
+		return fmt.Errorf("%s is %v, not an object", what, obj)
+	}
+	for k, v := range m {
+		set, ok := f[k]
+		if !ok {
+			return fmt.Errorf("%s has an unknown field %q", what, k)
+		}
+		if err := set(v); err != nil {
+			return fmt.Errorf("%s.%s: %v", what, k, err)
 		}
 	}
-	return cfg
+	return nil
+}
+
+// The conversions of fields: a JSON string, a whole number, a number of milliseconds.
+func str(dst *string) func(any) error {
+	return func(v any) error {
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("%v is not a string", v)
+		}
+		*dst = s
+		return nil
+	}
+}
+
+func integer[T int | int64](dst *T) func(any) error {
+	return func(v any) error {
+		f, ok := v.(float64)
+		if !ok || f != float64(int64(f)) {
+			return fmt.Errorf("%v is not an integer", v)
+		}
+		*dst = T(f)
+		return nil
+	}
+}
+
+func millis(dst *time.Duration) func(any) error {
+	return func(v any) error {
+		var n int64
+		if err := integer(&n)(v); err != nil {
+			return err
+		}
+		*dst = time.Duration(n) * time.Millisecond
+		return nil
+	}
+}
+
+// busConfig turns a configuration (configMap's) into a polybus.Config, with the core's names
+// for its fields and those of its jetstream, redis and kafka sections.
+func busConfig(m map[string]any) (polybus.Config, error) {
+	var cfg polybus.Config
+	js, rd, kf := &polybus.JetStreamConfig{}, &polybus.RedisConfig{}, &polybus.KafkaConfig{}
+	err := fields{
+		"url":                str(&cfg.URL),
+		"prefix":             str(&cfg.Prefix),
+		"name":               str(&cfg.Name),
+		"connect_timeout_ms": millis(&cfg.ConnectTimeout),
+		"publish_timeout_ms": millis(&cfg.PublishTimeout),
+		"close_timeout_ms":   millis(&cfg.CloseTimeout),
+		"max_payload":        integer(&cfg.MaxPayload),
+		"jetstream": func(v any) error {
+			cfg.JetStream = js
+			return fields{
+				"ack_wait_ms":     millis(&js.AckWait),
+				"max_age_ms":      millis(&js.MaxAge),
+				"max_ack_pending": integer(&js.MaxAckPending),
+				"max_deliver":     integer(&js.MaxDeliver),
+			}.read("jetstream", v)
+		},
+		"redis": func(v any) error {
+			cfg.Redis = rd
+			return fields{
+				"claim_idle_ms":      millis(&rd.ClaimIdle),
+				"block_ms":           millis(&rd.Block),
+				"scan_interval_ms":   millis(&rd.ScanInterval),
+				"command_timeout_ms": millis(&rd.CommandTimeout),
+				"max_len":            integer(&rd.MaxLen),
+			}.read("redis", v)
+		},
+		"kafka": func(v any) error {
+			cfg.Kafka = kf
+			return fields{
+				"session_timeout_ms":  millis(&kf.SessionTimeout),
+				"commit_interval_ms":  millis(&kf.CommitInterval),
+				"metadata_refresh_ms": millis(&kf.MetadataRefresh),
+				"partitions":          integer(&kf.Partitions),
+			}.read("kafka", v)
+		},
+	}.read("config", m)
+	return cfg, err
 }
 
 // subscribeOptions turns the core's option names into the Go options.
-func subscribeOptions(t *testing.T, m map[string]any) []polybus.SubscribeOption {
+func subscribeOptions(m map[string]any) ([]polybus.SubscribeOption, error) {
 	var opts []polybus.SubscribeOption
-	num := func(v any) int { return int(v.(float64)) }
-	ms := func(v any) time.Duration { return time.Duration(v.(float64)) * time.Millisecond }
-	for k, v := range m {
-		switch k {
-		case "group":
-			opts = append(opts, polybus.WithGroup(v.(string)))
-		case "concurrency":
-			opts = append(opts, polybus.WithConcurrency(num(v)))
-		case "max_attempts":
-			opts = append(opts, polybus.WithMaxAttempts(num(v)))
-		case "dead_letter":
-			opts = append(opts, polybus.WithDeadLetter(v.(string)))
-		case "start":
-			switch v {
-			case "new":
-				opts = append(opts, polybus.WithStart(polybus.StartNew))
-			case "earliest":
-				opts = append(opts, polybus.WithStart(polybus.StartEarliest))
-			default:
-				t.Fatalf("unknown start %v", v)
+	with := func(conv func(any) (polybus.SubscribeOption, error)) func(any) error {
+		return func(v any) error {
+			o, err := conv(v)
+			if err == nil {
+				opts = append(opts, o)
 			}
-		case "backoff_initial_ms":
-			opts = append(opts, polybus.WithBackoffInitial(ms(v)))
-		case "backoff_max_ms":
-			opts = append(opts, polybus.WithBackoffMax(ms(v)))
-		case "queue_size":
-			opts = append(opts, polybus.WithQueueSize(num(v)))
-		case "batch_size":
-			opts = append(opts, polybus.WithBatchSize(num(v)))
-		default:
-			t.Fatalf("unknown subscribe option %q", k)
+			return err
 		}
 	}
-	return opts
+	num := func(opt func(int) polybus.SubscribeOption) func(any) error {
+		return with(func(v any) (polybus.SubscribeOption, error) {
+			var n int
+			err := integer(&n)(v)
+			return opt(n), err
+		})
+	}
+	ms := func(opt func(time.Duration) polybus.SubscribeOption) func(any) error {
+		return with(func(v any) (polybus.SubscribeOption, error) {
+			var d time.Duration
+			err := millis(&d)(v)
+			return opt(d), err
+		})
+	}
+	text := func(opt func(string) polybus.SubscribeOption) func(any) error {
+		return with(func(v any) (polybus.SubscribeOption, error) {
+			var s string
+			err := str(&s)(v)
+			return opt(s), err
+		})
+	}
+	if m == nil {
+		return nil, nil
+	}
+	err := fields{
+		"group":        text(polybus.WithGroup),
+		"concurrency":  num(polybus.WithConcurrency),
+		"max_attempts": num(polybus.WithMaxAttempts),
+		"dead_letter":  text(polybus.WithDeadLetter),
+		"start": with(func(v any) (polybus.SubscribeOption, error) {
+			switch v {
+			case "new":
+				return polybus.WithStart(polybus.StartNew), nil
+			case "earliest":
+				return polybus.WithStart(polybus.StartEarliest), nil
+			}
+			return nil, fmt.Errorf("unknown start %v", v)
+		}),
+		"backoff_initial_ms": ms(polybus.WithBackoffInitial),
+		"backoff_max_ms":     ms(polybus.WithBackoffMax),
+		"queue_size":         num(polybus.WithQueueSize),
+		"batch_size":         num(polybus.WithBatchSize),
+	}.read("options", m)
+	return opts, err
 }
 
 // invocation is one recorded handler call.
@@ -494,23 +789,30 @@ func (r *recorder) started() int {
 }
 
 type runner struct {
-	t     *testing.T
-	ctx   context.Context
-	bus   *polybus.Bus
-	scale float64
-	recs  map[string]*recorder
-	subs  map[string]*polybus.Subscription
+	t      *testing.T
+	ctx    context.Context
+	bus    *polybus.Bus
+	config map[string]any // the bus's configuration, for a child's bus
+	broker string         // the harness's name for the backend's broker; "" for none
+	scale  float64
+	recs   map[string]*recorder
+	subs   map[string]*polybus.Subscription
 }
 
-func run(t *testing.T, url string, sc scenario) {
+func run(t *testing.T, url, broker string, sc scenario) {
 	ctx := context.Background()
-	bus, err := polybus.OpenConfig(ctx, busConfig(t, url, sc.Config))
+	config := configMap(t, url, sc.Config)
+	cfg, err := busConfig(config)
+	if err != nil {
+		t.Fatalf("scenario config: %v", err)
+	}
+	bus, err := polybus.OpenConfig(ctx, cfg)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
 	t.Cleanup(func() { bus.Close() })
 	r := &runner{
-		t: t, ctx: ctx, bus: bus, scale: timeoutScale(t),
+		t: t, ctx: ctx, bus: bus, config: config, broker: broker, scale: timeoutScale(t),
 		recs: map[string]*recorder{}, subs: map[string]*polybus.Subscription{},
 	}
 	for i, s := range sc.Steps {
@@ -543,7 +845,11 @@ func (r *runner) step(i int, s step) {
 	switch s.Op {
 	case "subscribe":
 		rec := newRecorder(r.bus)
-		sub, err := r.bus.Subscribe(r.ctx, *s.Pattern, rec.handler(s.Handler), subscribeOptions(t, s.Options)...)
+		opts, err := subscribeOptions(s.Options)
+		if err != nil {
+			t.Fatalf("%s: %v", at, err)
+		}
+		sub, err := r.bus.Subscribe(r.ctx, *s.Pattern, rec.handler(s.Handler), opts...)
 		r.checkError(at, s, err)
 		if err == nil {
 			rec.sub.Store(sub)
@@ -553,6 +859,10 @@ func (r *runner) step(i int, s step) {
 		r.publish(at, s)
 	case "wait":
 		r.wait(at, s)
+	case "restart_broker":
+		r.restartBroker(at)
+	case "child":
+		r.recs[s.Name] = r.child(at, s)
 	case "unsubscribe":
 		sub, ok := r.subs[s.Name]
 		if !ok {
@@ -618,6 +928,17 @@ func (r *runner) publish(at string, s step) {
 			r.t.Fatalf("%s: key: %v", at, err)
 		}
 	}
+	// deadline_ms: one deadline for all the step's calls, from the step's start.
+	ctx := r.ctx
+	if s.DeadlineMS != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(*s.DeadlineMS)*time.Millisecond)
+		defer cancel()
+	}
+	// With expect_error the step stops at the first failing call, which must fail so; the
+	// calls before it may succeed (published_at_most bounds how many). Without, none fails.
+	var err error
+	published := 0
 	for i := range count {
 		m := polybus.Message{Topic: *s.Topic, Key: key, Headers: s.Headers}
 		switch {
@@ -641,16 +962,31 @@ func (r *runner) publish(at string, s step) {
 		if s.Type != nil {
 			m.Type = *s.Type
 		}
-		var err error
 		if m.Key == "" && m.Headers == nil && m.ID == "" && m.Type == "" {
-			err = r.bus.Publish(r.ctx, m.Topic, m.Payload)
+			err = r.bus.Publish(ctx, m.Topic, m.Payload)
 		} else {
-			err = r.bus.PublishMessage(r.ctx, m)
+			err = r.bus.PublishMessage(ctx, m)
 		}
-		r.checkError(fmt.Sprintf("%s, event %d", at, i), s, err)
 		if err != nil {
-			return
+			at = fmt.Sprintf("%s, event %d", at, i)
+			break
 		}
+		published++
+	}
+	if err == nil && s.ExpectError != "" {
+		r.t.Fatalf("%s: want %s, but all %d calls succeeded", at, s.ExpectError, published)
+	}
+	if s.DeadlineMS != nil {
+		r.t.Logf("%s: %d calls succeeded within the deadline of %d ms, then: %v", at, published, *s.DeadlineMS, err)
+	}
+	r.checkError(at, s, err)
+	if s.DeadlineMS != nil && errors.Is(err, polybus.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+		// The Go form of a passed deadline: the error also matches ctx.Err().
+		r.t.Fatalf("%s: %v does not match context.DeadlineExceeded", at, err)
+	}
+	if s.PublishedAtMost != nil && published > *s.PublishedAtMost {
+		r.t.Fatalf("%s: %d calls returned success before the failing one, want at most %d",
+			at, published, *s.PublishedAtMost)
 	}
 }
 
@@ -685,11 +1021,17 @@ func (r *runner) wait(at string, s step) {
 			f, ok, ch := rec.counts()
 			finished, succeeded, changes[i] = finished+f, succeeded+ok, ch
 		}
+		distinct := 0
+		if s.DistinctSucceeded != nil {
+			distinct = len(succeededPayloads(recs))
+		}
 		switch {
-		case s.Count != nil && finished >= *s.Count, s.Succeeded != nil && succeeded >= *s.Succeeded:
+		case s.Count != nil && finished >= *s.Count,
+			s.Succeeded != nil && succeeded >= *s.Succeeded,
+			s.DistinctSucceeded != nil && distinct >= *s.DistinctSucceeded:
 			return
-		case s.Count == nil && s.Succeeded == nil:
-			r.t.Fatalf("%s: wait needs count or succeeded", at)
+		case s.Count == nil && s.Succeeded == nil && s.DistinctSucceeded == nil:
+			r.t.Fatalf("%s: wait needs count, succeeded or distinct_succeeded", at)
 		}
 		// Wake on the first change of any recorder (at most a few, so a goroutine each is fine).
 		woke := make(chan struct{}, len(changes))
@@ -712,10 +1054,25 @@ func (r *runner) wait(at string, s step) {
 			for _, rec := range recs {
 				started += rec.started()
 			}
-			r.t.Fatalf("%s: timed out after %v waiting for count=%v (finished) succeeded=%v; saw %d started, %d finished, %d succeeded",
-				at, timeout, deref(s.Count), deref(s.Succeeded), started, finished, succeeded)
+			r.t.Fatalf("%s: timed out after %v waiting for count=%v (finished) succeeded=%v distinct_succeeded=%v; saw %d started, %d finished, %d succeeded, %d distinct payloads succeeded",
+				at, timeout, deref(s.Count), deref(s.Succeeded), deref(s.DistinctSucceeded), started, finished, succeeded, len(succeededPayloads(recs)))
 		}
 	}
+}
+
+// succeededPayloads is the set of payloads that succeeded at least once in any of recs.
+func succeededPayloads(recs []*recorder) map[string]bool {
+	set := map[string]bool{}
+	for _, rec := range recs {
+		rec.mu.Lock()
+		for _, c := range rec.calls {
+			if c.ok {
+				set[c.payload] = true
+			}
+		}
+		rec.mu.Unlock()
+	}
+	return set
 }
 
 func deref(p *int) any {
@@ -930,6 +1287,28 @@ func (r *runner) expectTotal(at string, s step) {
 	}
 	if s.Succeeded != nil && total != *s.Succeeded {
 		t.Errorf("%s: succeeded: want %d, got %d", at, *s.Succeeded, total)
+	}
+	if s.SucceededSet != nil {
+		want := map[string]bool{}
+		for _, p := range s.SucceededSet {
+			want[p] = true
+		}
+		var missing, extra []string
+		for p := range want {
+			if !seen[p] {
+				missing = append(missing, p)
+			}
+		}
+		for p := range seen {
+			if !want[p] {
+				extra = append(extra, p)
+			}
+		}
+		if len(missing) > 0 || len(extra) > 0 {
+			slices.Sort(missing)
+			slices.Sort(extra)
+			t.Errorf("%s: succeeded_set: missing %q, not expected %q", at, missing, extra)
+		}
 	}
 }
 

@@ -155,9 +155,11 @@
 // # Contexts
 //
 // The context given to a call that blocks bounds its wait in the core, not only its start: it
-// is handed across the C boundary as a cancel handle carrying the context's deadline, which a
-// cancellation of the context fires. The core decides what a call given up leaves behind, the
-// same in every language:
+// is handed across the C boundary as a cancel handle that the context alone fires when it
+// ends, as a passed deadline when ctx.Err() is context.DeadlineExceeded and as a
+// cancellation otherwise. The context's own clock decides when its deadline has passed (also
+// the clock of a context type of your own, such as a fake clock's). The core decides what a
+// call given up leaves behind, the same in every language:
 //
 //   - Open, OpenConfig, OpenJSON: the wait for the connection stops and nothing is left open.
 //   - Publish, PublishMessage: the wait for the backend (a full queue, a broker's
@@ -172,9 +174,10 @@
 //     the call, which does not wait.
 //
 // The error is then an *Error whose Code is StatusCancelled (the context was cancelled) or
-// StatusTimeout (its deadline passed), whose text is the core's and says what was left behind
-// ("cancelled: publish; the event may still be published", "publish: the caller's deadline
-// passed; ..."), and whose Unwrap returns the context's error, so both of these hold:
+// StatusTimeout (its deadline passed: ctx.Err() is context.DeadlineExceeded), whose text is
+// the core's and says what was left behind ("cancelled: publish; the event may still be
+// published", "publish: the caller's deadline passed; ..."), and whose Unwrap returns the
+// context's error, so both of these hold:
 //
 //	errors.Is(err, context.DeadlineExceeded) // or context.Canceled: ctx.Err()
 //	errors.Is(err, polybus.ErrTimeout)       // or polybus.ErrCancelled
