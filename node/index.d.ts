@@ -12,8 +12,10 @@
  *
  * The calls that wait (`connect`, `publish`, `publishBatch`, `close`) take an `AbortSignal`
  * (`{ signal }`): when it aborts, the call stops waiting and rejects with
- * `code === 'POLYBUS_ERR_CANCELLED'` and the signal's `reason` as `cause`. What the call leaves
- * behind is the core's rule, the same in every language (see {@link Abortable}).
+ * `code === 'POLYBUS_ERR_CANCELLED'` (`'POLYBUS_ERR_TIMEOUT'` when the deadline of
+ * `AbortSignal.timeout(ms)` passed) and the signal's `reason` as `cause`. Whether the call
+ * fails and what it leaves behind is the core's rule, the same in every language (see
+ * {@link Abortable}).
  *
  * @packageDocumentation
  */
@@ -50,25 +52,32 @@ export interface PolybusError extends Error {
    * published before the failed one (or, when it was cancelled, confirmed before it gave up).
    */
   published?: number
-  /** On a `POLYBUS_ERR_CANCELLED` error: the `reason` of the signal that aborted the call. */
+  /**
+   * On an error that a signal's abort caused (`POLYBUS_ERR_CANCELLED`, or `POLYBUS_ERR_TIMEOUT`
+   * for the deadline of `AbortSignal.timeout`): the signal's `reason`.
+   */
   cause?: unknown
 }
 
 /**
- * The options of a call that can wait. When `signal` aborts (`AbortController.abort()`, or
- * the deadline of `AbortSignal.timeout(ms)`), the call stops waiting and rejects with
- * `POLYBUS_ERR_CANCELLED`, the signal's `reason` as the error's `cause`; a signal that has
- * already aborted rejects at once, before anything reaches the bus. What is left behind is
- * the core's rule, the same in every language:
+ * The options of a call that can wait. When `signal` aborts, the call stops waiting and
+ * rejects, the signal's `reason` as the error's `cause`: with `POLYBUS_ERR_TIMEOUT` when the
+ * reason is a `TimeoutError` (`AbortSignal.timeout(ms)`: the caller's deadline passed, as the
+ * core reports its own deadlines), else with `POLYBUS_ERR_CANCELLED`
+ * (`AbortController.abort()`). A signal that has already aborted does the same before the call
+ * starts: the core checks a fired cancel at the start of every call, after a closed bus
+ * (`POLYBUS_ERR_CLOSED` wins). What is left behind is the core's rule, the same in every
+ * language:
  *
  * - `connect`: connecting stops; nothing is left open.
  * - `publish`: the wait stops, but the event may still be published (its place in the order
  *   was fixed when the publish started).
  * - `publishBatch`: no further event is started; the error's `published` counts the events
  *   confirmed before it gave up, and those started after them may still be published.
- * - `close` (bus or subscription): the wait stops, but it is closed anyway (a closed bus
- *   rejects publishes with `POLYBUS_ERR_CLOSED`), and queued and in-flight events still finish
- *   in the background, bounded by `closeTimeoutMs`; calling `close()` again waits for them.
+ * - `close` (bus or subscription): the wait stops, but it is closed anyway, even by a signal
+ *   that had already aborted (a closed bus rejects publishes with `POLYBUS_ERR_CLOSED`), and
+ *   queued and in-flight events still finish in the background, bounded by `closeTimeoutMs`;
+ *   calling `close()` again waits for them.
  */
 export interface Abortable {
   /** Aborting it stops the call's wait. */
@@ -368,8 +377,9 @@ export declare class Subscription {
    * own handlers it stops and resolves at once (waiting would wait for that handler); the
    * drain finishes in the background.
    * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when they were not handled within the bus's
-   * `closeTimeoutMs` (the rest is dropped), `POLYBUS_ERR_CANCELLED` when `options.signal`
-   * aborted first (the subscription is stopped anyway; the drain goes on in the background).
+   * `closeTimeoutMs` (the rest is dropped) or `options.signal`'s deadline passed first,
+   * `POLYBUS_ERR_CANCELLED` when `options.signal` aborted first (the subscription is stopped
+   * anyway, also by a signal that aborted before the call; the drain goes on in the background).
    */
   close(options?: Abortable): Promise<void>
   /** The same as {@link Subscription.close}: the one meaning of unsubscribe in every language. */
@@ -411,8 +421,9 @@ export declare class Bus {
    * `POLYBUS_ERR_TOO_LARGE` (over `maxPayload`), `POLYBUS_ERR_PAYLOAD` (a value JSON cannot
    * encode: a function, a BigInt), `POLYBUS_ERR_INVALID_ARGUMENT` (a bad header, key,
    * argument type, or a time before 1970 or not a valid date), `POLYBUS_ERR_TIMEOUT` (not
-   * accepted within `publishTimeoutMs`), `POLYBUS_ERR_CANCELLED` (`options.signal` aborted
-   * first; the event may still be published).
+   * accepted within `publishTimeoutMs`, or `options.signal`'s deadline passed first),
+   * `POLYBUS_ERR_CANCELLED` (`options.signal` aborted first). An event whose wait was given up
+   * may still be published.
    */
   publish(topic: string, payload: Payload, options?: PublishOptions & Abortable): Promise<void>
   /**
@@ -422,8 +433,8 @@ export declare class Bus {
    * @throws {PolybusError} As {@link Bus.publish}, for the first event that failed: the
    * message names its index, and `published` says how many events before it were published
    * (an event that cannot be converted fails the batch once the ones before it are published);
-   * `POLYBUS_ERR_CANCELLED` when `options.signal` aborted first, with `published` counting the
-   * events confirmed before it gave up.
+   * `POLYBUS_ERR_CANCELLED` (or `POLYBUS_ERR_TIMEOUT`, a deadline) when `options.signal`
+   * aborted first, with `published` counting the events confirmed before it gave up.
    */
   publishBatch(messages: Iterable<OutgoingMessage>, options?: Abortable): Promise<number>
   /** The same as {@link Bus.publishBatch} (its former name). */
@@ -443,8 +454,9 @@ export declare class Bus {
    * Idempotent. Called from inside a handler of this bus it resolves at once (waiting would
    * wait for that handler): the bus is closed, and the drain finishes in the background.
    * @throws {PolybusError} `POLYBUS_ERR_TIMEOUT` when handlers did not finish within
-   * `closeTimeoutMs` (the rest is dropped), `POLYBUS_ERR_CANCELLED` when `options.signal`
-   * aborted first (the bus is closed anyway; the drain goes on in the background).
+   * `closeTimeoutMs` (the rest is dropped) or `options.signal`'s deadline passed first,
+   * `POLYBUS_ERR_CANCELLED` when `options.signal` aborted first (the bus is closed anyway, also
+   * by a signal that aborted before the call; the drain goes on in the background).
    */
   close(options?: Abortable): Promise<void>
   /** The bus's counters. */
@@ -456,6 +468,7 @@ export declare class Bus {
  * @throws {PolybusError} `POLYBUS_ERR_INVALID_CONFIG` (a bad URL, an unknown setting),
  * `POLYBUS_ERR_TIMEOUT` and `POLYBUS_ERR_CONNECTION` (the backend cannot be reached),
  * `POLYBUS_ERR_AUTH` (the broker rejected the credentials), `POLYBUS_ERR_CANCELLED`
- * (`options.signal` aborted first; nothing is left open).
+ * (`options.signal` aborted first; nothing is left open; `POLYBUS_ERR_TIMEOUT` for its
+ * deadline).
  */
 export declare function connect(config: string | Config, options?: Abortable): Promise<Bus>

@@ -48,38 +48,66 @@ function isAbortSignal(value) {
 
 /**
  * The `signal` of an options object: `undefined` for none. Throws for a value that is not an
- * `AbortSignal`, and, as the core's check does, for a signal that has already fired:
- * `POLYBUS_ERR_CANCELLED` (`what` names the call) with the signal's reason as `cause`, before
- * anything reaches the bus.
+ * `AbortSignal`. Whether the signal has aborted is not looked at here: the core decides (see
+ * `withSignal`).
  */
-function signalOf(options, what) {
+function signalOf(options) {
   const signal = options?.signal
   if (signal === undefined || signal === null) return undefined
   if (!isAbortSignal(signal)) {
     throw polybusError('POLYBUS_ERR_INVALID_ARGUMENT', `signal must be an AbortSignal, got ${inspect(signal)}`)
   }
-  if (signal.aborted) throw polybusError('POLYBUS_ERR_CANCELLED', what, signal.reason)
   return signal
+}
+
+/** Whether an abort `reason` is a passed deadline: what `AbortSignal.timeout(ms)` aborts with. */
+function isDeadline(reason) {
+  return reason instanceof DOMException && reason.name === 'TimeoutError'
 }
 
 /**
  * Calls `start(cancel)` with a native cancel handle that `signal`'s abort fires (none without a
- * signal), and returns what it returns; the listener is removed once the call settles. A
- * rejection with `POLYBUS_ERR_CANCELLED` gets the signal's reason as `cause`. Whether and how a
- * call gives up is the core's (`*_until`); this only carries the abort across.
+ * signal), and returns what it returns; the listener is removed once the call settles. The
+ * handle fires as a passed deadline (`expire`: the call fails with `POLYBUS_ERR_TIMEOUT`) when
+ * the signal's reason is a `TimeoutError`, else as a cancel (`POLYBUS_ERR_CANCELLED`). A signal
+ * that has already aborted fires the handle before the call starts. Whether and how the call
+ * gives up is the core's (`*_until`, which checks a fired handle at the start of every call);
+ * this only carries the abort across, and gives the error it caused the signal's reason as
+ * `cause`.
  */
 function withSignal(signal, start) {
   if (signal === undefined) return start(undefined)
   const cancel = new native.Cancel()
-  const abort = () => cancel.cancel()
-  signal.addEventListener('abort', abort, { once: true })
-  const settled = () => signal.removeEventListener('abort', abort)
+  // The code of the error the handle's firing makes, once fired.
+  let firedCode
+  const abort = () => {
+    if (isDeadline(signal.reason)) {
+      firedCode = 'POLYBUS_ERR_TIMEOUT'
+      cancel.expire()
+    } else {
+      firedCode = 'POLYBUS_ERR_CANCELLED'
+      cancel.cancel()
+    }
+  }
+  let settled = noop
+  if (signal.aborted) {
+    abort()
+  } else {
+    signal.addEventListener('abort', abort, { once: true })
+    settled = () => signal.removeEventListener('abort', abort)
+  }
+  const failed = (err) => {
+    settled()
+    if (firedCode !== undefined && err?.code === firedCode) {
+      Object.defineProperty(err, 'cause', { value: signal.reason, writable: true, configurable: true })
+    }
+    return err
+  }
   let pending
   try {
     pending = start(cancel)
   } catch (err) {
-    settled()
-    throw err
+    throw failed(err)
   }
   if (pending === null) {
     settled()
@@ -91,11 +119,7 @@ function withSignal(signal, start) {
       return value
     },
     (err) => {
-      settled()
-      if (err?.code === 'POLYBUS_ERR_CANCELLED' && signal.aborted) {
-        Object.defineProperty(err, 'cause', { value: signal.reason, writable: true, configurable: true })
-      }
-      throw err
+      throw failed(err)
     },
   )
 }
@@ -261,7 +285,7 @@ class Subscription {
   close(options) {
     let signal
     try {
-      signal = signalOf(options, 'close')
+      signal = signalOf(options)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -299,7 +323,7 @@ class Bus {
 
   publish(topic, payload, options) {
     try {
-      const signal = options === undefined || options === null ? undefined : signalOf(options, 'publish')
+      const signal = options === undefined || options === null ? undefined : signalOf(options)
       const data = encodePayload(payload)
       const json = data !== payload && typeof data === 'string'
       let pending
@@ -317,13 +341,7 @@ class Bus {
   }
 
   async publishBatch(messages, options) {
-    let signal
-    try {
-      signal = signalOf(options, 'event 0 of the batch: publish')
-    } catch (err) {
-      if (err.code === 'POLYBUS_ERR_CANCELLED') err.published = 0
-      throw err
-    }
+    const signal = signalOf(options)
     const topics = []
     const payloads = []
     let json = null
@@ -392,7 +410,7 @@ class Bus {
   close(options) {
     let signal
     try {
-      signal = signalOf(options, 'close')
+      signal = signalOf(options)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -441,7 +459,7 @@ function reportCallbackError(err) {
 }
 
 async function connect(config, options) {
-  const signal = signalOf(options, 'connect')
+  const signal = signalOf(options)
   const text =
     typeof config === 'string' ? config : coreJson(config, 'config', 'POLYBUS_ERR_INVALID_CONFIG')
   return new Bus(await withSignal(signal, (cancel) => native.connect(text, cancel)))

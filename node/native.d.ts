@@ -58,11 +58,13 @@ export declare class Bus {
    * (`{"group": ..., "concurrency": ..., "max_attempts": ...}`).
    *
    * `onBatch` is called on the JavaScript thread with each batch of events; it must handle
-   * them in order and report with `batch.complete`. Resolves with the subscription; rejects
-   * with `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_PATTERN`, `POLYBUS_ERR_INVALID_ARGUMENT`,
+   * them in order and report with `batch.complete`. Returns the subscription when the
+   * backend made it at once (`memory://`), else a promise of it: the core's subscribe starts
+   * here and now, and what it waits for runs on the runtime. Throws (or rejects) with
+   * `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_PATTERN`, `POLYBUS_ERR_INVALID_ARGUMENT`,
    * `POLYBUS_ERR_INVALID_TOPIC` (a bad dead-letter topic) or `POLYBUS_ERR_UNSUPPORTED`.
    */
-  subscribe(pattern: string, options: string, onBatch: (batch: EventBatch) => void): Promise<Subscription>
+  subscribe(pattern: string, options: string, onBatch: (batch: EventBatch) => void): Subscription | Promise<Subscription>
   /**
    * Closes the bus: new publishes and subscribes fail with `POLYBUS_ERR_CLOSED`, queued and
    * in-flight events are handled (keep handling batches meanwhile), then the connection is
@@ -92,13 +94,24 @@ export declare class Bus {
 
 /**
  * A handle that stops the calls it is passed to from waiting: `cancel()` makes them reject
- * with `POLYBUS_ERR_CANCELLED`.
+ * with `POLYBUS_ERR_CANCELLED`, `expire()` with `POLYBUS_ERR_TIMEOUT`.
  */
 export declare class Cancel {
   /** A handle that has not fired. */
   constructor()
-  /** Fires the handle: the calls it guards stop waiting. Idempotent. */
+  /**
+   * Fires the handle: the calls it guards stop waiting and fail with
+   * `POLYBUS_ERR_CANCELLED`. Idempotent; after `expire()` it changes nothing (the first
+   * firing decides).
+   */
   cancel(): void
+  /**
+   * Fires the handle as a passed deadline (the core's `Cancel::expire`): the calls it
+   * guards stop waiting and fail with `POLYBUS_ERR_TIMEOUT`, as when a deadline of the core
+   * passes. What `index.js` calls when the signal's deadline passed on Node's clock
+   * (`AbortSignal.timeout`). Idempotent; after `cancel()` it changes nothing.
+   */
+  expire(): void
 }
 
 /** Events of one lane, to handle in order and report with `complete`. */

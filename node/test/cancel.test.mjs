@@ -1,5 +1,7 @@
 // AbortSignal: a call that can wait (connect, publish, publishBatch, close) gives up when its
-// signal aborts, rejecting with POLYBUS_ERR_CANCELLED; what it leaves behind is the core's rule.
+// signal aborts, rejecting with POLYBUS_ERR_CANCELLED, or POLYBUS_ERR_TIMEOUT when the signal's
+// deadline passed (AbortSignal.timeout); whether it fails and what it leaves behind is the
+// core's rule, also for a signal that aborted before the call.
 
 import assert from 'node:assert/strict'
 import { getEventListeners } from 'node:events'
@@ -30,6 +32,17 @@ function isCancelled(err, signal, message = /^cancelled: /) {
   assert.equal(err.name, 'Error')
   assert.match(err.message, message)
   assert.equal(err.cause, signal.reason)
+  return true
+}
+
+/** Checks that `err` is the core's error of a passed deadline, the `TimeoutError` of `signal` its cause. */
+function isTimedOut(err, signal, message = /^timed out: .*: the caller's deadline passed/) {
+  assert.equal(err.code, 'POLYBUS_ERR_TIMEOUT', err.message)
+  assert.ok(err instanceof Error)
+  assert.equal(err.name, 'Error')
+  assert.match(err.message, message)
+  assert.equal(err.cause, signal.reason)
+  assert.equal(err.cause.name, 'TimeoutError')
   return true
 }
 
@@ -65,9 +78,8 @@ async function blockedBus() {
     try {
       await bus.publish('jobs.run', `fill ${i}`, { signal })
     } catch (err) {
-      // A deadline is an abort from Node's side: cancelled, with the TimeoutError as cause.
-      isCancelled(err, signal, /^cancelled: publish; the event may still be published$/)
-      assert.equal(err.cause.name, 'TimeoutError')
+      // The deadline of AbortSignal.timeout is the caller's deadline: the core's timeout.
+      isTimedOut(err, signal, /^timed out: publish: the caller's deadline passed; the event may still be published$/)
       break
     }
     assert.ok(i < 100, 'the queue never filled')
@@ -173,23 +185,71 @@ test('connect: an abort while the server is silent rejects with CANCELLED and le
   }
 })
 
-test('an aborted signal rejects at once, without reaching the bus', async () => {
+test('a deadline while a publishBatch or a close waits rejects with TIMEOUT; the close closes anyway', async () => {
+  const { bus, release } = await blockedBus()
+  const signal = AbortSignal.timeout(50)
+  const messages = Array.from({ length: 10 }, (_, i) => ({ topic: 'jobs.run', payload: `b${i}` }))
+  await assert.rejects(bus.publishBatch(messages, { signal }), (err) => {
+    isTimedOut(err, signal, /^timed out: event \d+ of the batch: publish: the caller's deadline passed/)
+    assert.ok(err.published < messages.length, `published ${err.published}`)
+    return true
+  })
+  const closing = AbortSignal.timeout(50)
+  await assert.rejects(bus.close({ signal: closing }), (err) => isTimedOut(err, closing, /^timed out: close: the caller's deadline passed; the bus is closed/))
+  assert.equal(bus.closed, true)
+  release()
+  await bus.close()
+})
+
+test('an aborted signal fires before the call starts: the core fails it (or not) by its own rule', async () => {
   const signal = AbortSignal.abort(new Error('stop'))
-  // Config errors and closed buses would fail otherwise: nothing is even tried.
+  // Connecting checks the cancel first: a config that would fail is not even read.
   await assert.rejects(connect('nosuch://', { signal }), (err) => isCancelled(err, signal, /^cancelled: connect$/))
   const bus = await connect('memory://')
-  const sub = await bus.subscribe('jobs.run', () => {})
-  await bus.close()
+  const got = []
+  const sub = await bus.subscribe('jobs.run', (e) => { got.push(e.payload.toString()) })
   await assert.rejects(bus.publish('jobs.run', 'x', { signal }), (err) => isCancelled(err, signal, /^cancelled: publish$/))
+  await assert.rejects(bus.publish('jobs.run', 'x', { signal, key: 'k' }), (err) => isCancelled(err, signal))
   await assert.rejects(bus.publishBatch([{ topic: 'jobs.run', payload: 'x' }], { signal }), (err) => {
-    isCancelled(err, signal)
+    isCancelled(err, signal, /^cancelled: event 0 of the batch: publish$/)
     assert.equal(err.published, 0)
     return true
   })
-  await assert.rejects(bus.close({ signal }), (err) => isCancelled(err, signal, /^cancelled: close$/))
-  await assert.rejects(sub.close({ signal }), (err) => isCancelled(err, signal, /^cancelled: close$/))
-  assert.deepEqual(getEventListeners(signal, 'abort'), [])
   assert.equal(bus.stats().published, 0)
+  // A close is made anyway and reports the cancel: the subscription (the bus) is closed.
+  await assert.rejects(sub.close({ signal }), (err) =>
+    isCancelled(err, signal, /^cancelled: close; the subscription is closed and its drain goes on in the background$/))
+  assert.equal(sub.closed, true)
+  await assert.rejects(bus.close({ signal }), (err) =>
+    isCancelled(err, signal, /^cancelled: close; the bus is closed and its drain goes on in the background$/))
+  assert.equal(bus.closed, true)
+  // On a closed bus the core reports the closed bus first.
+  await assert.rejects(bus.publish('jobs.run', 'x', { signal }), { code: 'POLYBUS_ERR_CLOSED' })
+  await assert.rejects(bus.publishBatch([{ topic: 'jobs.run', payload: 'x' }], { signal }), { code: 'POLYBUS_ERR_CLOSED' })
+  assert.deepEqual(getEventListeners(signal, 'abort'), [])
+  assert.deepEqual(got, [])
+})
+
+test('a signal whose deadline has passed fails the call with TIMEOUT, the TimeoutError as cause', async () => {
+  const signal = AbortSignal.timeout(1)
+  await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))
+  await assert.rejects(connect('nosuch://', { signal }), (err) => isTimedOut(err, signal, /^timed out: connect: the caller's deadline passed$/))
+  const bus = await connect('memory://')
+  const sub = await bus.subscribe('jobs.run', () => {})
+  await assert.rejects(bus.publish('jobs.run', 'x', { signal }), (err) => isTimedOut(err, signal, /^timed out: publish: the caller's deadline passed$/))
+  await assert.rejects(bus.publishBatch([{ topic: 'jobs.run', payload: 'x' }], { signal }), (err) => {
+    isTimedOut(err, signal)
+    assert.equal(err.published, 0)
+    return true
+  })
+  await assert.rejects(sub.close({ signal }), (err) => isTimedOut(err, signal, /^timed out: close: the caller's deadline passed; the subscription is closed/))
+  assert.equal(sub.closed, true)
+  await assert.rejects(bus.close({ signal }), (err) => isTimedOut(err, signal))
+  assert.equal(bus.closed, true)
+  assert.equal(bus.stats().published, 0)
+  // Only a TimeoutError is a deadline: another reason is a cancel, whatever its name says.
+  const other = AbortSignal.abort(Object.assign(new Error('late'), { name: 'TimeoutError' }))
+  await assert.rejects(connect('memory://', { signal: other }), (err) => isCancelled(err, other))
 })
 
 test('a signal that does not abort changes nothing; its listener is removed', async () => {
