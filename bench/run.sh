@@ -62,6 +62,7 @@ scale="$out/scale.jsonl"
 : >"$scale"
 (source bindings/go/cgo-env.sh && cd bindings/go && go run ./cmd/polybus-scale) | grep '^{' | tee -a "$scale"
 "$py" python/bench/bench_scale.py | grep '^{' | tee -a "$scale"
+node node/bench/bench_scale.mjs | grep '^{' | tee -a "$scale"
 
 python3 bench/report.py "$results" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -334,20 +334,22 @@ impl Bus {
     /// (`{"group": ..., "concurrency": ..., "max_attempts": ...}`).
     ///
     /// `onBatch` is called on the JavaScript thread with each batch of events; it must handle
-    /// them in order and report with `batch.complete`. Resolves with the subscription; rejects
-    /// with `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_PATTERN`, `POLYBUS_ERR_INVALID_ARGUMENT`,
+    /// them in order and report with `batch.complete`. Returns the subscription when the
+    /// backend made it at once (`memory://`), else a promise of it: the core's subscribe starts
+    /// here and now, and what it waits for runs on the runtime. Throws (or rejects) with
+    /// `POLYBUS_ERR_CLOSED`, `POLYBUS_ERR_INVALID_PATTERN`, `POLYBUS_ERR_INVALID_ARGUMENT`,
     /// `POLYBUS_ERR_INVALID_TOPIC` (a bad dead-letter topic) or `POLYBUS_ERR_UNSUPPORTED`.
-    #[napi(catch_unwind, ts_return_type = "Promise<Subscription>")]
+    #[napi(catch_unwind, ts_return_type = "Subscription | Promise<Subscription>")]
     pub fn subscribe<'env>(
         &self,
         env: &'env Env,
         pattern: String,
         options: String,
         #[napi(ts_arg_type = "(batch: EventBatch) => void")] on_batch: BatchCallback,
-    ) -> error::Result<Object<'env>> {
+    ) -> error::Result<Either<Subscription, Object<'env>>> {
         let options = SubscribeOptions::from_json(&options).map_err(error::from_core)?;
         let bus = self.inner.clone();
-        promise::promise(env, async move {
+        promise::now_or_promise(env, async move {
             let subscription = bus.subscribe_batches(&pattern, options).await?;
             Ok(Subscription::start(subscription, on_batch))
         })
