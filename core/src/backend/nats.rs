@@ -38,6 +38,9 @@ use crate::{
     topic::Pattern,
 };
 
+/// Messages one subscription may hold in the client before it drops (see `open`).
+const SUBSCRIPTION_CAPACITY: usize = 512 * 1024;
+
 /// CloudEvents attribute headers (binary content mode, NATS binding).
 pub(crate) const CE_ID: &str = CE_DASHED.id;
 pub(crate) const CE_TYPE: &str = CE_DASHED.event_type;
@@ -72,6 +75,10 @@ impl Connection {
         let shown_url = target.shown.clone();
         let mut opts = ConnectOptions::new()
             .connection_timeout(Config::duration(config.connect_timeout_ms.max(1)))
+            // What a subscription may hold before the client drops messages (async-nats keeps
+            // 65,536 by default; nats.go and nats-py 512 Ki messages): a burst that outruns
+            // the handlers for a moment must not be lost on the way in.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((100 * attempts as u64).min(2_000))
             });
@@ -122,6 +129,15 @@ impl Connection {
                     async_nats::Event::Connected => ConnectionState::Connected,
                     async_nats::Event::Disconnected => ConnectionState::Disconnected,
                     async_nats::Event::Closed => ConnectionState::Closed,
+                    async_nats::Event::SlowConsumer(sid) => {
+                        // The client dropped messages of a subscription that held
+                        // SUBSCRIPTION_CAPACITY already: never silent.
+                        tracing::warn!(target: "polybus::nats", subscription = sid,
+                            capacity = SUBSCRIPTION_CAPACITY,
+                            "slow consumer: the NATS client dropped messages of a subscription \
+                             whose handlers fell behind");
+                        return;
+                    }
                     other => {
                         tracing::debug!(event = %other, "nats connection event");
                         return;
