@@ -599,7 +599,17 @@ async fn execute(ctx: &LaneCtx, lane: u32, batch: &[Delivery]) -> Option<Vec<Out
             let completion = rx.await.unwrap_or(Completion {
                 handled: 0,
                 failure: Some("the batch was dropped without a result".into()),
+                released: false,
             });
+            if completion.released {
+                tracing::error!(
+                    lane,
+                    events = n,
+                    "the front end can no longer run this subscription's handlers; its lane \
+                     stops, leaving its events unacknowledged"
+                );
+                return None;
+            }
             let ran = completion.handled.min(n) + usize::from(completion.failure.is_some());
             add(&ctx.shared.counters.delivered, ran.min(n) as u64);
             Some(completion.outcomes(n))

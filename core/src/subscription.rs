@@ -503,6 +503,9 @@ impl DeliveryQueue {
 pub(crate) struct Completion {
     pub(crate) handled: usize,
     pub(crate) failure: Option<String>,
+    /// The front end can never run this subscription's handlers again (see
+    /// [`Batch::release`]): nothing of the batch ran.
+    pub(crate) released: bool,
 }
 
 impl Completion {
@@ -555,7 +558,26 @@ impl Batch {
     /// past the end counts as every event.
     pub fn complete(mut self, handled: usize, failure: Option<String>) {
         if let Some(tx) = self.reply.take() {
-            let _ = tx.send(Completion { handled, failure });
+            let _ = tx.send(Completion {
+                handled,
+                failure,
+                released: false,
+            });
+        }
+    }
+
+    /// Gives the batch back unhandled because the front end can never run this subscription's
+    /// handlers again: the event loop they ran on is closed, the runtime that hosted them is
+    /// going away. No attempt is counted; the lane stops taking events, and what it held is
+    /// counted as dropped and left unacknowledged, so a broker with acknowledgements delivers it
+    /// again to the group's other members (after its ack wait or claim time). On `memory://`
+    /// nothing delivers them again: they are lost, and the lane logs an error saying so.
+    pub fn release(mut self) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(Completion {
+                released: true,
+                ..Completion::default()
+            });
         }
     }
 
@@ -572,6 +594,7 @@ impl Drop for Batch {
             let _ = tx.send(Completion {
                 handled: 0,
                 failure: Some("the batch was dropped without a result".into()),
+                released: false,
             });
         }
     }
@@ -610,6 +633,7 @@ mod tests {
         let c = Completion {
             handled: 1,
             failure: Some("boom".into()),
+            released: false,
         };
         assert_eq!(
             c.outcomes(4),
@@ -623,11 +647,13 @@ mod tests {
         let skip = Completion {
             handled: 2,
             failure: None,
+            released: false,
         };
         assert_eq!(skip.outcomes(3)[2], Outcome::Skipped);
         let all = Completion {
             handled: 9,
             failure: Some("late".into()),
+            released: false,
         };
         assert_eq!(all.outcomes(2), vec![Outcome::Ack, Outcome::Ack]);
         let j = SubscribeOptions::from_json(r#"{"group":"g","concurrency":4}"#).unwrap();

@@ -274,6 +274,33 @@ async fn a_dropped_batch_counts_as_failed_and_is_redelivered() {
 }
 
 #[tokio::test]
+async fn a_released_batch_stops_its_lane_without_an_attempt() {
+    let bus = Bus::connect("memory://").await.unwrap();
+    let opts = SubscribeOptions::new().backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let sub = bus.subscribe_batches("a.b", opts).await.unwrap();
+    bus.publish(Message::new("a.b", "x")).await.unwrap();
+    let batch = next(&sub).await;
+    assert_eq!(batch.events().len(), 1);
+    batch.release();
+    // The lane reads the release, counts what it held as dropped and stops: no failure, no
+    // retry, no second delivery of the event.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bus.stats().dropped < 1 && tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    let stats = bus.stats();
+    assert_eq!(
+        (stats.dropped, stats.failed, stats.retried, stats.acked),
+        (1, 0, 0, 0)
+    );
+    drop(sub);
+    tokio::time::timeout(WAIT, bus.close())
+        .await
+        .expect("close hung after a release")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_batch_stopped_without_a_failure_redelivers_the_rest_with_the_same_attempt() {
     let bus = Bus::connect("memory://").await.unwrap();
     let sub = bus

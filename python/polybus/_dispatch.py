@@ -65,11 +65,15 @@ def schedule(
     try:
         asyncio.run_coroutine_threadsafe(run, loop)
     except RuntimeError:
-        # The loop is closed: its handlers can never run again.
+        # The loop is closed: its handlers can never run again. The core decides what becomes
+        # of the events (left unacknowledged for another member; no attempt counted).
         run.close()
-        reason = "the event loop of the subscription is closed"
-        batch.complete(0, reason)
-        log.error("event loop of subscription %r is closed; events nacked", subscription.pattern)
+        batch.release()
+        log.error(
+            "the event loop of subscription %r is closed; its events are left to be delivered "
+            "again",
+            subscription.pattern,
+        )
 
 
 async def _run(handler: Callable[[Any], Awaitable[object]], batch: Any, subscription: Any) -> None:

@@ -424,6 +424,11 @@ class _Batch:
     def ack_all(self) -> None:
         """Reports every event as handled. Once only."""
 
+    def release(self) -> None:
+        """Gives the batch back unhandled: the subscription's event loop is closed, so its
+        handlers can never run again. No attempt is counted; the core stops the lane and leaves
+        its events unacknowledged for the broker to deliver again. Once only."""
+
 @final
 class _Dispatcher:
     """The delivery queue of one bus and the dispatcher threads serving it (internal)."""

@@ -598,4 +598,12 @@ impl Batch {
             batch.ack_all();
         }
     }
+
+    /// Gives the batch back unhandled: the subscription's event loop is closed, so its
+    /// handlers can never run again (the core's `Batch::release`). Once only.
+    fn release(&self) {
+        if let Some(batch) = lock(&self.inner).take() {
+            batch.release();
+        }
+    }
 }
