@@ -115,6 +115,34 @@ static void test_fired_handle_stops_a_waiting_publish(void) {
   polybus_free(bus);
 }
 
+/* A handle fired as a passed deadline (a caller's own clock) stops a waiting publish with
+ * POLYBUS_ERR_TIMEOUT; a handle already fired keeps its first firing. */
+static void test_expired_handle_stops_a_waiting_publish_as_a_timeout(void) {
+  polybus_subscription_t *sub = NULL;
+  polybus_t *bus = full_bus(&sub);
+  polybus_error_t err;
+  CHECK(fill(bus, &err) >= 1);
+  polybus_cancel_t *c = NULL;
+  CHECK_STATUS(polybus_cancel_new(-1, &c, &err), POLYBUS_OK);
+  polybus_cancel_expire(c);
+  polybus_message_t m = message("full.x", "held");
+  /* Without the handle this would wait out publish_timeout_ms (60 s). */
+  CHECK_STATUS(polybus_publish(bus, &m, c, &err), POLYBUS_ERR_TIMEOUT);
+  CHECK(strstr(err.message, "deadline") != NULL);
+  polybus_cancel(c); /* the first firing decides */
+  CHECK_STATUS(polybus_publish(bus, &m, c, &err), POLYBUS_ERR_TIMEOUT);
+  polybus_cancel_free(c);
+  polybus_cancel_expire(NULL);
+  /* The other way round: cancelled first, expire changes nothing. */
+  CHECK_STATUS(polybus_cancel_new(-1, &c, &err), POLYBUS_OK);
+  polybus_cancel(c);
+  polybus_cancel_expire(c);
+  CHECK_STATUS(polybus_publish(bus, &m, c, &err), POLYBUS_ERR_CANCELLED);
+  polybus_cancel_free(c);
+  polybus_subscription_free(sub);
+  polybus_free(bus);
+}
+
 static void test_cancelled_batch_reports_what_was_published(void) {
   polybus_subscription_t *sub = NULL;
   polybus_t *bus = full_bus(&sub);
@@ -213,6 +241,7 @@ int main(void) {
   CHECK_STATUS(polybus_cancel_new(0, NULL, &err), POLYBUS_ERR_INVALID_ARGUMENT);
   test_deadline_stops_a_publish_held_by_backpressure();
   test_fired_handle_stops_a_waiting_publish();
+  test_expired_handle_stops_a_waiting_publish_as_a_timeout();
   test_cancelled_batch_reports_what_was_published();
   test_cancelled_close_leaves_the_drain_running();
   if (failures) {

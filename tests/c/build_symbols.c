@@ -16,6 +16,7 @@ int main(void) {
     (fn_t)&polybus_subscription_stop,
     (fn_t)&polybus_batch_free,
     (fn_t)&polybus_cancel,
+    (fn_t)&polybus_cancel_expire,
     (fn_t)&polybus_cancel_free,
     (fn_t)&polybus_cancel_new,
     (fn_t)&polybus_close,

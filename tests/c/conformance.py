@@ -3,10 +3,11 @@
 
 Every handler is a C callback: a ctypes CFUNCTYPE passed to polybus_subscribe() in a
 polybus_handler_t, run by the library on its dispatcher threads. Events are published with
-polybus_publish() (polybus_publish_batch() when a step publishes more than one), subscriptions
-and the bus are closed with polybus_subscription_close() and polybus_close(), counters are read
-with polybus_stats(), and errors are checked by the C name of the returned status
-(polybus_status_name()). Only the Python standard library is used.
+polybus_publish(), one call each (a step's `deadline_ms` is one polybus_cancel_new() handle
+passed to every call of the step), subscriptions and the bus are closed with
+polybus_subscription_close() and polybus_close(), counters are read with polybus_stats(), and
+errors are checked by the C name of the returned status (polybus_status_name()). Only the Python
+standard library is used.
 
     cargo build --release -p polybus-ffi        # makes $CARGO_TARGET_DIR/release/libpolybus.so
     python3 tests/c/conformance.py [GLOB ...]   # GLOBs select tests by name, e.g. 'memory/*'
@@ -33,6 +34,16 @@ How the C path differs from the other languages' forms, and why:
 - `unsubscribe_self` / `close_bus`: polybus_subscription_close() / polybus_close() called from
   inside the callback, which polybus.h says return at once there.
 - a `close` with `concurrent: N` is N threads calling polybus_close() at once.
+- a `child` step runs conformance_child.py (beside this file) with this Python: it drives the
+  same libpolybus.so through ctypes (polybus_open, polybus_subscribe with a C callback,
+  polybus_publish) and ends as a C main that returns without polybus_close or polybus_free
+  does, in libc's exit(0), the library still loaded (SCHEMA.md "Child processes"; the child's
+  docstring says why not through the interpreter's own exit).
+- publish steps make one polybus_publish() call per event, as SCHEMA.md has it (one call each,
+  so `published_at_most` counts calls); polybus_publish_batch() is left to the api_* tests.
+- `restart_broker` runs `bash tests/harness/brokers.sh restart <broker>`. Tests run one at a
+  time, so no other scenario runs meanwhile; one left hung by an earlier test (see below) would,
+  so a restart fails instead when a hung test is still running.
 
 A test that never returns (a call blocked for good inside the library) fails as hung after its
 waits' deadlines plus 120 s (times POLYBUS_TEST_TIMEOUT_SCALE), and the run goes on.
@@ -170,8 +181,8 @@ class polybus_handler_t(Structure):
     _fields_ = [("context", c_void_p), ("call", CALL_FN), ("drop", DROP_FN)]
 
 
-# Opaque handles (polybus_t, polybus_subscription_t, polybus_cancel_t) are c_void_p; no cancel
-# handle is ever passed (None is NULL).
+# Opaque handles (polybus_t, polybus_subscription_t, polybus_cancel_t) are c_void_p; a cancel
+# handle is passed only by a publish step with `deadline_ms` (elsewhere None, which is NULL).
 LAYOUT = {
     "polybus_error_t": polybus_error_t,
     "polybus_str_t": polybus_str_t,
@@ -222,17 +233,6 @@ def load_library() -> ctypes.CDLL:
             status_t,
             [c_void_p, POINTER(polybus_message_t), c_void_p, POINTER(polybus_error_t)],
         ),
-        "polybus_publish_batch": (
-            status_t,
-            [
-                c_void_p,
-                POINTER(polybus_message_t),
-                c_size_t,
-                c_void_p,
-                POINTER(c_size_t),
-                POINTER(polybus_error_t),
-            ],
-        ),
         "polybus_subscribe_options_default": (None, [POINTER(polybus_subscribe_options_t)]),
         "polybus_subscribe": (
             status_t,
@@ -248,6 +248,8 @@ def load_library() -> ctypes.CDLL:
         "polybus_subscription_close": (status_t, [c_void_p, c_void_p, POINTER(polybus_error_t)]),
         "polybus_subscription_free": (None, [c_void_p]),
         "polybus_stats": (status_t, [c_void_p, POINTER(polybus_stats_t), POINTER(polybus_error_t)]),
+        "polybus_cancel_new": (status_t, [c_int64, POINTER(c_void_p), POINTER(polybus_error_t)]),
+        "polybus_cancel_free": (None, [c_void_p]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -308,9 +310,11 @@ STEP_FIELDS = {
     "subscribe": {"name", "pattern", "options", "handler", "expect_error"},
     "publish": {
         "topic", "payload", "json", "payload_size", "count", "keys", "key", "headers", "id",
-        "type", "expect_error",
+        "type", "deadline_ms", "expect_error", "published_at_most",
     },
-    "wait": {"name", "names", "count", "succeeded", "timeout_ms"},
+    "wait": {"name", "names", "count", "succeeded", "distinct_succeeded", "timeout_ms"},
+    "restart_broker": set(),
+    "child": {"name", "pattern", "options", "handler", "publish", "exit_after", "timeout_ms"},
     "unsubscribe": {"name", "expect_error"},
     "close": {"expect_error", "concurrent"},
     "expect": {
@@ -319,7 +323,7 @@ STEP_FIELDS = {
         "max_in_flight", "min_peak_in_flight", "payloads_prefix", "self_close_ok",
         "finished_at_close", "min_retry_gaps_ms",
     },
-    "expect_total": {"names", "succeeded", "distinct_payloads"},
+    "expect_total": {"names", "succeeded", "distinct_payloads", "succeeded_set"},
     "expect_stats": {
         "published", "delivered", "acked", "failed", "retried", "dead_lettered", "dropped",
     },
@@ -331,6 +335,9 @@ OPTION_FIELDS = {
 HANDLER_FIELDS = {
     "fail_times", "fail_always", "fail_with", "delay_ms", "unsubscribe_self", "close_bus",
 }
+CHILD_HANDLER_FIELDS = {"delay_ms"}  # a child's handler works for a while, then succeeds
+CHILD_PUBLISH_FIELDS = {"topic", "payload", "count"}
+BACKEND_FIELDS = {"url", "broker"}  # the keys of a backend in features.json besides capabilities
 
 
 class ScenarioError(Exception):
@@ -356,13 +363,39 @@ def check_fields(what: str, obj: Any, allowed: set[str]) -> None:
     need(not unknown, f"{what} has unknown field(s) {unknown}")
 
 
+def validate_features(features: Any) -> None:
+    """features.json, read strictly: every backend has a string `url`, a `broker` (a string, or
+    null for none) and otherwise only boolean capabilities."""
+    need(isinstance(features, dict) and bool(features), "features.json is not a non-empty object")
+    for backend, f in features.items():
+        need(isinstance(f, dict), f"{backend} is not an object")
+        need(isinstance(f.get("url"), str), f"{backend} has no string url")
+        need("broker" in f and (f["broker"] is None or isinstance(f["broker"], str)),
+             f"{backend}: broker is neither a string nor null")
+        for k, v in f.items():
+            need(k in BACKEND_FIELDS or isinstance(v, bool),
+                 f"{backend}.{k} is not a boolean capability")
+
+
+def validate_options(opts: Any) -> None:
+    check_fields("options", opts, OPTION_FIELDS)
+    for k, v in opts.items():
+        if k in ("group", "dead_letter"):
+            need(isinstance(v, str), f"option {k} is not a string")
+        elif k == "start":
+            need(v in ("new", "earliest"), f"option start is {v!r}, not \"new\" or \"earliest\"")
+        else:
+            need(is_uint(v), f"option {k} is not a non-negative integer")
+
+
 def validate_scenario(sc: dict[str, Any], features: dict[str, dict[str, Any]]) -> None:
     check_fields("scenario", sc, SCENARIO_FIELDS)
     need(isinstance(sc.get("id"), str), "scenario has no string id")
     need(is_str_list(sc.get("requires", [])), "requires is not a list of names")
     for req in sc.get("requires", []):
         cap = req.removeprefix("!")
-        need(cap != "url" and all(isinstance(f.get(cap), bool) for f in features.values()),
+        need(cap not in BACKEND_FIELDS
+             and all(isinstance(f.get(cap), bool) for f in features.values()),
              f"requires names {req!r}, not a capability every backend of features.json lists")
     need(isinstance(sc.get("config", {}), dict), "config is not an object")
     need(isinstance(sc.get("slow", False), bool), "slow is not a boolean")
@@ -385,16 +418,7 @@ def validate_step(step: Any) -> None:
     if op == "subscribe":
         need(isinstance(step.get("name"), str), "subscribe needs a string name")
         need(isinstance(step.get("pattern"), str), "subscribe needs a string pattern")
-        opts = step.get("options", {})
-        check_fields("options", opts, OPTION_FIELDS)
-        for k, v in opts.items():
-            if k in ("group", "dead_letter"):
-                need(isinstance(v, str), f"option {k} is not a string")
-            elif k == "start":
-                need(v in ("new", "earliest"),
-                     f"option start is {v!r}, not \"new\" or \"earliest\"")
-            else:
-                need(is_uint(v), f"option {k} is not a non-negative integer")
+        validate_options(step.get("options", {}))
         h = step.get("handler", {})
         check_fields("handler", h, HANDLER_FIELDS)
         for k in ("fail_times", "delay_ms"):
@@ -426,14 +450,34 @@ def validate_step(step: Any) -> None:
             need(isinstance(step["headers"], dict)
                  and all(isinstance(v, str) for v in step["headers"].values()),
                  "headers is not an object of strings")
+        if "deadline_ms" in step:
+            need(is_uint(step["deadline_ms"]), "deadline_ms is not a non-negative integer")
+        if "published_at_most" in step:
+            need("expect_error" in step, "published_at_most only goes with expect_error")
+            need(is_uint(step["published_at_most"]),
+                 "published_at_most is not a non-negative integer")
     elif op == "wait":
         need(("name" in step) != ("names" in step), "wait needs exactly one of name and names")
-        need(("count" in step) != ("succeeded" in step),
-             "wait needs exactly one of count and succeeded")
+        targets = [k for k in ("count", "succeeded", "distinct_succeeded") if k in step]
+        need(len(targets) == 1,
+             f"wait needs exactly one of count, succeeded and distinct_succeeded (has {targets})")
         need(isinstance(step.get("name", ""), str) and is_str_list(step.get("names", [])),
              "wait names no handler by a string")
-        need(is_uint(step.get("count", step.get("succeeded"))),
-             "wait target is not a non-negative integer")
+        need(is_uint(step[targets[0]]), "wait target is not a non-negative integer")
+        need(is_uint(step.get("timeout_ms", 0)), "timeout_ms is not a non-negative integer")
+    elif op == "child":
+        need(isinstance(step.get("name"), str), "child needs a string name")
+        need(isinstance(step.get("pattern"), str), "child needs a string pattern")
+        validate_options(step.get("options", {}))
+        h = step.get("handler", {})
+        check_fields("handler", h, CHILD_HANDLER_FIELDS)
+        need(is_uint(h.get("delay_ms", 0)), "handler delay_ms is not a non-negative integer")
+        pub = step.get("publish")
+        check_fields("publish", pub, CHILD_PUBLISH_FIELDS)
+        need(isinstance(pub.get("topic"), str) and isinstance(pub.get("payload"), str),
+             "publish needs a string topic and payload")
+        need(is_uint(pub.get("count", 1)), "publish count is not a non-negative integer")
+        need(is_uint(step.get("exit_after")), "exit_after is not a non-negative integer")
         need(is_uint(step.get("timeout_ms", 0)), "timeout_ms is not a non-negative integer")
     elif op == "unsubscribe":
         need(isinstance(step.get("name"), str), "unsubscribe needs a string name")
@@ -474,6 +518,8 @@ def validate_step(step: Any) -> None:
             need(is_uint(step["succeeded"]), "succeeded is not a non-negative integer")
         need(isinstance(step.get("distinct_payloads", False), bool),
              "distinct_payloads is not a boolean")
+        if "succeeded_set" in step:
+            need(is_str_list(step["succeeded_set"]), "succeeded_set is not a list of strings")
     elif op == "expect_stats":
         need(len(step) > 1, "expect_stats names no counter")
         for k, v in step.items():
@@ -683,23 +729,68 @@ class Recorder:
             self.cond.notify_all()
 
 
+class ChildRecording:
+    """The recording of a `child` step's handler: the finished invocations its child process
+    wrote, in order (payload and outcome only). Read like a Recorder's by wait, expect and
+    expect_total; it has no C callback of this process, so no drop to hold."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.invocations: list[Invocation] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.key_overlap = False
+        self.finished = 0
+        self.succeeded = 0
+        self.self_close: str | None = None
+        self.at_close: list[int] | None = None
+        self.problems: list[str] = []
+
+    def add(self, payload: str, succeeded: bool) -> None:
+        call = Invocation.__new__(Invocation)
+        call.topic, call.raw, call.payload = "", payload.encode(), payload
+        call.key, call.id, call.type, call.headers = None, "", "", {}
+        call.attempt, call.succeeded, call.started = 0, succeeded, 0.0
+        self.invocations.append(call)
+        self.finished += 1
+        self.succeeded += succeeded
+
+
+CHILD = Path(__file__).resolve().parent / "conformance_child.py"
+
+
+def shown(output: str | bytes | None, head: int = 20, tail: int = 40) -> str:
+    """A child's standard error as subprocess gives it, as text: its first and last lines when
+    it is long."""
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    lines = (output or "").splitlines()
+    if len(lines) > head + tail:
+        left_out = f"[... {len(lines) - head - tail} lines left out ...]"
+        lines = lines[:head] + [left_out] + lines[-tail:]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # One scenario on one bus.
 
 
 class Run:
-    def __init__(self, lib: ctypes.CDLL, url: str, scenario: dict[str, Any], scale: float) -> None:
+    def __init__(self, lib: ctypes.CDLL, url: str, broker: str | None, scenario: dict[str, Any],
+                 scale: float) -> None:
         self.lib = lib
         self.url = url
+        self.broker = broker
         self.scenario = scenario
         self.scale = scale
         self.cond = threading.Condition()
         self.bus = c_void_p()
-        self.recorders: dict[str, Recorder] = {}
+        self.recorders: dict[str, Recorder | ChildRecording] = {}
         self.all_recorders: list[Recorder] = []
         self.subs: dict[str, c_void_p] = {}
         self.step_no = 0
         self.closing = ""  # what the test thread is blocked in, for a hang report
+        self.config: dict[str, Any] = {}  # the bus's configuration, once open
 
     def status_name(self, rc: int) -> str:
         return str(self.lib.polybus_status_name(rc).decode())
@@ -731,7 +822,7 @@ class Run:
         if found:
             raise Fail("\n".join(found))
 
-    def recorder(self, name: str) -> Recorder:
+    def recorder(self, name: str) -> Recorder | ChildRecording:
         if name not in self.recorders:
             raise Fail(f"no handler named {name!r}")
         return self.recorders[name]
@@ -740,10 +831,11 @@ class Run:
         return time.monotonic() + ms * self.scale / 1000
 
     def open(self) -> None:
-        config = {"url": self.url, "prefix": f"t.{uuid.uuid4().hex}"}
-        config.update(self.scenario.get("config", {}))
+        self.config = {"url": self.url, "prefix": f"t.{uuid.uuid4().hex}"}
+        self.config.update(self.scenario.get("config", {}))
         err = polybus_error_t()
-        rc = self.lib.polybus_open(json.dumps(config).encode(), None, byref(self.bus), byref(err))
+        config = json.dumps(self.config).encode()
+        rc = self.lib.polybus_open(config, None, byref(self.bus), byref(err))
         self.check(f"polybus_open {self.url}", rc, err, None)
 
     def run_steps(self) -> None:
@@ -840,30 +932,46 @@ class Run:
                 m.headers_len = len(header_array)
             m.id = text(step.get("id"))
             m.type = text(step.get("type"))
-        err = polybus_error_t()
-        if count == 1:
-            rc = self.lib.polybus_publish(self.bus, byref(messages[0]), None, byref(err))
-            self.check(f"polybus_publish to {step['topic']!r}", rc, err, step.get("expect_error"))
-        elif count > 1:
-            published = c_size_t(count + 1)
-            what = f"polybus_publish_batch of {count} to {step['topic']!r}"
-            rc = self.lib.polybus_publish_batch(
-                self.bus, messages, count, None, byref(published), byref(err)
-            )
+        # One call each; a deadline is one handle for every call of the step.
+        cancel = c_void_p()
+        if "deadline_ms" in step:
+            err = polybus_error_t()
+            rc = self.lib.polybus_cancel_new(step["deadline_ms"], byref(cancel), byref(err))
+            self.check(f"polybus_cancel_new({step['deadline_ms']})", rc, err, None)
+        rc, err, published = OK, polybus_error_t(), 0
+        try:
+            for i in range(count):
+                err = polybus_error_t()
+                self.closing = f"polybus_publish (call {i + 1} of the step)"
+                rc = self.lib.polybus_publish(self.bus, byref(messages[i]), cancel, byref(err))
+                self.closing = ""
+                if rc != OK:
+                    break  # the step stops at the first failing call
+                published += 1
+            what = f"polybus_publish to {step['topic']!r}"
+            if rc != OK and count > 1:
+                what += f" (call {published + 1} of {count})"
             self.check(what, rc, err, step.get("expect_error"))
-            if rc == OK and published.value != count:
-                raise Fail(f"{what}: POLYBUS_OK with published = {published.value}")
+        finally:
+            self.lib.polybus_cancel_free(cancel)
+        most = step.get("published_at_most")
+        if most is not None and published > most:
+            raise Fail(f"{published} polybus_publish calls returned POLYBUS_OK before the failing "
+                       f"one, expected at most {most}")
 
     def op_wait(self, step: dict[str, Any]) -> None:
         names = step["names"] if "names" in step else [step["name"]]
         recs = [self.recorder(n) for n in names]
-        what = "succeeded" if "succeeded" in step else "count"
+        what = next(k for k in ("count", "succeeded", "distinct_succeeded") if k in step)
         target = step[what]
         ms = step.get("timeout_ms", 10_000)
         deadline = self.deadline(ms)
 
-        # `count` counts finished invocations, `succeeded` successful ones.
+        # `count` counts finished invocations, `succeeded` successful ones, `distinct_succeeded`
+        # the distinct payloads among the successful ones.
         def seen() -> int:
+            if what == "distinct_succeeded":
+                return len({c.payload for r in recs for c in r.invocations if c.succeeded})
             return sum(r.succeeded if what == "succeeded" else r.finished for r in recs)
 
         with self.cond:
@@ -875,9 +983,10 @@ class Run:
                     started = sum(len(r.invocations) for r in recs)
                     finished = sum(r.finished for r in recs)
                     ok = sum(r.succeeded for r in recs)
+                    distinct = f" ({seen()} distinct)" if what == "distinct_succeeded" else ""
                     raise Fail(f"waited {ms * self.scale / 1000:g}s for {names} {what} >= "
                                f"{target}; saw {started} started, {finished} finished, "
-                               f"{ok} succeeded")
+                               f"{ok} succeeded{distinct}")
                 self.cond.wait(left)
 
     def op_unsubscribe(self, step: dict[str, Any]) -> None:
@@ -885,6 +994,7 @@ class Run:
         if name not in self.subs:
             raise Fail(f"no subscription named {name!r}")
         rec = self.recorders[name]
+        assert isinstance(rec, Recorder)  # a child's recording has no subscription here
         err = polybus_error_t()
         self.closing = f"polybus_subscription_close({name!r})"
         rc = self.lib.polybus_subscription_close(self.subs[name], None, byref(err))
@@ -1071,6 +1181,67 @@ class Run:
             twice = sorted(p for p, n in collections.Counter(ok).items() if n > 1)
             if twice:
                 raise Fail(f"payloads that succeeded more than once: {twice}")
+        if "succeeded_set" in step:
+            want = set(step["succeeded_set"])
+            missing, extra = sorted(want - set(ok)), sorted(set(ok) - want)
+            if missing or extra:
+                raise Fail(f"the payloads that succeeded miss {missing} and have {extra} besides")
+
+    def op_restart_broker(self, step: dict[str, Any]) -> None:
+        if self.broker is None:
+            raise Fail("the backend has no broker to restart")
+        # Tests run one at a time; only a test left hung by an earlier one can still be running.
+        hung = [t.name for t in threading.enumerate()
+                if t.name.startswith("test-") and t is not threading.current_thread()]
+        if hung:
+            raise Fail(f"a restart would break the tests still running (hung): {hung}")
+        self.closing = f"brokers.sh restart {self.broker}"
+        done = subprocess.run(["bash", "tests/harness/brokers.sh", "restart", self.broker],
+                              cwd=ROOT, capture_output=True, text=True)
+        self.closing = ""
+        if done.returncode != 0:
+            raise Fail(f"brokers.sh restart {self.broker} exited with {done.returncode}:\n"
+                       f"{done.stderr}{done.stdout}")
+
+    def op_child(self, step: dict[str, Any]) -> None:
+        name = step["name"]
+        if name in self.recorders:
+            raise Fail(f"a handler named {name!r} already exists")
+        spec = {
+            "config": self.config,
+            "pattern": step["pattern"],
+            "options": step.get("options", {}),
+            "handler": step.get("handler", {}),
+            "publish": step["publish"],
+            "exit_after": step["exit_after"],
+        }
+        env = dict(os.environ, POLYBUS_CONFORMANCE_CHILD=json.dumps(spec))
+        timeout = step.get("timeout_ms", 10_000) * self.scale / 1000
+        self.closing = f"the child process of {name!r}"
+        try:
+            done = subprocess.run([sys.executable, str(CHILD)], env=env, capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise Fail(f"the child did not exit within {timeout:g}s; its stderr:\n"
+                       f"{shown(e.stderr)}") from None
+        finally:
+            self.closing = ""
+        if done.returncode != 0:
+            raise Fail(f"the child exited with status {done.returncode}; its stderr:\n"
+                       f"{shown(done.stderr)}")
+        rec = ChildRecording(name)
+        for line in done.stdout.splitlines():
+            try:
+                got = json.loads(line)
+            except ValueError:
+                got = None
+            if not (isinstance(got, dict) and got.keys() == {"payload", "succeeded"}
+                    and isinstance(got["payload"], str) and isinstance(got["succeeded"], bool)):
+                raise Fail(f"the child wrote {line!r}, not a finished invocation")
+            rec.add(got["payload"], got["succeeded"])
+        with self.cond:
+            self.recorders[name] = rec
+            self.cond.notify_all()
 
     def op_expect_stats(self, step: dict[str, Any]) -> None:
         stats = polybus_stats_t()
@@ -1138,15 +1309,16 @@ def budget_seconds(scenario: dict[str, Any], scale: float) -> float:
     """How long a test may take before it counts as hung: its waits' deadlines plus a generous
     allowance for opening, publishing and draining."""
     waits = sum(s.get("timeout_ms", 10_000) for s in scenario.get("steps", [])
-                if isinstance(s, dict) and s.get("op") == "wait")
+                if isinstance(s, dict) and s.get("op") in ("wait", "child"))
     return float((120 + waits / 1000) * scale)
 
 
-def run_test(lib: ctypes.CDLL, url: str, scenario: dict[str, Any], scale: float) -> tuple[str, str]:
+def run_test(lib: ctypes.CDLL, url: str, broker: str | None, scenario: dict[str, Any],
+             scale: float) -> tuple[str, str]:
     """Runs one test on a thread of its own, so that a call that never returns (a deadlock in a
     close) is reported as a failure instead of hanging the run. Returns (status, detail)."""
     outcome: list[tuple[str, str]] = []
-    run = Run(lib, url, scenario, scale)
+    run = Run(lib, url, broker, scenario, scale)
 
     def body() -> None:
         error = None
@@ -1177,6 +1349,10 @@ def run_test(lib: ctypes.CDLL, url: str, scenario: dict[str, Any], scale: float)
 def main() -> int:
     started = time.monotonic()
     features: dict[str, dict[str, Any]] = json.loads((CONFORMANCE / "features.json").read_text())
+    try:
+        validate_features(features)
+    except ScenarioError as e:
+        sys.exit(f"tests/conformance/features.json: {e}")
     try:
         scale = float(os.environ.get("POLYBUS_TEST_TIMEOUT_SCALE", "1"))
     except ValueError:
@@ -1228,7 +1404,7 @@ def main() -> int:
             elif (reason := skip_reason(features[backend], sc, slow)) is not None:
                 status, detail = "skip", reason
             else:
-                status, detail = run_test(lib, url, sc, scale)
+                status, detail = run_test(lib, url, features[backend]["broker"], sc, scale)
             took = time.monotonic() - t0
             if status == "HUNG":
                 hung = True
