@@ -48,13 +48,26 @@ pub(crate) fn format_time(t: SystemTime) -> String {
     let secs = d.as_secs() as i64;
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, mo, da) = civil_from_days(days);
-    format!(
-        "{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:06}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        d.subsec_micros()
-    )
+    let (h, mi, se, us) = (sod / 3600, sod / 60 % 60, sod % 60, d.subsec_micros());
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{se:02}.{us:06}Z");
+    }
+    // Every event carries its time: written digit by digit, not through `format!`.
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u64);
+    put(5, 2, mo as u64);
+    put(8, 2, da as u64);
+    put(11, 2, h as u64);
+    put(14, 2, mi as u64);
+    put(17, 2, se as u64);
+    put(20, 6, u64::from(us));
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Parses RFC 3339 (`Z` or a numeric offset, any fraction); `None` when it is not.
@@ -136,5 +149,9 @@ mod tests {
     fn time_round_trips() {
         let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
         assert_eq!(parse_time(&format_time(t)), Some(t));
+        assert_eq!(format_time(t), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let late = UNIX_EPOCH + Duration::from_secs(253_402_300_799) + Duration::from_micros(7);
+        assert_eq!(format_time(late), "9999-12-31T23:59:59.000007Z");
     }
 }
