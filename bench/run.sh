@@ -47,11 +47,12 @@ for case in kafka kafka-peer; do
     cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
 done
 
-# Batch publish on every broker: the Rust core's own figure, then Python's and Node's, in the
+# Batch publish on every broker: the Rust core's own figure (and async-nats used directly on
+# nats://), then Python's and Node's, in the
 # same run on the same brokers (each within 0.8x of the core's is the target).
 eval "$(bash tests/harness/brokers.sh start nats)"
 eval "$(bash tests/harness/brokers.sh start redis)"
-brokers="jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,$POLYBUS_TEST_KAFKA_URL"
+brokers="nats://127.0.0.1:4222,jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,$POLYBUS_TEST_KAFKA_URL"
 POLYBUS_BENCH_CASE=broker POLYBUS_BENCH_URL=$brokers \
   cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
 POLYBUS_BENCH_URL=$brokers "$py" python/bench/bench_pubsub.py | grep '^{' | tee -a "$results"

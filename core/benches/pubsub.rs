@@ -10,7 +10,11 @@
 //! `jetstream://127.0.0.1:4222,redis://127.0.0.1:6390`) it measures `publish_batch` on each
 //! broker the way the Python and Node benches do (chunks of 4096, one subscriber, a fresh
 //! prefix, after an unreported warm-up round of a quarter), `POLYBUS_BENCH_BROKER_EVENTS`
-//! events each (default 200,000): the core's own figure beside theirs.
+//! events each (default 200,000): the core's own figure beside theirs. A `nats://` URL among
+//! them is also measured with async-nats used directly: the client
+//! crate the core is built on, publishing the same 64-byte payloads in chunks of 4096 (each
+//! chunk flushed) to one subscriber, the floor the core adds to; and once more with the
+//! CloudEvents headers polybus's wire carries, the floor of that wire.
 
 use std::{
     sync::{
@@ -132,6 +136,72 @@ async fn broker_case(url: &str, n: u64, report_it: bool) {
     bus.close().await.unwrap();
 }
 
+/// The NATS peer: async-nats directly, the way its documentation has a fast publisher (publish
+/// without waiting, a flush per chunk) and one subscriber reading its stream; from the first
+/// publish to the last message received. Reported as `nats:// async-nats used directly (peer)`
+/// when `report_it`; with `with_headers`, each message also carries the CloudEvents headers
+/// polybus's wire does (a fresh id per event), reported as `nats:// async-nats with the ce-
+/// headers (peer)`: the same client's cost of the same wire.
+async fn nats_peer_case(url: &str, n: u64, with_headers: bool, report_it: bool) {
+    use futures::StreamExt;
+    let server = url.trim_start_matches("nats://");
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(512 * 1024)
+        .connect(server)
+        .await
+        .unwrap();
+    let subject = format!("bench{}.events", uuid::Uuid::new_v4().simple());
+    let mut sub = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let payload = bytes::Bytes::from(vec![7u8; 64]);
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            sub.next().await.unwrap();
+            got += 1;
+        }
+    });
+    let chunk = 4096;
+    let mut sent = 0;
+    while sent < n {
+        let k = chunk.min(n - sent);
+        for _ in 0..k {
+            if with_headers {
+                // The CloudEvents attributes polybus's wire carries (binary content mode).
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("ce-specversion", "1.0");
+                h.insert(
+                    "ce-id",
+                    uuid::Uuid::new_v4().hyphenated().to_string().as_str(),
+                );
+                h.insert("ce-type", "bench.events");
+                h.insert("ce-time", "2026-12-07T13:30:00.123456Z");
+                client
+                    .publish_with_headers(subject.clone(), h, payload.clone())
+                    .await
+                    .unwrap();
+            } else {
+                client
+                    .publish(subject.clone(), payload.clone())
+                    .await
+                    .unwrap();
+            }
+        }
+        client.flush().await.unwrap();
+        sent += k;
+    }
+    reader.await.unwrap();
+    if report_it {
+        let name = if with_headers {
+            "nats:// async-nats with the ce- headers (peer)"
+        } else {
+            "nats:// async-nats used directly (peer)"
+        };
+        report(name, n, start.elapsed().as_secs_f64());
+    }
+}
+
 /// The peer: rdkafka directly (idempotent producer with acks=all, a consumer group reading
 /// from the start), with 64-byte values and the same CloudEvents-free records.
 async fn kafka_rdkafka_case(url: &str, n: u64, name: Option<&str>) {
@@ -243,6 +313,12 @@ fn main() {
             for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
                 broker_case(url, (k / 4).max(1), false).await;
                 broker_case(url, k, true).await;
+                if url.starts_with("nats://") {
+                    for headers in [false, true] {
+                        nats_peer_case(url, (k / 4).max(1), headers, false).await;
+                        nats_peer_case(url, k, headers, true).await;
+                    }
+                }
             }
         }
         if let Ok(url) = std::env::var("POLYBUS_BENCH_KAFKA_URL") {
