@@ -58,7 +58,7 @@ type Config struct {
 
 // NATSConfig is the nats section of Config: how a nats:// or jetstream:// bus connects. Empty
 // fields are not set. Its JSON form uses the core's names (user, password, token, nkey_seed,
-// creds_file, tls_ca, tls_cert, tls_key, tls_required, connection_name).
+// creds_file, tls_ca, tls_cert, tls_key, tls_required, connection_name, pending_limit).
 type NATSConfig struct {
 	// User is the user name, with Password.
 	User string `json:"user,omitempty"`
@@ -80,6 +80,10 @@ type NATSConfig struct {
 	TLSRequired bool `json:"tls_required,omitempty"`
 	// ConnectionName is the name the server shows for the connection (default: Config.Name).
 	ConnectionName string `json:"connection_name,omitempty"`
+	// PendingLimit is how many messages one subscription may hold in the client while its
+	// handlers are behind (0: the default, 524,288); past it the client drops messages, each
+	// counted in Stats.Dropped and logged.
+	PendingLimit int `json:"pending_limit,omitempty"`
 }
 
 // JetStreamConfig is the jetstream section of Config: the stream a jetstream:// bus binds (or

@@ -395,7 +395,9 @@ impl Bus {
 
     /// The bus's counters.
     pub fn stats(&self) -> Stats {
-        self.inner.shared.counters.snapshot()
+        let mut stats = self.inner.shared.counters.snapshot();
+        stats.dropped += self.inner.shared.backend.dropped();
+        stats
     }
 
     fn check_open(&self) -> Result<()> {

@@ -286,7 +286,7 @@ impl Default for RedisConfig {
 /// .unwrap();
 /// assert_eq!(cfg.nats.user.as_deref(), Some("svc"));
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// User name (with `password`).
@@ -309,6 +309,28 @@ pub struct NatsConfig {
     pub tls_required: bool,
     /// The connection name shown by the server (default: the bus `name`).
     pub connection_name: Option<String>,
+    /// Messages one subscription may hold in the client while its handlers are behind
+    /// (default 524,288, nats.go's pending limit). Past it the client drops messages (a slow
+    /// consumer): each counts in `stats().dropped` and is logged as a warning.
+    pub pending_limit: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            creds_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+            connection_name: None,
+            pending_limit: 512 * 1024,
+        }
+    }
 }
 
 /// Stream and consumer settings for `jetstream://` (the `jetstream` section of [`Config`]).
@@ -609,6 +631,15 @@ impl Config {
                 "nats: tls_cert and tls_key go together",
             ));
         }
+        if !(1..=1 << 24).contains(&self.nats.pending_limit) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "nats.pending_limit {}: must be 1..=16777216 messages",
+                    self.nats.pending_limit
+                ),
+            ));
+        }
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
@@ -681,5 +712,15 @@ mod tests {
         );
         let e = Config::parse(r#"{"prefix":"a..b"}"#).unwrap_err();
         assert!(e.to_string().contains("prefix"), "{e}");
+    }
+
+    #[test]
+    fn nats_pending_limit_defaults_and_is_checked() {
+        assert_eq!(Config::default().nats.pending_limit, 512 * 1024);
+        let c = Config::parse(r#"{"url":"nats://h:4222","nats":{"pending_limit":64}}"#).unwrap();
+        assert_eq!(c.nats.pending_limit, 64);
+        let e = Config::parse(r#"{"url":"nats://h:4222","nats":{"pending_limit":0}}"#).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("nats.pending_limit"), "{e}");
     }
 }

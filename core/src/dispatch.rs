@@ -109,7 +109,8 @@ pub struct Stats {
     /// Events published to a dead-letter topic after `max_attempts`.
     pub dead_lettered: u64,
     /// Events given up on: `max_attempts` reached with no dead-letter topic, a dead-letter
-    /// publish that failed, or events abandoned when `close` timed out.
+    /// publish that failed, events abandoned when `close` timed out, or events the broker's
+    /// client dropped because a subscription fell too far behind (NATS: a slow consumer).
     pub dropped: u64,
 }
 

@@ -229,6 +229,59 @@ async fn a_polybus_event_reads_as_a_plain_nats_message() {
 }
 
 #[tokio::test]
+async fn a_slow_consumer_drop_is_counted_not_silent() {
+    let _shared = BROKER.read().await;
+    let prefix = unique("slow");
+    let mut cfg = Config::new(nats_url()).prefix(&prefix);
+    cfg.nats.pending_limit = 4;
+    let bus = connect(cfg).await;
+    // A handler held at a gate: its queue (1) and the client's 4 pending messages fill up, and
+    // the client drops the rest.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, h) = (gate.clone(), handled.clone());
+    let _sub = bus
+        .subscribe(
+            "slow.events",
+            SubscribeOptions::new().queue_size(1),
+            move |_e: Event| {
+                let (g, h) = (g.clone(), h.clone());
+                async move {
+                    g.acquire().await.expect("gate").forget();
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<(), polybus::Error>(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let n = 200;
+    bus.publish_batch((0..n).map(|i| Message::new("slow.events", format!("{i}"))))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + secs(10);
+    while bus.stats().dropped == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dropped = bus.stats().dropped;
+    assert!(
+        dropped >= 1,
+        "the client's drops are counted in stats().dropped"
+    );
+    gate.add_permits(n);
+    bus.close().await.unwrap();
+    let handled = handled.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        handled < n,
+        "{handled} of {n} handled, though the client dropped some"
+    );
+    assert!(
+        handled as u64 + dropped <= n as u64,
+        "{handled} handled + {dropped} dropped"
+    );
+}
+
+#[tokio::test]
 async fn a_plain_nats_message_reaches_a_polybus_handler() {
     let _shared = BROKER.read().await;
     let prefix = unique("interop");

@@ -128,6 +128,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn publish_window(&self) -> usize {
         1024
     }
+
+    /// Events the transport's client dropped before the bus saw them (a NATS subscription
+    /// past its capacity): counted in [`Stats::dropped`](crate::Stats::dropped).
+    fn dropped(&self) -> u64 {
+        0
+    }
 }
 
 /// Future adapter: the next delivery of a source.

@@ -13,7 +13,10 @@
 //! and subject naming.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -38,9 +41,6 @@ use crate::{
     topic::Pattern,
 };
 
-/// Messages one subscription may hold in the client before it drops (see `open`).
-const SUBSCRIPTION_CAPACITY: usize = 512 * 1024;
-
 /// CloudEvents attribute headers (binary content mode, NATS binding).
 pub(crate) const CE_ID: &str = CE_DASHED.id;
 pub(crate) const CE_TYPE: &str = CE_DASHED.event_type;
@@ -58,6 +58,8 @@ pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// The connection to a NATS server shared by `nats://` and `jetstream://`.
 pub(crate) struct Connection {
     pub(crate) client: async_nats::Client,
+    /// Messages the client dropped for a slow consumer (see `open`).
+    pub(crate) dropped: Arc<AtomicU64>,
     /// The prefix and a dot (empty without a prefix).
     pub(crate) wire_prefix: String,
     /// The URL with any password hidden, for messages.
@@ -75,10 +77,10 @@ impl Connection {
         let shown_url = target.shown.clone();
         let mut opts = ConnectOptions::new()
             .connection_timeout(Config::duration(config.connect_timeout_ms.max(1)))
-            // What a subscription may hold before the client drops messages (async-nats keeps
-            // 65,536 by default; nats.go and nats-py 512 Ki messages): a burst that outruns
-            // the handlers for a moment must not be lost on the way in.
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            // What a subscription may hold before the client drops messages (`pending_limit`,
+            // 512 Ki by default as in nats.go and nats-py; async-nats keeps 65,536): a burst
+            // that outruns the handlers for a moment must not be lost on the way in.
+            .subscription_capacity(config.nats.pending_limit)
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((100 * attempts as u64).min(2_000))
             });
@@ -122,20 +124,29 @@ impl Connection {
             opts = opts.require_tls(true);
         }
         let events = state.clone();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        let limit = config.nats.pending_limit;
         opts = opts.event_callback(move |event| {
             let events = events.clone();
+            let lost = lost.clone();
             async move {
                 let next = match event {
                     async_nats::Event::Connected => ConnectionState::Connected,
                     async_nats::Event::Disconnected => ConnectionState::Disconnected,
                     async_nats::Event::Closed => ConnectionState::Closed,
                     async_nats::Event::SlowConsumer(sid) => {
-                        // The client dropped messages of a subscription that held
-                        // SUBSCRIPTION_CAPACITY already: never silent.
-                        tracing::warn!(target: "polybus::nats", subscription = sid,
-                            capacity = SUBSCRIPTION_CAPACITY,
-                            "slow consumer: the NATS client dropped messages of a subscription \
-                             whose handlers fell behind");
+                        // The client dropped a message of a subscription that held
+                        // `pending_limit` messages already (one event per message): never
+                        // silent. Counted in stats().dropped; logged at the 1st, 2nd, 4th,
+                        // 8th... drop, so a storm of them does not flood the log.
+                        let n = lost.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(target: "polybus::nats", subscription = sid,
+                                pending_limit = limit, dropped = n,
+                                "slow consumer: the NATS client dropped messages of a \
+                                 subscription whose handlers fell behind");
+                        }
                         return;
                     }
                     other => {
@@ -181,6 +192,7 @@ impl Connection {
         };
         Ok(Connection {
             client,
+            dropped,
             wire_prefix,
             shown_url,
         })
@@ -512,6 +524,10 @@ impl Backend for NatsBackend {
             self.conn
                 .close(self.close_timeout.min(Duration::from_secs(5))),
         )
+    }
+
+    fn dropped(&self) -> u64 {
+        self.conn.dropped.load(Ordering::Relaxed)
     }
 }
 
