@@ -13,10 +13,12 @@
 //! and subject naming.
 
 use std::{
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -398,6 +400,115 @@ impl Unsubscribe for StopPump {
     }
 }
 
+/// An event of a NATS message, for the dispatcher.
+fn deliver(conn: &Connection, msg: async_nats::Message) -> Delivery {
+    let m = decode(
+        conn.topic(msg.subject.as_str()),
+        msg.headers.as_ref(),
+        msg.payload,
+        SystemTime::now(),
+    );
+    Delivery {
+        event: Event::new(Arc::new(m), 1),
+        acker: None,
+    }
+}
+
+/// Where a `nats://` subscription's events come from: the client's subscription itself while
+/// it is live (the dispatcher reads it directly, no task in between), then, once stopped, the
+/// queue its drain fills.
+enum SourceState {
+    Live(async_nats::Subscriber),
+    Draining(ChannelSource),
+}
+
+/// What a [`NatsSource`] shares with its [`StopSource`].
+struct SourceShared {
+    state: parking_lot::Mutex<SourceState>,
+    /// The dispatcher waiting on a live subscription, woken when it is stopped.
+    waker: futures::task::AtomicWaker,
+    conn: Arc<Connection>,
+    queue_size: usize,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The deliveries of a `nats://` subscription.
+struct NatsSource(Arc<SourceShared>);
+
+impl Source for NatsSource {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let shared = &*self.0;
+        let mut state = shared.state.lock();
+        match &mut *state {
+            SourceState::Live(sub) => {
+                shared.waker.register(cx.waker());
+                match futures::Stream::poll_next(Pin::new(sub), cx) {
+                    Poll::Ready(Some(msg)) => Poll::Ready(Some(deliver(&shared.conn, msg))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            SourceState::Draining(rest) => rest.poll_next(cx),
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        let shared = &*self.0;
+        let mut state = shared.state.lock();
+        match &mut *state {
+            SourceState::Live(sub) => match sub.next().now_or_never() {
+                Some(Some(msg)) => Some(deliver(&shared.conn, msg)),
+                _ => None,
+            },
+            SourceState::Draining(rest) => rest.try_next(),
+        }
+    }
+}
+
+/// Stops a `nats://` subscription at once: the client's subscription moves to a drain task
+/// and the source reads what the drain hands over, then ends.
+struct StopSource(Arc<SourceShared>);
+
+impl Unsubscribe for StopSource {
+    fn unsubscribe(&self) {
+        let shared = &*self.0;
+        let (tx, rx) = flume::bounded(shared.queue_size);
+        let sub = {
+            let mut state = shared.state.lock();
+            if matches!(&*state, SourceState::Draining(_)) {
+                return;
+            }
+            match std::mem::replace(&mut *state, SourceState::Draining(ChannelSource::new(rx))) {
+                SourceState::Live(sub) => sub,
+                SourceState::Draining(_) => unreachable!("checked above"),
+            }
+        };
+        shared.waker.wake();
+        let conn = shared.conn.clone();
+        shared.runtime.spawn(async move {
+            let mut sub = sub;
+            // Unsubscribe with a round trip first, so events the server routed to this
+            // subscription before (among them everything this connection published before the
+            // stop) are still handed over: the server answers only after it has sent this
+            // connection every message it routed before, and the client hands those to the
+            // subscription before the answer. Unsubscribing before that could drop messages
+            // still on the wire. Then the rest drains and the source ends.
+            let drained = async {
+                round_trip(&conn.client).await;
+                if sub.drain().await.is_err() {
+                    return;
+                }
+                while let Some(msg) = sub.next().await {
+                    if tx.send_async(deliver(&conn, msg)).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_LIMIT, drained).await;
+        });
+    }
+}
+
 /// `nats://`.
 pub(crate) struct NatsBackend {
     conn: Arc<Connection>,
@@ -420,9 +531,11 @@ impl Backend for NatsBackend {
     fn publish(&self, message: Arc<Message>) -> Publishing {
         let subject = self.conn.subject(&message.topic);
         let headers = encode_headers(&message, false);
-        let client = self.conn.client.clone();
+        // The connection, not a clone of its client (a client clone is a dozen reference
+        // counts to take and drop per event).
+        let conn = self.conn.clone();
         let mut fut = Box::pin(async move {
-            client
+            conn.client
                 .publish_with_headers(subject, headers, message.payload.clone())
                 .await
                 .map_err(|e| publish_error(&message.topic, e))
@@ -463,58 +576,16 @@ impl Backend for NatsBackend {
             // Make sure the server knows the subscription before events are published (by this
             // or any other connection).
             round_trip(client).await;
-            let (tx, rx) = flume::bounded(options.queue_size as usize);
-            let (stop_tx, mut stop) = watch::channel(false);
-            let conn = self.conn.clone();
-            tokio::spawn(async move {
-                let mut sub = sub;
-                let forward = |msg: async_nats::Message| {
-                    let m = decode(
-                        conn.topic(msg.subject.as_str()),
-                        msg.headers.as_ref(),
-                        msg.payload,
-                        SystemTime::now(),
-                    );
-                    Delivery {
-                        event: Event::new(Arc::new(m), 1),
-                        acker: None,
-                    }
-                };
-                loop {
-                    let msg = tokio::select! {
-                        biased;
-                        _ = stop.wait_for(|s| *s) => break,
-                        m = sub.next() => m,
-                    };
-                    let Some(msg) = msg else { return };
-                    // Never drop a message in hand: the lanes keep draining while stopping.
-                    if tx.send_async(forward(msg)).await.is_err() {
-                        return;
-                    }
-                }
-                // Stopped: unsubscribe with a round trip, so events the server routed to this
-                // subscription before (among them everything this connection published before
-                // the stop) are still handed over; then the source drains and ends.
-                let drained = async {
-                    // A round trip first: the server answers only after it has sent this
-                    // connection every message it routed before, and the client hands those
-                    // to the subscription before the answer. Unsubscribing before that could
-                    // drop messages still on the wire.
-                    round_trip(&conn.client).await;
-                    if sub.drain().await.is_err() {
-                        return;
-                    }
-                    while let Some(msg) = sub.next().await {
-                        if tx.send_async(forward(msg)).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(DRAIN_LIMIT, drained).await;
+            let shared = Arc::new(SourceShared {
+                state: parking_lot::Mutex::new(SourceState::Live(sub)),
+                waker: futures::task::AtomicWaker::new(),
+                conn: self.conn.clone(),
+                queue_size: options.queue_size as usize,
+                runtime: tokio::runtime::Handle::current(),
             });
             Ok((
-                Box::new(ChannelSource::new(rx)) as Box<dyn Source>,
-                Box::new(StopPump(stop_tx)) as Box<dyn Unsubscribe>,
+                Box::new(NatsSource(shared.clone())) as Box<dyn Source>,
+                Box::new(StopSource(shared)) as Box<dyn Unsubscribe>,
             ))
         })
     }
