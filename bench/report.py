@@ -64,7 +64,7 @@ def broker_table(rows: list) -> list:
     batch = {}
     for r in rows:
         case = r["case"]
-        if "://" in case and ("publish_batch" in case or "(peer)" in case):
+        if "://" in case and ("publish_batch" in case or "PublishBatch" in case or "(peer)" in case):
             scheme = next(t for t in case.split() if "://" in t)
             lang = case.replace(scheme, "").strip() if "(peer)" in case else r["lang"]
             batch[(scheme, lang)] = r["events_per_sec"]

@@ -48,13 +48,17 @@ for case in kafka kafka-peer; do
 done
 
 # Batch publish on every broker: the Rust core's own figure (and async-nats used directly on
-# nats://), then Python's and Node's, in the
+# nats://), then Go's, Python's and Node's, in the
 # same run on the same brokers (each within 0.8x of the core's is the target).
 eval "$(bash tests/harness/brokers.sh start nats)"
 eval "$(bash tests/harness/brokers.sh start redis)"
 brokers="nats://127.0.0.1:4222,jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,$POLYBUS_TEST_KAFKA_URL"
 POLYBUS_BENCH_CASE=broker POLYBUS_BENCH_URL=$brokers \
   cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
+(source bindings/go/cgo-env.sh && cd bindings/go && POLYBUS_BENCH_URL=$brokers go run ./cmd/polybus-bench) | grep '^{' | tee -a "$results"
+# The Go clients a Go service would use instead (nats.go, its jetstream PublishAsync, go-redis
+# pipelined), a module of their own under bench/peers/go: never a dependency of the library.
+(cd bench/peers/go && POLYBUS_BENCH_URL=$brokers go run .) | grep '^{' | tee -a "$results"
 POLYBUS_BENCH_URL=$brokers "$py" python/bench/bench_pubsub.py | grep '^{' | tee -a "$results"
 POLYBUS_BENCH_URL=$brokers node node/bench/bench_pubsub.mjs | grep '^{' | grep '://' | tee -a "$results"
 

@@ -1,0 +1,245 @@
+// Command go-peers measures the Go clients polybus's Go users would pick instead, the way their
+// documentation recommends for throughput, on the same brokers and workload as polybus's broker
+// rows (bench/run.sh): 64-byte events in chunks of 4096, one subscriber in the same process,
+// from the first publish to the last event received, on a fresh subject or stream, after an
+// unreported warm-up round of a quarter. It prints one JSON line per case.
+//
+//	POLYBUS_BENCH_URL=nats://127.0.0.1:4222,jetstream://127.0.0.1:4222,redis://127.0.0.1:6390 \
+//	  POLYBUS_BENCH_BROKER_EVENTS=200000 go run .
+//
+// nats:// runs nats.go twice: plain messages, and with the CloudEvents headers polybus's wire
+// carries (a fresh id per event). jetstream:// is nats.go's jetstream PublishAsync with a pull
+// consumer acknowledging each message. redis:// is go-redis v9 with pipelined XADD, and
+// XREADGROUP + pipelined XACK per batch read.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+)
+
+const chunk = 4096
+
+func main() {
+	n := 200_000
+	if s := os.Getenv("POLYBUS_BENCH_BROKER_EVENTS"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v <= 0 {
+			fail(fmt.Errorf("POLYBUS_BENCH_BROKER_EVENTS=%q is not a positive count", s))
+		}
+		n = v
+	}
+	for _, url := range strings.Split(os.Getenv("POLYBUS_BENCH_URL"), ",") {
+		url = strings.TrimSpace(url)
+		switch {
+		case strings.HasPrefix(url, "nats://"):
+			for _, headers := range []bool{false, true} {
+				natsCore(url, max(1, n/4), headers)
+				name := "nats:// nats.go (peer)"
+				if headers {
+					name = "nats:// nats.go with the ce- headers (peer)"
+				}
+				emit(name, n, natsCore(url, n, headers))
+			}
+		case strings.HasPrefix(url, "jetstream://"):
+			natsJetStream(url, max(1, n/4))
+			emit("jetstream:// nats.go PublishAsync (peer)", n, natsJetStream(url, n))
+		case strings.HasPrefix(url, "redis://"):
+			redisStreams(url, max(1, n/4))
+			emit("redis:// go-redis pipelined (peer)", n, redisStreams(url, n))
+		}
+	}
+}
+
+func unique() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "peer" + hex.EncodeToString(b[:])
+}
+
+func natsCore(url string, n int, headers bool) time.Duration {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		fail(err)
+	}
+	defer nc.Close()
+	subject := unique() + ".events"
+	done := make(chan struct{})
+	var seen atomic.Int64
+	sub, err := nc.Subscribe(subject, func(*nats.Msg) {
+		if seen.Add(1) == int64(n) {
+			close(done)
+		}
+	})
+	if err != nil {
+		fail(err)
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	if err := nc.Flush(); err != nil {
+		fail(err)
+	}
+	payload := make([]byte, 64)
+	var id [16]byte
+	start := time.Now()
+	for sent := 0; sent < n; sent += chunk {
+		for range min(chunk, n-sent) {
+			if headers {
+				_, _ = rand.Read(id[:])
+				m := nats.NewMsg(subject)
+				m.Data = payload
+				m.Header.Set("ce-specversion", "1.0")
+				m.Header.Set("ce-id", hex.EncodeToString(id[:]))
+				m.Header.Set("ce-type", "bench.events")
+				m.Header.Set("ce-time", "2026-12-07T13:30:00.123456Z")
+				err = nc.PublishMsg(m)
+			} else {
+				err = nc.Publish(subject, payload)
+			}
+			if err != nil {
+				fail(err)
+			}
+		}
+		if err := nc.Flush(); err != nil {
+			fail(err)
+		}
+	}
+	<-done
+	return time.Since(start)
+}
+
+func natsJetStream(url string, n int) time.Duration {
+	ctx := context.Background()
+	nc, err := nats.Connect(strings.Replace(url, "jetstream://", "nats://", 1))
+	if err != nil {
+		fail(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fail(err)
+	}
+	name := unique()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: strings.ToUpper(name), Subjects: []string{name + ".>"},
+	})
+	if err != nil {
+		fail(err)
+	}
+	defer func() { _ = js.DeleteStream(ctx, strings.ToUpper(name)) }()
+	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096,
+	})
+	if err != nil {
+		fail(err)
+	}
+	done := make(chan struct{})
+	var seen atomic.Int64
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		if seen.Add(1) == int64(n) {
+			close(done)
+		}
+	})
+	if err != nil {
+		fail(err)
+	}
+	defer cc.Stop()
+	subject := name + ".events"
+	payload := make([]byte, 64)
+	start := time.Now()
+	for sent := 0; sent < n; sent += chunk {
+		for range min(chunk, n-sent) {
+			if _, err := js.PublishAsync(subject, payload); err != nil {
+				fail(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(30 * time.Second):
+			fail(fmt.Errorf("jetstream: publishes not confirmed within 30 s"))
+		}
+	}
+	<-done
+	return time.Since(start)
+}
+
+func redisStreams(url string, n int) time.Duration {
+	ctx := context.Background()
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		fail(err)
+	}
+	pub, sub := redis.NewClient(opt), redis.NewClient(opt)
+	defer pub.Close()
+	defer sub.Close()
+	stream := unique() + ":events"
+	defer pub.Del(ctx, stream)
+	if err := pub.XGroupCreateMkStream(ctx, stream, "bench", "0").Err(); err != nil {
+		fail(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		seen := 0
+		for seen < n {
+			res, err := sub.XReadGroup(ctx, &redis.XReadGroupArgs{
+				Group: "bench", Consumer: "c", Streams: []string{stream, ">"}, Count: chunk,
+				Block: time.Second,
+			}).Result()
+			if err == redis.Nil {
+				continue
+			}
+			if err != nil {
+				fail(err)
+			}
+			p := sub.Pipeline()
+			for _, s := range res {
+				for _, m := range s.Messages {
+					p.XAck(ctx, stream, "bench", m.ID)
+					seen++
+				}
+			}
+			if _, err := p.Exec(ctx); err != nil {
+				fail(err)
+			}
+		}
+		close(done)
+	}()
+	payload := make([]byte, 64)
+	start := time.Now()
+	for sent := 0; sent < n; sent += chunk {
+		p := pub.Pipeline()
+		for range min(chunk, n-sent) {
+			p.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"data", payload}})
+		}
+		if _, err := p.Exec(ctx); err != nil {
+			fail(err)
+		}
+	}
+	<-done
+	return time.Since(start)
+}
+
+func emit(name string, n int, d time.Duration) {
+	line, _ := json.Marshal(map[string]any{
+		"lang": "go", "case": name, "events": n, "seconds": d.Seconds(),
+		"events_per_sec": int64(float64(n) / d.Seconds()),
+	})
+	fmt.Println(string(line))
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "go-peers:", err)
+	os.Exit(1)
+}
