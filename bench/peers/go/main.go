@@ -10,7 +10,8 @@
 // nats:// runs nats.go twice: plain messages, and with the CloudEvents headers polybus's wire
 // carries (a fresh id per event). jetstream:// is nats.go's jetstream PublishAsync with a pull
 // consumer acknowledging each message. redis:// is go-redis v9 with pipelined XADD, and
-// XREADGROUP + pipelined XACK per batch read.
+// XREADGROUP + pipelined XACK per batch read, once with one field per entry and once with the
+// CloudEvents fields polybus's entries carry.
 package main
 
 import (
@@ -57,8 +58,14 @@ func main() {
 			natsJetStream(url, max(1, n/4))
 			emit("jetstream:// nats.go PublishAsync (peer)", n, natsJetStream(url, n))
 		case strings.HasPrefix(url, "redis://"):
-			redisStreams(url, max(1, n/4))
-			emit("redis:// go-redis pipelined (peer)", n, redisStreams(url, n))
+			for _, fields := range []bool{false, true} {
+				redisStreams(url, max(1, n/4), fields)
+				name := "redis:// go-redis pipelined (peer)"
+				if fields {
+					name = "redis:// go-redis pipelined with the ce_ fields (peer)"
+				}
+				emit(name, n, redisStreams(url, n, fields))
+			}
 		}
 	}
 }
@@ -175,7 +182,7 @@ func natsJetStream(url string, n int) time.Duration {
 	return time.Since(start)
 }
 
-func redisStreams(url string, n int) time.Duration {
+func redisStreams(url string, n int, fields bool) time.Duration {
 	ctx := context.Background()
 	opt, err := redis.ParseURL(url)
 	if err != nil {
@@ -217,11 +224,19 @@ func redisStreams(url string, n int) time.Duration {
 		close(done)
 	}()
 	payload := make([]byte, 64)
+	var id [16]byte
 	start := time.Now()
 	for sent := 0; sent < n; sent += chunk {
 		p := pub.Pipeline()
 		for range min(chunk, n-sent) {
-			p.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"data", payload}})
+			values := []any{"data", payload}
+			if fields {
+				_, _ = rand.Read(id[:])
+				values = []any{"payload", payload, "ce_specversion", "1.0",
+					"ce_id", hex.EncodeToString(id[:]), "ce_type", "bench.events",
+					"ce_time", "2026-12-07T13:30:00.123456Z"}
+			}
+			p.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: values})
 		}
 		if _, err := p.Exec(ctx); err != nil {
 			fail(err)
