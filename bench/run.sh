@@ -61,6 +61,13 @@ POLYBUS_BENCH_CASE=broker POLYBUS_BENCH_URL=$brokers \
 (cd bench/peers/go && POLYBUS_BENCH_URL=$brokers go run .) | grep '^{' | tee -a "$results"
 POLYBUS_BENCH_URL=$brokers "$py" python/bench/bench_pubsub.py | grep '^{' | tee -a "$results"
 POLYBUS_BENCH_URL=$brokers node node/bench/bench_pubsub.mjs | grep '^{' | grep '://' | tee -a "$results"
+# The Python and Node clients a service would use instead (nats-py, redis-py; nats.js, ioredis),
+# in an environment and a package of their own: never dependencies of the libraries.
+[ -x build/venv-bench/bin/python ] || python3 -m venv build/venv-bench
+build/venv-bench/bin/pip install -q -r bench/peers/python/requirements.txt
+POLYBUS_BENCH_URL=$brokers build/venv-bench/bin/python bench/peers/python/brokers.py | grep '^{' | tee -a "$results"
+(cd bench/peers/node && npm ci --no-audit --no-fund --silent)
+POLYBUS_BENCH_URL=$brokers node bench/peers/node/brokers.mjs | grep '^{' | tee -a "$results"
 
 echo "== scale (subscriptions: threads, memory, idle CPU, subscribe and close times)"
 scale="$out/scale.jsonl"
