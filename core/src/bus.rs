@@ -86,9 +86,33 @@ pub(crate) struct BusShared {
 /// it on the same bus wait their turn behind it, so events keep their order even when many are
 /// in flight.
 #[must_use = "the outcome of the publish is only known once waited on"]
-#[derive(Debug)]
 pub struct PendingPublish {
-    reply: oneshot::Receiver<Result<()>>,
+    inner: Option<Pending>,
+}
+
+enum Pending {
+    /// Finished by the bus's slow lane, which replies.
+    Reply(oneshot::Receiver<Result<()>>),
+    /// Handed to the transport already (its order is fixed): only the broker's confirmation
+    /// is left, awaited by whoever waits on it, with no other task or channel in between.
+    Submitted {
+        fut: PublishFut,
+        deadline: tokio::time::Instant,
+        shared: Weak<BusShared>,
+    },
+}
+
+impl std::fmt::Debug for PendingPublish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.inner {
+            Some(Pending::Reply(_)) => "waiting its turn",
+            Some(Pending::Submitted { .. }) => "waiting for the confirmation",
+            None => "finished",
+        };
+        f.debug_struct("PendingPublish")
+            .field("state", &state)
+            .finish()
+    }
 }
 
 impl PendingPublish {
@@ -97,10 +121,19 @@ impl PendingPublish {
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`], [`ErrorKind::Closed`], and backend errors.
-    pub async fn wait(self) -> Result<()> {
-        self.reply
-            .await
-            .unwrap_or_else(|_| Err(Error::closed("bus")))
+    pub async fn wait(mut self) -> Result<()> {
+        let result = match &mut self.inner {
+            Some(Pending::Reply(rx)) => rx.await.unwrap_or_else(|_| Err(Error::closed("bus"))),
+            Some(Pending::Submitted {
+                fut,
+                deadline,
+                shared,
+            }) => confirm(shared, fut, *deadline).await,
+            None => Err(Error::closed("bus")),
+        };
+        // Finished: nothing is left for `drop` to see through.
+        self.inner = None;
+        result
     }
 
     /// Blocks the calling thread until the backend accepts the event. Must not be called from
@@ -109,10 +142,63 @@ impl PendingPublish {
     /// # Errors
     /// As [`wait`](PendingPublish::wait).
     pub fn wait_blocking(self) -> Result<()> {
-        self.reply
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(Error::closed("bus")))
+        futures::executor::block_on(self.wait())
     }
+}
+
+impl Drop for PendingPublish {
+    /// A confirmation nobody waits for any more is still seen through in the background (it
+    /// counts in the bus's stats when it comes).
+    fn drop(&mut self) {
+        if let Some(Pending::Submitted {
+            mut fut,
+            deadline,
+            shared,
+        }) = self.inner.take()
+        {
+            if let Some(bus) = shared.upgrade() {
+                bus.runtime.spawn(async move {
+                    let _ = confirm(&shared, &mut fut, deadline).await;
+                });
+            }
+        }
+    }
+}
+
+/// Waits for a submitted publish's confirmation until `deadline`, and counts it. The timer
+/// is only set when the confirmation is not there already, on the bus's runtime (the caller
+/// may wait from any executor or thread).
+async fn confirm(
+    shared: &Weak<BusShared>,
+    fut: &mut PublishFut,
+    deadline: tokio::time::Instant,
+) -> Result<()> {
+    let result = match futures::FutureExt::now_or_never(&mut *fut) {
+        Some(r) => Some(r),
+        None => {
+            let Some(bus) = shared.upgrade() else {
+                return Err(Error::closed("bus"));
+            };
+            let sleep = {
+                let _runtime = bus.runtime.enter();
+                tokio::time::sleep_until(deadline)
+            };
+            drop(bus);
+            tokio::select! {
+                biased;
+                r = &mut *fut => Some(r),
+                () = sleep => None,
+            }
+        }
+    };
+    let Some(bus) = shared.upgrade() else {
+        return Err(Error::closed("bus"));
+    };
+    let result = result.unwrap_or_else(|| Err(bus.publish_timed_out()));
+    if result.is_ok() {
+        bus.counters.published.fetch_add(1, Ordering::Relaxed);
+    }
+    result
 }
 
 /// What a cancelled publish leaves behind.
@@ -135,8 +221,6 @@ type PublishFut = crate::backend::BoxFut<'static, Result<()>>;
 enum Work {
     /// The backend started it and must finish it before later publishes start.
     Started(PublishFut),
-    /// Its order is fixed; only the broker's confirmation is awaited.
-    Submitted(PublishFut),
     /// Not handed to the backend yet: an earlier publish was still waiting.
     Queued(Arc<Message>),
 }
@@ -144,35 +228,19 @@ enum Work {
 /// Waits for one publish to finish (within its deadline), counts it and replies.
 async fn finish(
     shared: Weak<BusShared>,
-    fut: PublishFut,
+    mut fut: PublishFut,
     deadline: tokio::time::Instant,
     reply: oneshot::Sender<Result<()>>,
 ) {
-    let result = tokio::time::timeout_at(deadline, fut).await;
-    let Some(shared) = shared.upgrade() else {
-        let _ = reply.send(Err(Error::closed("bus")));
-        return;
-    };
-    let result = result.unwrap_or_else(|_| {
-        Err(Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "publish was not accepted within {} ms (a subscriber's queue stayed full, or \
-                 the broker did not confirm it)",
-                shared.config.publish_timeout_ms
-            ),
-        ))
-    });
-    if result.is_ok() {
-        shared.counters.published.fetch_add(1, Ordering::Relaxed);
-    }
-    let _ = reply.send(result);
+    let _ = reply.send(confirm(&shared, &mut fut, deadline).await);
 }
 
-/// Finishes waiting publishes. Publishes whose order is not fixed yet (`Started`, `Queued`)
-/// are finished one at a time, in the order they started, so none overtakes another;
-/// publishes the transport already ordered (`Submitted`) only await their confirmations, all
-/// at once, so a broker's acknowledgements overlap instead of costing a round trip each.
+/// Finishes waiting publishes whose order is not fixed yet (`Started`, `Queued`), one at a
+/// time, in the order they started, so none overtakes another. A queued publish that the
+/// transport takes at once (its order is fixed then) only awaits its confirmation, beside the
+/// others, so a broker's acknowledgements overlap instead of costing a round trip each.
+/// Publishes that were handed to the transport at once never come here: their callers await
+/// the confirmation themselves ([`PendingPublish`]).
 async fn slow_lane(weak: Weak<BusShared>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
     let mut confirming = FuturesUnordered::new();
     loop {
@@ -187,10 +255,6 @@ async fn slow_lane(weak: Weak<BusShared>, mut rx: mpsc::UnboundedReceiver<Waitin
             continue;
         };
         let fut = match w.work {
-            Work::Submitted(fut) => {
-                confirming.push(finish(weak.clone(), fut, w.deadline, w.reply));
-                continue;
-            }
             Work::Started(fut) => fut,
             Work::Queued(m) => match shared.backend.publish(m) {
                 Publishing::Done(r) => Box::pin(std::future::ready(r)),
@@ -238,29 +302,46 @@ impl BusShared {
                 Ok(None)
             }
             Publishing::Pending(fut) => Ok(Some(self.wait_turn(Work::Started(fut)))),
-            Publishing::Submitted(fut) => Ok(Some(self.wait_turn(Work::Submitted(fut)))),
+            Publishing::Submitted(fut) => Ok(Some(PendingPublish {
+                inner: Some(Pending::Submitted {
+                    fut,
+                    deadline: self.publish_deadline(),
+                    shared: Arc::downgrade(self),
+                }),
+            })),
         }
     }
 
+    fn publish_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Config::duration(self.config.publish_timeout_ms)
+    }
+
+    fn publish_timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "publish was not accepted within {} ms (a subscriber's queue stayed full, or \
+                 the broker did not confirm it)",
+                self.config.publish_timeout_ms
+            ),
+        )
+    }
+
     fn wait_turn(&self, work: Work) -> PendingPublish {
-        let orders = !matches!(work, Work::Submitted(_));
-        if orders {
-            self.slow_pending.fetch_add(1, Ordering::AcqRel);
-        }
+        self.slow_pending.fetch_add(1, Ordering::AcqRel);
         let (reply, rx) = oneshot::channel();
-        let deadline =
-            tokio::time::Instant::now() + Config::duration(self.config.publish_timeout_ms);
+        let deadline = self.publish_deadline();
         if let Err(mpsc::error::SendError(w)) = self.slow.send(Waiting {
             work,
             deadline,
             reply,
         }) {
-            if orders {
-                self.slow_pending.fetch_sub(1, Ordering::AcqRel);
-            }
+            self.slow_pending.fetch_sub(1, Ordering::AcqRel);
             let _ = w.reply.send(Err(Error::closed("bus")));
         }
-        PendingPublish { reply: rx }
+        PendingPublish {
+            inner: Some(Pending::Reply(rx)),
+        }
     }
 
     pub(crate) fn close_timeout(&self) -> Duration {
