@@ -39,35 +39,44 @@ bash node/build.sh >/dev/null
 POLYBUS_BENCH_EVENTS=$n node node/bench/bench_pubsub.mjs | grep '^{' | tee -a "$results"
 POLYBUS_BENCH_EVENTS=$n node bench/peers/node_eventemitter.mjs | tee -a "$results"
 
-echo "== kafka"
-eval "$(bash tests/harness/brokers.sh start kafka)"
-# kafka:// beside rdkafka used directly, on the harness's broker (after an unreported warm-up).
-for case in kafka kafka-peer; do
-  POLYBUS_BENCH_CASE=$case POLYBUS_BENCH_KAFKA_URL=$POLYBUS_TEST_KAFKA_URL \
-    cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
-done
+# The Go event-bus peer in process: Watermill's gochannel (bench/peers/go, its own module).
+(cd bench/peers/go && POLYBUS_BENCH_URL=memory:// POLYBUS_BENCH_BROKER_EVENTS=$((n / 10)) go run .) | grep '^{' | tee -a "$results"
 
-# Batch publish on every broker: the Rust core's own figure (and async-nats used directly on
-# nats://), then Go's, Python's and Node's, in the
-# same run on the same brokers (each within 0.8x of the core's is the target).
+# The broker rows: each language's batch publish on every broker beside the Rust core's, and
+# beside the clients a service in that language would use instead (the peers: modules,
+# environments and packages of their own under bench/peers, never dependencies of the
+# libraries). POLYBUS_BENCH_ROUNDS rounds (default 3), each running every program once in
+# turn, so a slow moment of the machine falls on one round of each rather than on one
+# program; the report gives each case's median and range.
+rounds=${POLYBUS_BENCH_ROUNDS:-3}
+export POLYBUS_BENCH_BROKER_EVENTS=${POLYBUS_BENCH_BROKER_EVENTS:-100000}
 eval "$(bash tests/harness/brokers.sh start nats)"
 eval "$(bash tests/harness/brokers.sh start redis)"
+eval "$(bash tests/harness/brokers.sh start kafka)"
 brokers="nats://127.0.0.1:4222,jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,$POLYBUS_TEST_KAFKA_URL"
-POLYBUS_BENCH_CASE=broker POLYBUS_BENCH_URL=$brokers \
-  cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
-(source bindings/go/cgo-env.sh && cd bindings/go && POLYBUS_BENCH_URL=$brokers go run ./cmd/polybus-bench) | grep '^{' | tee -a "$results"
-# The Go clients a Go service would use instead (nats.go, its jetstream PublishAsync, go-redis
-# pipelined), a module of their own under bench/peers/go: never a dependency of the library.
-(cd bench/peers/go && POLYBUS_BENCH_URL=$brokers go run .) | grep '^{' | tee -a "$results"
-POLYBUS_BENCH_URL=$brokers "$py" python/bench/bench_pubsub.py | grep '^{' | tee -a "$results"
-POLYBUS_BENCH_URL=$brokers node node/bench/bench_pubsub.mjs | grep '^{' | grep '://' | tee -a "$results"
-# The Python and Node clients a service would use instead (nats-py, redis-py; nats.js, ioredis),
-# in an environment and a package of their own: never dependencies of the libraries.
 [ -x build/venv-bench/bin/python ] || python3 -m venv build/venv-bench
 build/venv-bench/bin/pip install -q -r bench/peers/python/requirements.txt
-POLYBUS_BENCH_URL=$brokers build/venv-bench/bin/python bench/peers/python/brokers.py | grep '^{' | tee -a "$results"
 (cd bench/peers/node && npm ci --no-audit --no-fund --silent)
-POLYBUS_BENCH_URL=$brokers node bench/peers/node/brokers.mjs | grep '^{' | tee -a "$results"
+(cd bench/peers/go && go build -o "$root/$out/go-peers" .)
+(source bindings/go/cgo-env.sh && cd bindings/go && go build -o "$root/$out/go-polybus-bench" ./cmd/polybus-bench)
+for round in $(seq 1 "$rounds"); do
+  echo "== brokers, round $round of $rounds"
+  # The Rust core (and async-nats used directly on nats://), then librdkafka used directly.
+  POLYBUS_BENCH_CASE=broker POLYBUS_BENCH_URL=$brokers \
+    cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
+  POLYBUS_BENCH_CASE=kafka-peer POLYBUS_BENCH_KAFKA_URL=$POLYBUS_TEST_KAFKA_URL \
+    POLYBUS_BENCH_KAFKA_EVENTS=$POLYBUS_BENCH_BROKER_EVENTS \
+    cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
+  (source bindings/go/cgo-env.sh && POLYBUS_BENCH_URL=$brokers "$out/go-polybus-bench") | grep '^{' | tee -a "$results"
+  # nats.go, its jetstream PublishAsync, go-redis pipelined, franz-go, Watermill.
+  POLYBUS_BENCH_URL=$brokers "$out/go-peers" | grep '^{' | tee -a "$results"
+  POLYBUS_BENCH_URL=$brokers "$py" python/bench/bench_pubsub.py | grep '^{' | tee -a "$results"
+  # nats-py (core and JetStream), redis-py, confluent-kafka.
+  POLYBUS_BENCH_URL=$brokers build/venv-bench/bin/python bench/peers/python/brokers.py | grep '^{' | tee -a "$results"
+  POLYBUS_BENCH_URL=$brokers node node/bench/bench_pubsub.mjs | grep '^{' | grep '://' | tee -a "$results"
+  # nats.js (core and @nats-io/jetstream), ioredis, kafkajs.
+  POLYBUS_BENCH_URL=$brokers node bench/peers/node/brokers.mjs | grep '^{' | tee -a "$results"
+done
 
 echo "== scale (subscriptions: threads, memory, idle CPU, subscribe and close times)"
 scale="$out/scale.jsonl"
@@ -76,5 +85,5 @@ scale="$out/scale.jsonl"
 "$py" python/bench/bench_scale.py | grep '^{' | tee -a "$scale"
 node node/bench/bench_scale.mjs | grep '^{' | tee -a "$scale"
 
-python3 bench/report.py "$results" BENCHMARKS.md
+build/venv-bench/bin/python bench/report.py "$results" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

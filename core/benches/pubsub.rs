@@ -332,7 +332,7 @@ fn main() {
                 broker_case(&url, k, true).await;
             }
             if run("kafka-peer") {
-                kafka_rdkafka_case(&url, k, Some("rust rdkafka (peer)")).await;
+                kafka_rdkafka_case(&url, k, Some("kafka:// rdkafka used directly (peer)")).await;
             }
         }
     });

@@ -1,17 +1,26 @@
 // Command go-peers measures the Go clients polybus's Go users would pick instead, the way their
 // documentation recommends for throughput, on the same brokers and workload as polybus's broker
 // rows (bench/run.sh): 64-byte events in chunks of 4096, one subscriber in the same process,
-// from the first publish to the last event received, on a fresh subject or stream, after an
-// unreported warm-up round of a quarter. It prints one JSON line per case.
+// from the first publish to the last event received, on a fresh subject, stream or topic, after
+// an unreported warm-up round of a quarter. It prints one JSON line per case.
 //
-//	POLYBUS_BENCH_URL=nats://127.0.0.1:4222,jetstream://127.0.0.1:4222,redis://127.0.0.1:6390 \
+//	POLYBUS_BENCH_URL=nats://127.0.0.1:4222,jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,kafka://127.0.0.1:9092,memory:// \
 //	  POLYBUS_BENCH_BROKER_EVENTS=200000 go run .
 //
 // nats:// runs nats.go twice: plain messages, and with the CloudEvents headers polybus's wire
-// carries (a fresh id per event). jetstream:// is nats.go's jetstream PublishAsync with a pull
-// consumer acknowledging each message. redis:// is go-redis v9 with pipelined XADD, and
-// XREADGROUP + pipelined XACK per batch read, once with one field per entry and once with the
-// CloudEvents fields polybus's entries carry.
+// carries (a fresh id per event). jetstream:// is nats.go's jetstream PublishAsync (every
+// PubAck awaited per chunk) with a pull consumer acknowledging each message, plain and with
+// the ce- headers plus Nats-Msg-Id (the event id, which the server de-duplicates on), as
+// polybus publishes. redis:// is go-redis v9 with pipelined XADD, and XREADGROUP + pipelined
+// XACK per batch read, once with one field per entry and once with the CloudEvents fields
+// polybus's entries carry. kafka:// is franz-go (kafka.go), plain and with the ce_ record
+// headers polybus's records carry.
+//
+// The event-bus view, Watermill (watermill.go): gochannel on memory://, watermill-nats on
+// nats://, watermill-redisstream on redis:// and watermill-kafka (Sarama) on kafka://, each
+// with Watermill's own wire (a UUID per message) and an Ack per message. watermill-redisstream
+// and watermill-kafka write one message per round trip (about 2,300 a second here), so they
+// run at most slowEvents events: a rate, not a total, is what is compared.
 package main
 
 import (
@@ -45,6 +54,9 @@ func main() {
 	for _, url := range strings.Split(os.Getenv("POLYBUS_BENCH_URL"), ",") {
 		url = strings.TrimSpace(url)
 		switch {
+		case strings.HasPrefix(url, "memory://"):
+			watermillGoChannel(max(1, n/4))
+			emit("memory:// watermill gochannel (peer)", n, watermillGoChannel(n))
 		case strings.HasPrefix(url, "nats://"):
 			for _, headers := range []bool{false, true} {
 				natsCore(url, max(1, n/4), headers)
@@ -54,9 +66,17 @@ func main() {
 				}
 				emit(name, n, natsCore(url, n, headers))
 			}
+			watermillNats(url, max(1, n/4))
+			emit("nats:// watermill-nats (peer)", n, watermillNats(url, n))
 		case strings.HasPrefix(url, "jetstream://"):
-			natsJetStream(url, max(1, n/4))
-			emit("jetstream:// nats.go PublishAsync (peer)", n, natsJetStream(url, n))
+			for _, headers := range []bool{false, true} {
+				natsJetStream(url, max(1, n/4), headers)
+				name := "jetstream:// nats.go PublishAsync (peer)"
+				if headers {
+					name = "jetstream:// nats.go PublishAsync with the ce- headers (peer)"
+				}
+				emit(name, n, natsJetStream(url, n, headers))
+			}
 		case strings.HasPrefix(url, "redis://"):
 			for _, fields := range []bool{false, true} {
 				redisStreams(url, max(1, n/4), fields)
@@ -66,9 +86,27 @@ func main() {
 				}
 				emit(name, n, redisStreams(url, n, fields))
 			}
+			m := min(n, slowEvents)
+			watermillRedis(url, max(1, m/4))
+			emit("redis:// watermill-redisstream (peer)", m, watermillRedis(url, m))
+		case strings.HasPrefix(url, "kafka://"):
+			for _, headers := range []bool{false, true} {
+				kafkaFranz(url, max(1, n/4), headers)
+				name := "kafka:// franz-go (peer)"
+				if headers {
+					name = "kafka:// franz-go with the ce_ headers (peer)"
+				}
+				emit(name, n, kafkaFranz(url, n, headers))
+			}
+			m := min(n, slowEvents)
+			watermillKafka(url, max(1, m/4))
+			emit("kafka:// watermill-kafka, Sarama (peer)", m, watermillKafka(url, m))
 		}
 	}
 }
+
+// slowEvents bounds the rounds of the peers that publish one message per round trip.
+const slowEvents = 20_000
 
 func unique() string {
 	var b [8]byte
@@ -126,7 +164,7 @@ func natsCore(url string, n int, headers bool) time.Duration {
 	return time.Since(start)
 }
 
-func natsJetStream(url string, n int) time.Duration {
+func natsJetStream(url string, n int, headers bool) time.Duration {
 	ctx := context.Background()
 	nc, err := nats.Connect(strings.Replace(url, "jetstream://", "nats://", 1))
 	if err != nil {
@@ -165,10 +203,25 @@ func natsJetStream(url string, n int) time.Duration {
 	defer cc.Stop()
 	subject := name + ".events"
 	payload := make([]byte, 64)
+	var id [16]byte
 	start := time.Now()
 	for sent := 0; sent < n; sent += chunk {
 		for range min(chunk, n-sent) {
-			if _, err := js.PublishAsync(subject, payload); err != nil {
+			if headers {
+				_, _ = rand.Read(id[:])
+				eventID := hex.EncodeToString(id[:])
+				m := nats.NewMsg(subject)
+				m.Data = payload
+				m.Header.Set("ce-specversion", "1.0")
+				m.Header.Set("ce-id", eventID)
+				m.Header.Set("ce-type", "bench.events")
+				m.Header.Set("ce-time", "2026-12-07T13:30:00.123456Z")
+				m.Header.Set(jetstream.MsgIDHeader, eventID)
+				_, err = js.PublishMsgAsync(m)
+			} else {
+				_, err = js.PublishAsync(subject, payload)
+			}
+			if err != nil {
 				fail(err)
 			}
 		}
