@@ -588,3 +588,46 @@ async fn pubsub_envelopes_are_cloudevents_json() {
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     bus.close().await.unwrap();
 }
+
+/// A publish the transport took at once is confirmed by whoever waits on it; one nobody waits
+/// for any more (its `PendingPublish` dropped) is still seen through and counted, and stored.
+#[tokio::test]
+async fn a_dropped_pending_publish_is_still_confirmed_and_counted() {
+    let _shared = BROKER.read().await;
+    let prefix = unique("drop");
+    let bus = Bus::connect(config(&prefix, RedisConfig::default()))
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe("orders.created", SubscribeOptions::new(), seen.handler())
+        .await
+        .unwrap();
+    let waited = bus
+        .publish_nowait(Message::new("orders.created", "waited"))
+        .unwrap()
+        .expect("a Redis Streams publish waits for its XADD reply");
+    let dropped = bus
+        .publish_nowait(Message::new("orders.created", "dropped"))
+        .unwrap()
+        .expect("a Redis Streams publish waits for its XADD reply");
+    drop(dropped);
+    waited.wait().await.unwrap();
+    let got = seen.wait(2, secs(10)).await;
+    let mut payloads: Vec<String> = got
+        .iter()
+        .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, ["dropped", "waited"]);
+    let deadline = Instant::now() + secs(10);
+    while bus.stats().published < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        bus.stats().published,
+        2,
+        "the dropped publish is counted once confirmed"
+    );
+    bus.close().await.unwrap();
+}
