@@ -165,28 +165,50 @@ impl Drop for PendingPublish {
     }
 }
 
-/// Waits for a submitted publish's confirmation until `deadline`, and counts it. The timer
-/// is only set when the confirmation is not there already, on the bus's runtime (the caller
-/// may wait from any executor or thread).
+/// Polls a future inside a runtime's context, from whatever thread or executor polls it.
+struct InRuntime<'a, F> {
+    runtime: &'a tokio::runtime::Handle,
+    fut: &'a mut F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for InRuntime<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let _runtime = self.runtime.enter();
+        std::pin::Pin::new(&mut *self.fut).poll(cx)
+    }
+}
+
+/// Waits for a submitted publish's confirmation until `deadline`, and counts it. The caller
+/// may wait from any executor or thread: the confirmation and the deadline's timer are polled
+/// inside the bus's runtime (a backend's future may set timers of its own), and the timer is
+/// only set when the confirmation is not there already.
 async fn confirm(
     shared: &Weak<BusShared>,
     fut: &mut PublishFut,
     deadline: tokio::time::Instant,
 ) -> Result<()> {
-    let result = match futures::FutureExt::now_or_never(&mut *fut) {
+    let Some(runtime) = shared.upgrade().map(|bus| bus.runtime.clone()) else {
+        return Err(Error::closed("bus"));
+    };
+    let mut fut = InRuntime {
+        runtime: &runtime,
+        fut,
+    };
+    let result = match futures::FutureExt::now_or_never(&mut fut) {
         Some(r) => Some(r),
         None => {
-            let Some(bus) = shared.upgrade() else {
-                return Err(Error::closed("bus"));
-            };
             let sleep = {
-                let _runtime = bus.runtime.enter();
+                let _runtime = runtime.enter();
                 tokio::time::sleep_until(deadline)
             };
-            drop(bus);
             tokio::select! {
                 biased;
-                r = &mut *fut => Some(r),
+                r = &mut fut => Some(r),
                 () = sleep => None,
             }
         }
