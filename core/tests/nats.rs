@@ -637,3 +637,33 @@ async fn jetstream_loses_nothing_across_a_kill_and_restart() {
     assert!(at_kill < n, "the restart happened mid-stream");
     bus.close().await.unwrap();
 }
+
+/// A JetStream publish waited on from a thread of the caller's own (the way the C, Go and
+/// Python front ends wait) is confirmed: its PubAck, whose client sets timers of its own, is
+/// polled inside the bus's runtime.
+#[tokio::test]
+async fn a_jetstream_publish_waited_on_from_a_plain_thread_is_confirmed() {
+    let _shared = BROKER.read().await;
+    let prefix = unique("thread");
+    let bus = connect(Config::new(js_url()).prefix(&prefix)).await;
+    let publisher = bus.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread outside every runtime; the test's own runtime goes on meanwhile.
+    std::thread::spawn(move || {
+        let r = publisher
+            .publish_blocking(Message::new("orders.created", "one"))
+            .and_then(|()| {
+                publisher.publish_batch_blocking(
+                    (0..100).map(|i| Message::new("orders.created", format!("{i}"))),
+                )
+            });
+        let _ = tx.send(r);
+    });
+    let published = tokio::time::timeout(secs(30), rx)
+        .await
+        .expect("the publishes did not finish within 30 s")
+        .expect("the publishing thread panicked");
+    assert_eq!(published.unwrap(), 100);
+    assert_eq!(bus.stats().published, 101);
+    bus.close().await.unwrap();
+}
