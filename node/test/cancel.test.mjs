@@ -232,7 +232,11 @@ test('an aborted signal fires before the call starts: the core fails it (or not)
 
 test('a signal whose deadline has passed fails the call with TIMEOUT, the TimeoutError as cause', async () => {
   const signal = AbortSignal.timeout(1)
+  // The timer of AbortSignal.timeout does not keep the process alive, and nothing else is open
+  // yet: a timer of the test's own does, until the signal fired.
+  const alive = setInterval(() => {}, 1000)
   await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))
+  clearInterval(alive)
   await assert.rejects(connect('nosuch://', { signal }), (err) => isTimedOut(err, signal, /^timed out: connect: the caller's deadline passed$/))
   const bus = await connect('memory://')
   const sub = await bus.subscribe('jobs.run', () => {})
