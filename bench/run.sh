@@ -64,6 +64,9 @@ for round in $(seq 1 "$rounds"); do
   # The Rust core (and async-nats used directly on nats://), then librdkafka used directly.
   POLYBUS_BENCH_CASE=broker POLYBUS_BENCH_URL=$brokers \
     cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
+  # Latency at a fixed rate below saturation (the Rust core on every backend, async-nats).
+  POLYBUS_BENCH_CASE=latency POLYBUS_BENCH_URL="memory://,$brokers" \
+    cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
   POLYBUS_BENCH_CASE=kafka-peer POLYBUS_BENCH_KAFKA_URL=$POLYBUS_TEST_KAFKA_URL \
     POLYBUS_BENCH_KAFKA_EVENTS=$POLYBUS_BENCH_BROKER_EVENTS \
     cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"

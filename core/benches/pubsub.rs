@@ -15,6 +15,14 @@
 //! crate the core is built on, publishing the same 64-byte payloads in chunks of 4096 (each
 //! chunk flushed) to one subscriber, the floor the core adds to; and once more with the
 //! CloudEvents headers polybus's wire carries, the floor of that wire.
+//!
+//! With `POLYBUS_BENCH_CASE=latency` and `POLYBUS_BENCH_URL`, it measures the latency from
+//! publish to handler at a fixed rate below saturation on each broker (and `memory://`):
+//! `POLYBUS_BENCH_LATENCY_RATE` events a second (default 5,000) for
+//! `POLYBUS_BENCH_LATENCY_SECONDS` (default 4) after a second of warm-up, each publish
+//! awaited (a durable broker's confirmation included), the percentiles of the time from just
+//! before each publish to its handler. A `nats://` URL is also measured with async-nats used
+//! directly, the same way.
 
 use std::{
     sync::{
@@ -272,6 +280,139 @@ async fn kafka_rdkafka_case(url: &str, n: u64, name: Option<&str>) {
     }
 }
 
+/// Publish-to-handler latency at a fixed rate: each payload carries the moment (ns since
+/// `base`) just before its publish; the handler records how long it took to arrive.
+struct Latency {
+    base: Instant,
+    samples: parking_lot::Mutex<Vec<u64>>,
+    seen: AtomicU64,
+    done: Notify,
+    expect: u64,
+}
+
+impl Latency {
+    fn new(expect: u64) -> Arc<Self> {
+        Arc::new(Latency {
+            base: Instant::now(),
+            samples: parking_lot::Mutex::new(Vec::with_capacity(expect as usize)),
+            seen: AtomicU64::new(0),
+            done: Notify::new(),
+            expect,
+        })
+    }
+
+    fn payload(&self) -> bytes::Bytes {
+        let mut p = vec![7u8; 64];
+        p[..8].copy_from_slice(&(self.base.elapsed().as_nanos() as u64).to_le_bytes());
+        bytes::Bytes::from(p)
+    }
+
+    fn arrived(&self, payload: &[u8]) {
+        let sent = u64::from_le_bytes(payload[..8].try_into().unwrap());
+        let now = self.base.elapsed().as_nanos() as u64;
+        self.samples.lock().push(now.saturating_sub(sent));
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.expect {
+            self.done.notify_one();
+        }
+    }
+
+    /// Publishes `expect` events at `rate` a second with `send`, then reports the percentiles
+    /// of those after the first `warm` (unreported).
+    async fn run<F, Fut>(&self, name: &str, rate: u64, warm: u64, mut send: F)
+    where
+        F: FnMut(bytes::Bytes) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let start = tokio::time::Instant::now();
+        let gap = std::time::Duration::from_nanos(1_000_000_000 / rate.max(1));
+        for i in 0..self.expect {
+            tokio::time::sleep_until(start + gap * i as u32).await;
+            send(self.payload()).await;
+        }
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(30), self.done.notified());
+        if wait.await.is_err() {
+            eprintln!(
+                "{name}: only {} of {} events arrived",
+                self.seen.load(Ordering::Relaxed),
+                self.expect
+            );
+            return;
+        }
+        let mut all = std::mem::take(&mut *self.samples.lock());
+        // Arrival order is publish order here; the warm-up round is left out.
+        let mut v = all.split_off((warm as usize).min(all.len()));
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0;
+        println!(
+            "{{\"lang\":\"rust\",\"case\":\"{name}\",\"events\":{},\"rate\":{rate},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1}}}",
+            v.len(),
+            at(0.5),
+            at(0.99),
+            at(0.999),
+            *v.last().unwrap() as f64 / 1000.0
+        );
+    }
+}
+
+/// polybus: `publish` awaited per event, one subscriber.
+async fn latency_case(url: &str, rate: u64, seconds: u64) {
+    let warm = rate;
+    let lat = Latency::new(warm + rate * seconds);
+    let mut config =
+        polybus::Config::new(url).prefix(format!("bench{}", uuid::Uuid::new_v4().simple()));
+    config.redis.max_len = 0;
+    let bus = Bus::connect(config).await.unwrap();
+    let l = lat.clone();
+    let _sub = bus
+        .subscribe("bench.latency", SubscribeOptions::new(), move |e: Event| {
+            l.arrived(e.payload());
+            std::future::ready(Ok::<(), polybus::Error>(()))
+        })
+        .await
+        .unwrap();
+    let scheme = &url[..url.find("://").map_or(0, |i| i + 3)];
+    let name = format!("{scheme} latency rust");
+    lat.run(&name, rate, warm, |p| {
+        let bus = bus.clone();
+        async move { bus.publish(Message::new("bench.latency", p)).await.unwrap() }
+    })
+    .await;
+    bus.close().await.unwrap();
+}
+
+/// async-nats used directly: each message published and flushed, one subscriber.
+async fn latency_nats_peer(url: &str, rate: u64, seconds: u64) {
+    let warm = rate;
+    let lat = Latency::new(warm + rate * seconds);
+    let client = async_nats::connect(url.trim_start_matches("nats://"))
+        .await
+        .unwrap();
+    let subject = format!("bench{}.latency", uuid::Uuid::new_v4().simple());
+    let mut sub = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let l = lat.clone();
+    let reader = tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(m) = sub.next().await {
+            l.arrived(&m.payload);
+        }
+    });
+    lat.run(
+        "nats:// latency async-nats used directly (peer)",
+        rate,
+        warm,
+        |p| {
+            let (client, subject) = (client.clone(), subject.clone());
+            async move {
+                client.publish(subject, p).await.unwrap();
+                client.flush().await.unwrap();
+            }
+        },
+    )
+    .await;
+    reader.abort();
+}
+
 fn report(name: &str, n: u64, secs: f64) {
     println!(
         "{{\"lang\":\"rust\",\"case\":\"{name}\",\"events\":{n},\"seconds\":{secs:.4},\"events_per_sec\":{:.0}}}",
@@ -318,6 +459,27 @@ fn main() {
                         nats_peer_case(url, (k / 4).max(1), headers, false).await;
                         nats_peer_case(url, k, headers, true).await;
                     }
+                }
+            }
+        }
+        if let Some(urls) = std::env::var("POLYBUS_BENCH_URL")
+            .ok()
+            .filter(|_| only.as_deref() == Some("latency"))
+        {
+            let env = |k: &str, d: u64| {
+                std::env::var(k)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(d)
+            };
+            let (rate, seconds) = (
+                env("POLYBUS_BENCH_LATENCY_RATE", 5_000),
+                env("POLYBUS_BENCH_LATENCY_SECONDS", 4),
+            );
+            for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                latency_case(url, rate, seconds).await;
+                if url.starts_with("nats://") {
+                    latency_nats_peer(url, rate, seconds).await;
                 }
             }
         }
