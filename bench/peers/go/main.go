@@ -55,54 +55,38 @@ func main() {
 		url = strings.TrimSpace(url)
 		switch {
 		case strings.HasPrefix(url, "memory://"):
-			watermillGoChannel(max(1, n/4))
-			emit("memory:// watermill gochannel (peer)", n, watermillGoChannel(n))
+			measure("memory:// watermill gochannel (peer)", n, watermillGoChannel)
 		case strings.HasPrefix(url, "nats://"):
-			for _, headers := range []bool{false, true} {
-				natsCore(url, max(1, n/4), headers)
-				name := "nats:// nats.go (peer)"
-				if headers {
-					name = "nats:// nats.go with the ce- headers (peer)"
-				}
-				emit(name, n, natsCore(url, n, headers))
-			}
-			watermillNats(url, max(1, n/4))
-			emit("nats:// watermill-nats (peer)", n, watermillNats(url, n))
+			pair(url, n, natsCore, "nats:// nats.go (peer)", "nats:// nats.go with the ce- headers (peer)")
+			measure("nats:// watermill-nats (peer)", n, func(k int) time.Duration { return watermillNats(url, k) })
 		case strings.HasPrefix(url, "jetstream://"):
-			for _, headers := range []bool{false, true} {
-				natsJetStream(url, max(1, n/4), headers)
-				name := "jetstream:// nats.go PublishAsync (peer)"
-				if headers {
-					name = "jetstream:// nats.go PublishAsync with the ce- headers (peer)"
-				}
-				emit(name, n, natsJetStream(url, n, headers))
-			}
+			pair(url, n, natsJetStream, "jetstream:// nats.go PublishAsync (peer)",
+				"jetstream:// nats.go PublishAsync with the ce- headers (peer)")
 		case strings.HasPrefix(url, "redis://"):
-			for _, fields := range []bool{false, true} {
-				redisStreams(url, max(1, n/4), fields)
-				name := "redis:// go-redis pipelined (peer)"
-				if fields {
-					name = "redis:// go-redis pipelined with the ce_ fields (peer)"
-				}
-				emit(name, n, redisStreams(url, n, fields))
-			}
-			m := min(n, slowEvents)
-			watermillRedis(url, max(1, m/4))
-			emit("redis:// watermill-redisstream (peer)", m, watermillRedis(url, m))
+			pair(url, n, redisStreams, "redis:// go-redis pipelined (peer)",
+				"redis:// go-redis pipelined with the ce_ fields (peer)")
+			measure("redis:// watermill-redisstream (peer)", min(n, slowEvents),
+				func(k int) time.Duration { return watermillRedis(url, k) })
 		case strings.HasPrefix(url, "kafka://"):
-			for _, headers := range []bool{false, true} {
-				kafkaFranz(url, max(1, n/4), headers)
-				name := "kafka:// franz-go (peer)"
-				if headers {
-					name = "kafka:// franz-go with the ce_ headers (peer)"
-				}
-				emit(name, n, kafkaFranz(url, n, headers))
-			}
-			m := min(n, slowEvents)
-			watermillKafka(url, max(1, m/4))
-			emit("kafka:// watermill-kafka, Sarama (peer)", m, watermillKafka(url, m))
+			pair(url, n, kafkaFranz, "kafka:// franz-go (peer)", "kafka:// franz-go with the ce_ headers (peer)")
+			measure("kafka:// watermill-kafka, Sarama (peer)", min(n, slowEvents),
+				func(k int) time.Duration { return watermillKafka(url, k) })
 		}
 	}
+}
+
+// measure runs an unreported warm-up round of a quarter of n events, then n events, and emits
+// the second round as case name.
+func measure(name string, n int, round func(int) time.Duration) {
+	round(max(1, n/4))
+	emit(name, n, round(n))
+}
+
+// pair measures a client twice: plain, and with polybus's wire (the CloudEvents headers or
+// stream fields it carries).
+func pair(url string, n int, round func(string, int, bool) time.Duration, plain, sameWire string) {
+	measure(plain, n, func(k int) time.Duration { return round(url, k, false) })
+	measure(sameWire, n, func(k int) time.Duration { return round(url, k, true) })
 }
 
 // slowEvents bounds the rounds of the peers that publish one message per round trip.
