@@ -13,32 +13,29 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// kafkaFranz is franz-go with the settings of the Rust peer (core/benches/pubsub.rs): a fresh
-// topic of one partition, an idempotent producer with acks=all (linger 5 ms), its records
-// produced asynchronously and every chunk's awaited (ProduceSync of the chunk), and a consumer
-// group of its own reading from the earliest offset, auto-committing (every 5 s, the default)
-// and fetching with a 100 ms max wait, in place (the partition assigned) before the first
-// publish.
-func kafkaFranz(url string, n int, headers bool) time.Duration {
+// kafkaConsumer sets franz-go up with the settings of the Rust peer (core/benches/pubsub.rs):
+// a fresh topic of one partition, an idempotent producer with acks=all (linger 5 ms), and a
+// consumer group of its own reading from the earliest offset, auto-committing (every 5 s, the
+// default) and fetching with a 100 ms max wait, in place (the partition assigned) before it
+// returns. It gives the producer, the topic, a channel closed once n records were consumed and
+// what removes it all.
+func kafkaConsumer(url string, n int) (producer *kgo.Client, topic string, done <-chan struct{}, stop func()) {
 	ctx := context.Background()
 	servers := strings.Split(strings.TrimPrefix(url, "kafka://"), ",")
-	topic := unique() + ".events"
+	topic = unique() + ".events"
 	adm, err := kgo.NewClient(kgo.SeedBrokers(servers...))
 	if err != nil {
 		fail(err)
 	}
-	defer adm.Close()
 	admin := kadm.NewClient(adm)
 	if _, err := admin.CreateTopic(ctx, 1, 1, nil, topic); err != nil {
 		fail(err)
 	}
-	defer func() { _, _ = admin.DeleteTopic(ctx, topic) }()
-	producer, err := kgo.NewClient(kgo.SeedBrokers(servers...),
+	producer, err = kgo.NewClient(kgo.SeedBrokers(servers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.ProducerLinger(5*time.Millisecond))
 	if err != nil {
 		fail(err)
 	}
-	defer producer.Close()
 	assigned := make(chan struct{})
 	var once sync.Once
 	consumer, err := kgo.NewClient(kgo.SeedBrokers(servers...),
@@ -50,14 +47,13 @@ func kafkaFranz(url string, n int, headers bool) time.Duration {
 	if err != nil {
 		fail(err)
 	}
-	defer consumer.Close()
 	// The subscription is in place once the group assigned the partition.
 	select {
 	case <-assigned:
 	case <-time.After(30 * time.Second):
 		fail(errors.New("kafka: the group assigned no partition within 30 s"))
 	}
-	done := make(chan struct{})
+	consumed := make(chan struct{})
 	go func() {
 		for seen := 0; seen < n; {
 			fetches := consumer.PollFetches(ctx)
@@ -66,11 +62,25 @@ func kafkaFranz(url string, n int, headers bool) time.Duration {
 			}
 			seen += fetches.NumRecords()
 		}
-		close(done)
+		close(consumed)
 	}()
-	payload := make([]byte, 64)
+	return producer, topic, consumed, func() {
+		consumer.Close()
+		producer.Close()
+		_, _ = admin.DeleteTopic(ctx, topic)
+		adm.Close()
+	}
+}
+
+// kafkaFranz is franz-go (see kafkaConsumer) with its records produced asynchronously and
+// every chunk's awaited (ProduceSync of the chunk).
+func kafkaFranz(url string, n int, headers bool) run {
+	ctx := context.Background()
+	producer, topic, done, stop := kafkaConsumer(url, n)
+	defer stop()
+	payload := make([]byte, size)
 	var id [16]byte
-	start := time.Now()
+	u := start()
 	for sent := 0; sent < n; sent += chunk {
 		records := make([]*kgo.Record, min(chunk, n-sent))
 		for i := range records {
@@ -90,5 +100,22 @@ func kafkaFranz(url string, n int, headers bool) time.Duration {
 		}
 	}
 	<-done
-	return time.Since(start)
+	return u.stop(n)
+}
+
+// kafkaFranzOne is franz-go's ProduceSync of one record at a time, each acknowledged before
+// the next (ProduceSync stops the linger), to the consumer of the batch case.
+func kafkaFranzOne(url string, n int) run {
+	ctx := context.Background()
+	producer, topic, done, stop := kafkaConsumer(url, n)
+	defer stop()
+	payload := make([]byte, size)
+	u := start()
+	for range n {
+		if err := producer.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: payload}).FirstErr(); err != nil {
+			fail(err)
+		}
+	}
+	<-done
+	return u.stop(n)
 }

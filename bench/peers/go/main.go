@@ -1,8 +1,11 @@
 // Command go-peers measures the Go clients polybus's Go users would pick instead, the way their
 // documentation recommends for throughput, on the same brokers and workload as polybus's broker
-// rows (bench/run.sh): 64-byte events in chunks of 4096, one subscriber in the same process,
-// from the first publish to the last event received, on a fresh subject, stream or topic, after
-// an unreported warm-up round of a quarter. It prints one JSON line per case.
+// rows (bench/run.sh): events of POLYBUS_BENCH_SIZE bytes (default 64) in chunks of 4096, one
+// subscriber in the same process, from the first publish to the last event received, on a
+// fresh subject, stream or topic, after an unreported warm-up round of a quarter. It prints one
+// JSON line per case, each with "size" (the payload bytes), "cpu_us_per_event" (this process's
+// user and system CPU time over the measured round, per event) and "rss_mb" (the process's
+// peak resident set over the measured round, Linux only; 0 elsewhere).
 //
 //	POLYBUS_BENCH_URL=nats://127.0.0.1:4222,jetstream://127.0.0.1:4222,redis://127.0.0.1:6390,kafka://127.0.0.1:9092,memory:// \
 //	  POLYBUS_BENCH_BROKER_EVENTS=200000 go run .
@@ -21,6 +24,18 @@
 // with Watermill's own wire (a UUID per message) and an Ack per message. watermill-redisstream
 // and watermill-kafka write one message per round trip (about 2,300 a second here), so they
 // run at most slowEvents events: a rate, not a total, is what is compared.
+//
+// POLYBUS_BENCH_CASE picks other cases, as polybus-bench's does:
+//
+//   - latency: on nats:// only, nats.go's Publish then Flush per message to a plain
+//     subscription, at POLYBUS_BENCH_LATENCY_RATE events a second (default 5,000) for
+//     POLYBUS_BENCH_LATENCY_SECONDS (default 4) after a second of warm-up; it prints the
+//     percentiles of publish-to-handler latency ("nats:// latency nats.go (peer)").
+//   - single: each durable client publishing one event at a time, each confirmed before the
+//     next, POLYBUS_BENCH_SINGLE_EVENTS events (default 3,000), to the consumer of its batch
+//     case: nats.go jetstream's Publish, go-redis's XADD and franz-go's ProduceSync of one
+//     record.
+//   - fanout: polybus-bench's alone; nothing here.
 package main
 
 import (
@@ -42,51 +57,101 @@ import (
 
 const chunk = 4096
 
-func main() {
-	n := 200_000
-	if s := os.Getenv("POLYBUS_BENCH_BROKER_EVENTS"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v <= 0 {
-			fail(fmt.Errorf("POLYBUS_BENCH_BROKER_EVENTS=%q is not a positive count", s))
-		}
-		n = v
+// size is the payload size of every case (POLYBUS_BENCH_SIZE).
+var size = 64
+
+// count reads a positive count from the environment variable name, or gives def.
+func count(name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
 	}
-	for _, url := range strings.Split(os.Getenv("POLYBUS_BENCH_URL"), ",") {
-		url = strings.TrimSpace(url)
-		switch {
-		case strings.HasPrefix(url, "memory://"):
-			measure("memory:// watermill gochannel (peer)", n, watermillGoChannel)
-		case strings.HasPrefix(url, "nats://"):
-			pair(url, n, natsCore, "nats:// nats.go (peer)", "nats:// nats.go with the ce- headers (peer)")
-			measure("nats:// watermill-nats (peer)", n, func(k int) time.Duration { return watermillNats(url, k) })
-		case strings.HasPrefix(url, "jetstream://"):
-			pair(url, n, natsJetStream, "jetstream:// nats.go PublishAsync (peer)",
-				"jetstream:// nats.go PublishAsync with the ce- headers (peer)")
-		case strings.HasPrefix(url, "redis://"):
-			pair(url, n, redisStreams, "redis:// go-redis pipelined (peer)",
-				"redis:// go-redis pipelined with the ce_ fields (peer)")
-			measure("redis:// watermill-redisstream (peer)", min(n, slowEvents),
-				func(k int) time.Duration { return watermillRedis(url, k) })
-		case strings.HasPrefix(url, "kafka://"):
-			pair(url, n, kafkaFranz, "kafka:// franz-go (peer)", "kafka:// franz-go with the ce_ headers (peer)")
-			measure("kafka:// watermill-kafka, Sarama (peer)", min(n, slowEvents),
-				func(k int) time.Duration { return watermillKafka(url, k) })
+	v, err := strconv.Atoi(s)
+	if err != nil || v <= 0 {
+		fail(fmt.Errorf("%s=%q is not a positive count", name, s))
+	}
+	return v
+}
+
+func main() {
+	size = count("POLYBUS_BENCH_SIZE", 64)
+	urls := strings.Split(os.Getenv("POLYBUS_BENCH_URL"), ",")
+	switch mode := os.Getenv("POLYBUS_BENCH_CASE"); mode {
+	case "":
+		n := count("POLYBUS_BENCH_BROKER_EVENTS", 200_000)
+		for _, url := range urls {
+			throughput(strings.TrimSpace(url), n)
 		}
+	case "latency":
+		rate := count("POLYBUS_BENCH_LATENCY_RATE", 5000)
+		seconds := count("POLYBUS_BENCH_LATENCY_SECONDS", 4)
+		for _, url := range urls {
+			if url = strings.TrimSpace(url); strings.HasPrefix(url, "nats://") {
+				natsLatency(url, rate, seconds)
+			}
+		}
+	case "single":
+		n := count("POLYBUS_BENCH_SINGLE_EVENTS", 3000)
+		for _, url := range urls {
+			oneAtATime(strings.TrimSpace(url), n)
+		}
+	case "fanout":
+		// Fan-out and groups are polybus-bench's cases; no peer runs them.
+	default:
+		fail(fmt.Errorf("POLYBUS_BENCH_CASE=%q: expected latency, single or fanout (or none)", mode))
+	}
+}
+
+// throughput runs the batch cases of url's clients.
+func throughput(url string, n int) {
+	switch {
+	case strings.HasPrefix(url, "memory://"):
+		measure("memory:// watermill gochannel (peer)", n, watermillGoChannel)
+	case strings.HasPrefix(url, "nats://"):
+		pair(url, n, natsCore, "nats:// nats.go (peer)", "nats:// nats.go with the ce- headers (peer)")
+		measure("nats:// watermill-nats (peer)", n, func(k int) run { return watermillNats(url, k) })
+	case strings.HasPrefix(url, "jetstream://"):
+		pair(url, n, natsJetStream, "jetstream:// nats.go PublishAsync (peer)",
+			"jetstream:// nats.go PublishAsync with the ce- headers (peer)")
+	case strings.HasPrefix(url, "redis://"):
+		pair(url, n, redisStreams, "redis:// go-redis pipelined (peer)",
+			"redis:// go-redis pipelined with the ce_ fields (peer)")
+		measure("redis:// watermill-redisstream (peer)", min(n, slowEvents),
+			func(k int) run { return watermillRedis(url, k) })
+	case strings.HasPrefix(url, "kafka://"):
+		pair(url, n, kafkaFranz, "kafka:// franz-go (peer)", "kafka:// franz-go with the ce_ headers (peer)")
+		measure("kafka:// watermill-kafka, Sarama (peer)", min(n, slowEvents),
+			func(k int) run { return watermillKafka(url, k) })
+	}
+}
+
+// oneAtATime runs the one-at-a-time case of url's durable client, if it has one.
+func oneAtATime(url string, n int) {
+	bind := func(round func(string, int) run) func(int) run {
+		return func(k int) run { return round(url, k) }
+	}
+	switch {
+	case strings.HasPrefix(url, "jetstream://"):
+		measure("jetstream:// nats.go jetstream Publish one at a time (peer)", n, bind(natsJetStreamOne))
+	case strings.HasPrefix(url, "redis://"):
+		measure("redis:// go-redis XADD one at a time (peer)", n, bind(redisStreamsOne))
+	case strings.HasPrefix(url, "kafka://"):
+		measure("kafka:// franz-go ProduceSync one at a time (peer)", n, bind(kafkaFranzOne))
 	}
 }
 
 // measure runs an unreported warm-up round of a quarter of n events, then n events, and emits
 // the second round as case name.
-func measure(name string, n int, round func(int) time.Duration) {
+func measure(name string, n int, round func(int) run) {
 	round(max(1, n/4))
 	emit(name, n, round(n))
 }
 
 // pair measures a client twice: plain, and with polybus's wire (the CloudEvents headers or
 // stream fields it carries).
-func pair(url string, n int, round func(string, int, bool) time.Duration, plain, sameWire string) {
-	measure(plain, n, func(k int) time.Duration { return round(url, k, false) })
-	measure(sameWire, n, func(k int) time.Duration { return round(url, k, true) })
+func pair(url string, n int, round func(string, int, bool) run, plain, sameWire string) {
+	measure(plain, n, func(k int) run { return round(url, k, false) })
+	measure(sameWire, n, func(k int) run { return round(url, k, true) })
 }
 
 // slowEvents bounds the rounds of the peers that publish one message per round trip.
@@ -98,7 +163,7 @@ func unique() string {
 	return "peer" + hex.EncodeToString(b[:])
 }
 
-func natsCore(url string, n int, headers bool) time.Duration {
+func natsCore(url string, n int, headers bool) run {
 	nc, err := nats.Connect(url)
 	if err != nil {
 		fail(err)
@@ -119,9 +184,9 @@ func natsCore(url string, n int, headers bool) time.Duration {
 	if err := nc.Flush(); err != nil {
 		fail(err)
 	}
-	payload := make([]byte, 64)
+	payload := make([]byte, size)
 	var id [16]byte
-	start := time.Now()
+	u := start()
 	for sent := 0; sent < n; sent += chunk {
 		for range min(chunk, n-sent) {
 			if headers {
@@ -145,17 +210,47 @@ func natsCore(url string, n int, headers bool) time.Duration {
 		}
 	}
 	<-done
-	return time.Since(start)
+	return u.stop(n)
 }
 
-func natsJetStream(url string, n int, headers bool) time.Duration {
+// natsLatency is nats.go's latency: each message published and flushed, to a plain
+// subscription, at rate a second for seconds after a second of warm-up.
+func natsLatency(url string, rate, seconds int) {
+	warm := rate
+	l := newLatency(warm + rate*seconds)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		fail(err)
+	}
+	defer nc.Close()
+	subject := unique() + ".latency"
+	if _, err := nc.Subscribe(subject, func(m *nats.Msg) { l.arrived(m.Data) }); err != nil {
+		fail(err)
+	}
+	if err := nc.Flush(); err != nil {
+		fail(err)
+	}
+	l.run("nats:// latency nats.go (peer)", rate, warm, func(p []byte) {
+		if err := nc.Publish(subject, p); err != nil {
+			fail(err)
+		}
+		if err := nc.Flush(); err != nil {
+			fail(err)
+		}
+	})
+}
+
+// jetStreamConsumer makes a fresh stream and a durable consumer on it, consumed (pulled) and
+// each message acknowledged, the subscriber of the jetstream cases. It gives the JetStream
+// context, the stream's subject, a channel closed once n messages were consumed and what
+// removes it all.
+func jetStreamConsumer(url string, n int) (js jetstream.JetStream, subject string, done <-chan struct{}, stop func()) {
 	ctx := context.Background()
 	nc, err := nats.Connect(strings.Replace(url, "jetstream://", "nats://", 1))
 	if err != nil {
 		fail(err)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err = jetstream.New(nc)
 	if err != nil {
 		fail(err)
 	}
@@ -166,29 +261,37 @@ func natsJetStream(url string, n int, headers bool) time.Duration {
 	if err != nil {
 		fail(err)
 	}
-	defer func() { _ = js.DeleteStream(ctx, strings.ToUpper(name)) }()
 	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096,
 	})
 	if err != nil {
 		fail(err)
 	}
-	done := make(chan struct{})
+	consumed := make(chan struct{})
 	var seen atomic.Int64
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		_ = m.Ack()
 		if seen.Add(1) == int64(n) {
-			close(done)
+			close(consumed)
 		}
 	})
 	if err != nil {
 		fail(err)
 	}
-	defer cc.Stop()
-	subject := name + ".events"
-	payload := make([]byte, 64)
+	return js, name + ".events", consumed, func() {
+		cc.Stop()
+		_ = js.DeleteStream(ctx, strings.ToUpper(name))
+		nc.Close()
+	}
+}
+
+func natsJetStream(url string, n int, headers bool) run {
+	js, subject, done, stop := jetStreamConsumer(url, n)
+	defer stop()
+	payload := make([]byte, size)
 	var id [16]byte
-	start := time.Now()
+	var err error
+	u := start()
 	for sent := 0; sent < n; sent += chunk {
 		for range min(chunk, n-sent) {
 			if headers {
@@ -216,24 +319,42 @@ func natsJetStream(url string, n int, headers bool) time.Duration {
 		}
 	}
 	<-done
-	return time.Since(start)
+	return u.stop(n)
 }
 
-func redisStreams(url string, n int, fields bool) time.Duration {
+// natsJetStreamOne is jetstream's synchronous Publish, each PubAck awaited before the next
+// publish, to the consumer of the PublishAsync case.
+func natsJetStreamOne(url string, n int) run {
+	js, subject, done, stop := jetStreamConsumer(url, n)
+	defer stop()
+	ctx := context.Background()
+	payload := make([]byte, size)
+	u := start()
+	for range n {
+		if _, err := js.Publish(ctx, subject, payload); err != nil {
+			fail(err)
+		}
+	}
+	<-done
+	return u.stop(n)
+}
+
+// redisReader makes a fresh stream with a consumer group, read by XREADGROUP (up to a chunk
+// a call) with the entries read acknowledged by pipelined XACK, the subscriber of the redis
+// cases. It gives a client to publish with, the stream, a channel closed once n entries were
+// read and what removes it all.
+func redisReader(url string, n int) (pub *redis.Client, stream string, done <-chan struct{}, stop func()) {
 	ctx := context.Background()
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		fail(err)
 	}
 	pub, sub := redis.NewClient(opt), redis.NewClient(opt)
-	defer pub.Close()
-	defer sub.Close()
-	stream := unique() + ":events"
-	defer pub.Del(ctx, stream)
+	stream = unique() + ":events"
 	if err := pub.XGroupCreateMkStream(ctx, stream, "bench", "0").Err(); err != nil {
 		fail(err)
 	}
-	done := make(chan struct{})
+	read := make(chan struct{})
 	go func() {
 		seen := 0
 		for seen < n {
@@ -258,11 +379,22 @@ func redisStreams(url string, n int, fields bool) time.Duration {
 				fail(err)
 			}
 		}
-		close(done)
+		close(read)
 	}()
-	payload := make([]byte, 64)
+	return pub, stream, read, func() {
+		pub.Del(ctx, stream)
+		_ = sub.Close()
+		_ = pub.Close()
+	}
+}
+
+func redisStreams(url string, n int, fields bool) run {
+	ctx := context.Background()
+	pub, stream, done, stop := redisReader(url, n)
+	defer stop()
+	payload := make([]byte, size)
 	var id [16]byte
-	start := time.Now()
+	u := start()
 	for sent := 0; sent < n; sent += chunk {
 		p := pub.Pipeline()
 		for range min(chunk, n-sent) {
@@ -280,13 +412,31 @@ func redisStreams(url string, n int, fields bool) time.Duration {
 		}
 	}
 	<-done
-	return time.Since(start)
+	return u.stop(n)
 }
 
-func emit(name string, n int, d time.Duration) {
+// redisStreamsOne is one XADD per event, each reply awaited before the next, to the reader of
+// the pipelined case.
+func redisStreamsOne(url string, n int) run {
+	ctx := context.Background()
+	pub, stream, done, stop := redisReader(url, n)
+	defer stop()
+	payload := make([]byte, size)
+	u := start()
+	for range n {
+		if err := pub.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"data", payload}}).Err(); err != nil {
+			fail(err)
+		}
+	}
+	<-done
+	return u.stop(n)
+}
+
+func emit(name string, n int, r run) {
 	line, _ := json.Marshal(map[string]any{
-		"lang": "go", "case": name, "events": n, "seconds": d.Seconds(),
-		"events_per_sec": int64(float64(n) / d.Seconds()),
+		"lang": "go", "case": name, "events": n, "seconds": r.elapsed.Seconds(),
+		"events_per_sec": int64(float64(n) / r.elapsed.Seconds()),
+		"size":           size, "cpu_us_per_event": r.cpuPerEvent, "rss_mb": r.rssMB,
 	})
 	fmt.Println(string(line))
 }
