@@ -42,14 +42,17 @@ POLYBUS_BENCH_EVENTS=$n node bench/peers/node_eventemitter.mjs | tee -a "$result
 # The Go event-bus peer in process: Watermill's gochannel (bench/peers/go, its own module).
 (cd bench/peers/go && POLYBUS_BENCH_URL=memory:// POLYBUS_BENCH_BROKER_EVENTS=$((n / 10)) go run .) | grep '^{' | tee -a "$results"
 
-# The broker rows: each language's batch publish on every broker beside the Rust core's, and
-# beside the clients a service in that language would use instead (the peers: modules,
-# environments and packages of their own under bench/peers, never dependencies of the
-# libraries). POLYBUS_BENCH_ROUNDS rounds (default 3), each running every program once in
-# turn, so a slow moment of the machine falls on one round of each rather than on one
-# program; the report gives each case's median and range.
+# The broker rows: each language on every broker beside the Rust core, and beside the clients
+# a service in that language would use instead (the peers: modules, environments and packages
+# of their own under bench/peers, never dependencies of the libraries). POLYBUS_BENCH_ROUNDS
+# rounds (default 3), each running every program once in turn, so a slow moment of the machine
+# falls on one round of each rather than on one program; the report gives each case's median
+# and range. Each round: batch publish at every size of POLYBUS_BENCH_SIZES (bytes; larger
+# payloads get fewer events, 64 MiB of payload at most), durable publish one at a time, fan-out
+# to 10 and a group of 4, latency at a fixed rate.
 rounds=${POLYBUS_BENCH_ROUNDS:-3}
-export POLYBUS_BENCH_BROKER_EVENTS=${POLYBUS_BENCH_BROKER_EVENTS:-100000}
+sizes=${POLYBUS_BENCH_SIZES:-64 1024 65536}
+events=${POLYBUS_BENCH_BROKER_EVENTS:-100000}
 eval "$(bash tests/harness/brokers.sh start nats)"
 eval "$(bash tests/harness/brokers.sh start redis)"
 eval "$(bash tests/harness/brokers.sh start kafka)"
@@ -59,26 +62,37 @@ build/venv-bench/bin/pip install -q -r bench/peers/python/requirements.txt
 (cd bench/peers/node && npm ci --no-audit --no-fund --silent)
 (cd bench/peers/go && go build -o "$root/$out/go-peers" .)
 (source bindings/go/cgo-env.sh && cd bindings/go && go build -o "$root/$out/go-polybus-bench" ./cmd/polybus-bench)
+cargo bench --quiet -p polybus --bench pubsub --no-run 2>/dev/null
+
+# One workload ($1: its POLYBUS_BENCH_CASE, empty for batch publish) on the URLs $2: the Rust
+# core (beside its client crates), then polybus and the peers from Go, Python and Node.
+workload() (
+  export POLYBUS_BENCH_URL=$2
+  if [ -n "$1" ]; then export POLYBUS_BENCH_CASE=$1; else unset POLYBUS_BENCH_CASE; fi
+  POLYBUS_BENCH_CASE=${1:-broker} cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{'
+  (source bindings/go/cgo-env.sh && "$out/go-polybus-bench") | grep '^{'
+  "$py" python/bench/bench_pubsub.py | grep '^{'
+  node node/bench/bench_pubsub.mjs | grep '^{' | grep '://'
+  # The peers have no fan-out case (a subscription per subscriber is the client's own affair).
+  if [ "$1" != fanout ]; then
+    "$out/go-peers" | grep '^{'
+    build/venv-bench/bin/python bench/peers/python/brokers.py | grep '^{'
+    node bench/peers/node/brokers.mjs | grep '^{'
+  fi
+)
+
 for round in $(seq 1 "$rounds"); do
-  echo "== brokers, round $round of $rounds"
-  # The Rust core (and async-nats used directly on nats://), then librdkafka used directly.
-  POLYBUS_BENCH_CASE=broker POLYBUS_BENCH_URL=$brokers \
-    cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
-  # Latency at a fixed rate below saturation (the Rust core on every backend, async-nats).
-  POLYBUS_BENCH_CASE=latency POLYBUS_BENCH_URL="memory://,$brokers" \
-    cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
-  POLYBUS_BENCH_CASE=kafka-peer POLYBUS_BENCH_KAFKA_URL=$POLYBUS_TEST_KAFKA_URL \
-    POLYBUS_BENCH_KAFKA_EVENTS=$POLYBUS_BENCH_BROKER_EVENTS \
-    cargo bench --quiet -p polybus --bench pubsub 2>/dev/null | grep '^{' | tee -a "$results"
-  (source bindings/go/cgo-env.sh && POLYBUS_BENCH_URL=$brokers "$out/go-polybus-bench") | grep '^{' | tee -a "$results"
-  # nats.go, its jetstream PublishAsync, go-redis pipelined, franz-go, Watermill.
-  POLYBUS_BENCH_URL=$brokers "$out/go-peers" | grep '^{' | tee -a "$results"
-  POLYBUS_BENCH_URL=$brokers "$py" python/bench/bench_pubsub.py | grep '^{' | tee -a "$results"
-  # nats-py (core and JetStream), redis-py, confluent-kafka.
-  POLYBUS_BENCH_URL=$brokers build/venv-bench/bin/python bench/peers/python/brokers.py | grep '^{' | tee -a "$results"
-  POLYBUS_BENCH_URL=$brokers node node/bench/bench_pubsub.mjs | grep '^{' | grep '://' | tee -a "$results"
-  # nats.js (core and @nats-io/jetstream), ioredis, kafkajs.
-  POLYBUS_BENCH_URL=$brokers node bench/peers/node/brokers.mjs | grep '^{' | tee -a "$results"
+  for size in $sizes; do
+    echo "== brokers, round $round of $rounds: batch publish, $size-byte events"
+    POLYBUS_BENCH_SIZE=$size POLYBUS_BENCH_BROKER_EVENTS=$(( size <= 64 ? events : (67108864 / size < events ? 67108864 / size : events) )) \
+      workload "" "$brokers" | tee -a "$results"
+  done
+  echo "== brokers, round $round of $rounds: durable publish one at a time"
+  workload single "$brokers" | tee -a "$results"
+  echo "== brokers, round $round of $rounds: fan-out to 10, a group of 4"
+  workload fanout "memory://,$brokers" | tee -a "$results"
+  echo "== brokers, round $round of $rounds: latency"
+  workload latency "memory://,$brokers" | tee -a "$results"
 done
 
 echo "== scale (subscriptions: threads, memory, idle CPU, subscribe and close times)"
