@@ -118,6 +118,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -308,9 +309,32 @@ func (buf *batchBuffer) str(s string, present bool) C.pbgo_str_t {
 	return C.pbgo_str_t{off: C.size_t(off), len: C.size_t(len(s)), has: 1}
 }
 
+// arenaSize is the room messages take in the arena (a JSON payload's not counted: its
+// encoding is not known yet).
+func arenaSize(messages []Message) int {
+	n := 0
+	for i := range messages {
+		m := &messages[i]
+		n += len(m.Topic) + len(m.Key) + len(m.ID) + len(m.Type)
+		switch p := m.Payload.(type) {
+		case []byte:
+			n += len(p)
+		case string:
+			n += len(p)
+		}
+		for name, value := range m.Headers {
+			n += len(name) + len(value)
+		}
+	}
+	return n
+}
+
 // fill copies messages into the buffer. A payload JSON cannot encode is an error whose detail
 // starts with where, formatted with the message's index when where has a verb.
 func (buf *batchBuffer) fill(messages []Message, where string) error {
+	// The arena takes its size at once: grown by append, a batch of large payloads was copied
+	// again at every doubling, each time into fresh memory the kernel had to fault in.
+	buf.arena = slices.Grow(buf.arena, arenaSize(messages))
 	for i := range messages {
 		m := &messages[i]
 		payload, flags, err := payloadBytes(m.Payload)
