@@ -36,7 +36,11 @@ POLYBUS_BENCH_EVENTS=$((n / 4)) "$py" bench/peers/python_queue.py | tee -a "$res
 
 echo "== node"
 bash node/build.sh >/dev/null
-POLYBUS_BENCH_EVENTS=$n node node/bench/bench_pubsub.mjs | grep '^{' | tee -a "$results"
+# Each way of publishing in a process of its own: V8 keeps the heap an earlier case grew
+# (`unawaited_all` holds every pending publish, gigabytes), which slowed the cases after it.
+for mode in await_each unawaited unawaited_all publish_batch; do
+  POLYBUS_BENCH_MODES=$mode POLYBUS_BENCH_EVENTS=$n node node/bench/bench_pubsub.mjs | grep '^{' | tee -a "$results"
+done
 POLYBUS_BENCH_EVENTS=$n node bench/peers/node_eventemitter.mjs | tee -a "$results"
 
 # The Go event-bus peer in process: Watermill's gochannel (bench/peers/go, its own module).
