@@ -49,15 +49,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any
 
 import polybus
+
+# The run's measure, shared with the peers' program (bench/meter.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+from meter import Meter
 
 CHUNK = 4096
 TOPIC = "bench.events"
@@ -87,59 +90,6 @@ def config(url: str) -> dict[str, Any]:
 def emit(line: dict[str, Any]) -> None:
     """Prints one JSON line."""
     print(json.dumps(line), flush=True)
-
-
-@final
-class Meter:
-    """Wall time, CPU time and peak resident set of this process over a ``with`` block: the
-    measured part of a run of ``events`` events (or deliveries)."""
-
-    def __init__(self, events: int) -> None:
-        self.events = events
-        self.seconds = 0.0
-        self.cpu_seconds = 0.0
-        self.rss_mb = 0.0
-        self._start = 0.0
-        self._cpu = 0.0
-
-    @staticmethod
-    def cpu() -> float:
-        """User plus system CPU seconds of the process so far (every thread)."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def __enter__(self) -> Meter:
-        try:  # "5" resets the peak resident set (VmHWM) to the current one
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-        self._cpu = self.cpu()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.seconds = time.perf_counter() - self._start
-        self.cpu_seconds = self.cpu() - self._cpu
-        try:
-            with open("/proc/self/status") as f:
-                kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-            self.rss_mb = round(kb / 1024, 1)
-        except (OSError, StopIteration, ValueError):
-            self.rss_mb = 0.0
-
-    def line(self, case: str, size: int) -> dict[str, Any]:
-        """The JSON line of a throughput case."""
-        return {
-            "lang": "python",
-            "case": case,
-            "events": self.events,
-            "seconds": round(self.seconds, 4),
-            "events_per_sec": round(self.events / self.seconds),
-            "size": size,
-            "cpu_us_per_event": round(self.cpu_seconds * 1e6 / self.events, 2),
-            "rss_mb": self.rss_mb,
-        }
 
 
 class Countdown:

@@ -48,13 +48,12 @@ import asyncio
 import functools
 import json
 import os
-import resource
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, final
+from typing import Any
 
 import nats
 import redis
@@ -62,6 +61,10 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+
+# The run's measure, shared with polybus's Python bench (bench/meter.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from meter import Meter
 
 CHUNK = 4096
 SIZE = int(os.environ.get("POLYBUS_BENCH_SIZE") or 64)
@@ -86,61 +89,6 @@ def ce_id() -> str:
     return str(uuid.uuid4())
 
 
-@final
-class Meter:
-    """Wall time, CPU time and peak resident set of this process over a ``with`` block: the
-    measured part of a run of ``events`` events."""
-
-    def __init__(self, events: int) -> None:
-        self.events = events
-        self.seconds = 0.0
-        self.cpu_seconds = 0.0
-        self.rss_mb = 0.0
-        self._start = 0.0
-        self._cpu = 0.0
-
-    @staticmethod
-    def cpu() -> float:
-        """User plus system CPU seconds of the process so far (every thread)."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def __enter__(self) -> Meter:
-        try:  # "5" resets the peak resident set (VmHWM) to the current one
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-        self._cpu = self.cpu()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.seconds = time.perf_counter() - self._start
-        self.cpu_seconds = self.cpu() - self._cpu
-        try:
-            with open("/proc/self/status") as f:
-                kb = next(
-                    int(line.split()[1]) for line in f if line.startswith("VmHWM:")
-                )
-            self.rss_mb = round(kb / 1024, 1)
-        except (OSError, StopIteration, ValueError):
-            self.rss_mb = 0.0
-
-    def line(self, case: str) -> dict[str, Any]:
-        """The JSON line of a throughput case."""
-        return {
-            "lang": "python",
-            "case": case,
-            "events": self.events,
-            "seconds": round(self.seconds, 4),
-            "events_per_sec": int(self.events / self.seconds),
-            "size": SIZE,
-            "cpu_us_per_event": round(self.cpu_seconds * 1e6 / self.events, 2),
-            "rss_mb": self.rss_mb,
-        }
-
-
 def emit(line: dict[str, Any]) -> None:
     """Prints one JSON line."""
     print(json.dumps(line), flush=True)
@@ -157,7 +105,7 @@ def measure(
         return asyncio.run(result) if isinstance(result, Coroutine) else result
 
     round_of(max(1, n // 4))
-    emit(round_of(n).line(case))
+    emit(round_of(n).line(case, SIZE))
 
 
 async def nats_core(url: str, n: int, headers: bool) -> Meter:
